@@ -1,0 +1,40 @@
+# Two commands matter: `make demo` and `make test`. Both set up .venv from scratch when needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stepbus-installed
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+
+.PHONY: setup demo test lint typecheck unit bench clean
+
+setup: $(STAMP)
+
+# torch is pinned first: the pinned CPU build installs from local disk in seconds, while an unpinned torch
+# would pull a multi-GB CUDA build. pyproject keeps a range (torch>=2.3) that the pin satisfies.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all,dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/stepbus train
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,223 @@
+"""The loop state machine: which lifecycle events one ``iterate()`` emits.
+
+It is torch-free and drives a *host* (the trainer) through five callbacks, so every ordering rule is testable with
+a plain Python object. One ``iterate()`` runs at most one step, plus whatever events fall before or after it::
+
+    first call:        pre_training, pre_epoch, <step 1>
+    mid-epoch:         <step>
+    epoch's last step: <step>, post_epoch                 (eager: never deferred to the next call)
+    run's last step:   <step>, post_epoch, post_training(status="completed")  -> returns False
+    after the end:     nothing                                                 -> returns False
+
+``<step>`` is the host's ``run_step()`` (``pre_step``, ``step``, ``post_step``). Counters are advanced by the loop
+before the event that starts them: ``state.epoch`` before ``pre_epoch``, ``state.iteration`` and
+``state.epoch_iteration`` before ``pre_step``; so inside any handler they describe the current epoch and step.
+
+``stop()`` is honoured at the next boundary -- after ``pre_training``, after ``pre_epoch`` (no step is taken), or
+after the current step -- then ``post_epoch`` (if an epoch is open) and ``post_training(status="stopped")`` fire
+once each. A stop requested during the run's final ``post_epoch`` changes nothing: the run completed. Outside
+``iterate()`` (a GUI button between ticks) ``stop()`` finishes at once. An exception anywhere emits
+``exception(error=...)``, then ``post_training(status="failed")`` (``"interrupted"`` for ``KeyboardInterrupt``) unless
+``post_training`` was already under way, then propagates; errors raised by those two emissions are attached to the
+original as notes instead of replacing it.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import Protocol
+
+from lifecycle.events import Status
+from lifecycle.state import State
+
+__all__ = ["Host", "Loop", "Phase"]
+
+_log = logging.getLogger(__name__)
+
+
+class Phase(str, Enum):
+    """Where the loop is between two ``iterate()`` calls."""
+
+    IDLE = "idle"  #: nothing emitted yet (or a restored run not yet restarted)
+    BETWEEN_EPOCHS = "between_epochs"  #: training started, no epoch open
+    IN_EPOCH = "in_epoch"  #: an epoch is open
+    FINISHING = "finishing"  #: post_training is being emitted
+    DONE = "done"  #: post_training was emitted (or the run was stopped before it started)
+
+
+class Host(Protocol):
+    """What the loop drives; ``BaseTrainer`` implements it with its overridable lifecycle methods."""
+
+    def begin_training(self) -> None:
+        """Emit ``pre_training`` (``resumed=True`` after :meth:`Loop.restore`)."""
+
+    def begin_epoch(self) -> None:
+        """Prepare the epoch's data at ``state.epoch_iteration`` and emit ``pre_epoch``."""
+
+    def run_step(self) -> None:
+        """Fetch the next batch, emit ``pre_step``, step, emit ``step`` and ``post_step``."""
+
+    def end_epoch(self) -> None:
+        """Emit ``post_epoch``."""
+
+    def end_training(self, status: Status) -> None:
+        """Emit ``post_training(status=...)``."""
+
+    def fail(self, error: BaseException) -> None:
+        """Emit ``exception(error=...)``."""
+
+
+class Loop:
+    """The state machine. ``iterate(host)`` is the only method that emits anything during normal operation."""
+
+    __slots__ = ("_in_iterate", "paused", "phase", "resumed", "state", "status", "stop_requested")
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.phase = Phase.IDLE
+        self.status: Status | None = None
+        self.stop_requested = False
+        self.paused = False
+        self.resumed = False
+        self._in_iterate = False
+
+    @property
+    def finished(self) -> bool:
+        return self.phase is Phase.DONE
+
+    @property
+    def started(self) -> bool:
+        return self.phase is not Phase.IDLE
+
+    @property
+    def in_iterate(self) -> bool:
+        """True while ``iterate()`` runs (so a ``stop()`` from a handler is deferred to the next boundary)."""
+        return self._in_iterate
+
+    def restore(self) -> None:
+        """Continue from the counters now in ``state`` (loaded from a checkpoint) on the next ``iterate()``:
+        ``pre_training`` fires again (the host passes ``resumed=True``), then ``pre_epoch`` for the open epoch if the
+        checkpoint was taken mid-epoch, then the next step. No consumed step is repeated."""
+        if self.phase is not Phase.IDLE:
+            raise RuntimeError(f"cannot restore counters once training has started (phase {self.phase.value})")
+        state = self.state
+        if state.epoch > 0 and state.epoch_iteration == 0:  # saved before the epoch's first step
+            state.epoch -= 1
+            state.epoch_iteration = state.iterations_per_epoch if state.epoch > 0 else 0
+        self.resumed = state.iteration > 0
+
+    def iterate(self, host: Host) -> bool:
+        """Run one step with the events around it; return whether training continues."""
+        if self.phase is Phase.DONE:
+            return False
+        if self.paused:
+            return True
+        if self._in_iterate:
+            raise RuntimeError("iterate() called re-entrantly from inside a lifecycle handler")
+        state = self.state
+        self._in_iterate = True
+        try:
+            if self.phase is Phase.IDLE:
+                if state.iteration >= state.max_iterations:  # a restored run that had already completed
+                    self.phase, self.status = Phase.DONE, Status.COMPLETED
+                    return False
+                open_epoch = 0 < state.epoch_iteration < state.iterations_per_epoch
+                self.phase = Phase.IN_EPOCH if open_epoch else Phase.BETWEEN_EPOCHS
+                host.begin_training()
+                if open_epoch:
+                    host.begin_epoch()
+                if self.stop_requested:
+                    return self._finish(host, Status.STOPPED)
+            if self.phase is Phase.BETWEEN_EPOCHS:
+                state.epoch += 1
+                state.epoch_iteration = 0
+                self.phase = Phase.IN_EPOCH
+                host.begin_epoch()
+                if self.stop_requested:
+                    return self._finish(host, Status.STOPPED)
+            state.iteration += 1
+            state.epoch_iteration += 1
+            host.run_step()
+            if state.epoch_iteration >= state.iterations_per_epoch:
+                return self._end_epoch(host)
+            if self.stop_requested:
+                return self._finish(host, Status.STOPPED)
+            return True
+        except BaseException as error:
+            self._fail(host, error)
+            raise
+        finally:
+            self._in_iterate = False
+
+    def stop(self, host: Host) -> None:
+        """Request a stop. Inside ``iterate()`` it is honoured at the next boundary; outside it finishes now."""
+        if self.phase is Phase.DONE or self.phase is Phase.FINISHING:
+            return
+        self.stop_requested = True
+        if self._in_iterate:
+            return
+        if self.phase is Phase.IDLE:  # never started: nothing to balance, nothing emitted
+            self.phase, self.status = Phase.DONE, Status.STOPPED
+            return
+        self._in_iterate = True
+        try:
+            self._finish(host, Status.STOPPED)
+        except BaseException as error:
+            self._fail(host, error)
+            raise
+        finally:
+            self._in_iterate = False
+
+    def _end_epoch(self, host: Host) -> bool:
+        state = self.state
+        self.phase = Phase.BETWEEN_EPOCHS
+        host.end_epoch()
+        if state.epoch >= state.max_epochs and state.epoch_iteration >= state.iterations_per_epoch:
+            return self._complete(host, Status.COMPLETED)
+        if self.stop_requested:
+            return self._complete(host, Status.STOPPED)
+        return True
+
+    def _finish(self, host: Host, status: Status) -> bool:
+        if self.phase is Phase.IN_EPOCH:
+            self.phase = Phase.BETWEEN_EPOCHS
+            host.end_epoch()
+        return self._complete(host, status)
+
+    def _complete(self, host: Host, status: Status) -> bool:
+        self.phase, self.status = Phase.FINISHING, status
+        host.end_training(status)
+        self.phase = Phase.DONE
+        return False
+
+    def _fail(self, host: Host, error: BaseException) -> None:
+        already_finishing = self.phase is Phase.FINISHING
+        if self.state.iteration:
+            _note(error, f"stepbus: raised at iteration {self.state.iteration} ({self.state})")
+        status = Status.INTERRUPTED if isinstance(error, KeyboardInterrupt) else Status.FAILED
+        self.phase, self.status = Phase.FINISHING, status
+        try:
+            try:
+                host.fail(error)
+            except BaseException as secondary:  # noqa: BLE001 - reported on the original, which must win
+                _attach(error, "an 'exception' handler", secondary)
+            if not already_finishing:
+                try:
+                    host.end_training(status)
+                except BaseException as secondary:  # noqa: BLE001
+                    _attach(error, "a 'post_training' handler", secondary)
+        finally:
+            self.phase = Phase.DONE
+
+
+def _attach(error: BaseException, where: str, secondary: BaseException) -> None:
+    message = f"while handling this error, {where} also failed: {type(secondary).__name__}: {secondary}"
+    _log.error(message)
+    _note(error, message)
+
+
+def _note(error: BaseException, message: str) -> None:
+    add_note = getattr(error, "add_note", None)  # Python >= 3.11; on 3.10 the log line above is all there is
+    if add_note is not None:
+        add_note(message)

@@ -1,0 +1,249 @@
+"""Schedules: when a filtered handler runs.
+
+One vocabulary everywhere (code, YAML, CLI), parsed once at registration into a predicate::
+
+    None            every time the event fires
+    100 / "100it"   iterations 100, 200, ... (``state.iteration % 100 == 0``); filters pre_step, step, post_step
+    "2ep"           epochs 2, 4, ... (``state.epoch % 2 == 0``); filters pre_epoch, post_epoch (so on post_epoch:
+                    "at the end of epochs 2, 4, ...", the Ignite/Lightning convention)
+    "30s" "10min" "1h"  the first time the event fires after that much wall time since the handler last ran
+                    (or since it was first checked); filters step and epoch events
+    "once"          the first time the event fires (within the bounds below), never again
+    at=[100, 250]   exactly those iterations; ``at=["1ep", "3ep"]`` exactly those epochs
+    start=, end=    inclusive bounds; an int means iterations, otherwise "500it" / "3ep"
+    once=True       only the first time the schedule is due
+
+Anything else -- ``0``, negatives, ``"1.5ep"``, ``"10 parsecs"``, ``True`` -- is a ``ValueError`` that names the bad
+value and lists the valid forms, raised when the handler is registered rather than at step 1000.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+from lifecycle.events import EPOCH_EVENTS, STEP_EVENTS, Event
+from lifecycle.state import State
+
+__all__ = ["Schedule", "ScheduleSpec", "VALID_FORMS"]
+
+VALID_FORMS = (
+    "an int > 0 (iterations), a string '<N>it' (iterations), '<N>ep' (epochs), '<T>s' / '<T>min' / '<T>h' "
+    "(wall time), 'once', or at=[...] with optional start=/end= bounds"
+)
+
+Unit = Literal["it", "ep", "s"]
+ScheduleSpec = Union[None, int, str, "Schedule", Mapping[str, Any]]
+Predicate = Callable[[], bool]
+
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(it|ep|s|sec|min|h)?\s*$", re.IGNORECASE)
+_SECONDS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
+_MAPPING_KEYS = ("every", "at", "start", "end", "once")
+
+
+def _invalid(value: object, why: str) -> ValueError:
+    return ValueError(f"invalid schedule {value!r}: {why}; valid forms are {VALID_FORMS}")
+
+
+def _parse_count(value: object, what: str) -> tuple[Unit, float]:
+    """Parse ``100``, ``"100it"``, ``"2ep"``, ``"30s"`` into (unit, amount)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _invalid(value, f"{what} must be an int or a string, not {type(value).__name__}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise _invalid(value, f"{what} must be > 0")
+        return "it", float(value)
+    match = _PATTERN.match(value)
+    if match is None:
+        raise _invalid(value, f"{what} is not a number with an optional unit")
+    number, unit_text = match.group(1), (match.group(2) or "it").lower()
+    amount = float(number)
+    if not math.isfinite(amount) or amount <= 0:
+        raise _invalid(value, f"{what} must be > 0")
+    if unit_text in _SECONDS:
+        return "s", amount * _SECONDS[unit_text]
+    if not amount.is_integer() or "." in number:
+        raise _invalid(value, f"{what} counts {'epochs' if unit_text == 'ep' else 'iterations'} and must be whole")
+    return ("ep" if unit_text == "ep" else "it"), amount
+
+
+def _parse_bound(value: object, name: str) -> tuple[Unit, int] | None:
+    if value is None:
+        return None
+    unit, amount = _parse_count(value, name)
+    if unit == "s":
+        raise _invalid(value, f"{name} must count iterations or epochs ('500it', '3ep'), not wall time")
+    return unit, int(amount)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A parsed schedule. Build with :meth:`parse`; turn into a predicate with :meth:`bind`."""
+
+    unit: Unit | None = None
+    period: float | None = None
+    at: frozenset[int] | None = None
+    once: bool = False
+    start: tuple[Unit, int] | None = None
+    end: tuple[Unit, int] | None = None
+    text: str = "always"
+
+    @classmethod
+    def parse(
+        cls,
+        spec: ScheduleSpec = None,
+        *,
+        at: Iterable[int | str] | None = None,
+        start: int | str | None = None,
+        end: int | str | None = None,
+        once: bool = False,
+    ) -> Schedule:
+        """Parse any accepted form (see the module docstring) into a :class:`Schedule`."""
+        if isinstance(spec, Schedule):
+            if at is None and start is None and end is None and not once:
+                return spec
+            raise _invalid(spec, "a parsed Schedule cannot take extra at=/start=/end=/once= arguments")
+        if isinstance(spec, Mapping):
+            unknown = sorted(set(map(str, spec)) - set(_MAPPING_KEYS))
+            if unknown:
+                raise _invalid(dict(spec), f"unknown keys {unknown} (valid keys: {list(_MAPPING_KEYS)})")
+            return cls.parse(
+                spec.get("every"), at=spec.get("at"), start=spec.get("start"), end=spec.get("end"),
+                once=bool(spec.get("once", False)),
+            )
+        if not isinstance(once, bool):
+            raise _invalid(once, "once= must be True or False")
+        lo, hi = _parse_bound(start, "start"), _parse_bound(end, "end")
+        if lo is not None and hi is not None and lo[0] == hi[0] and lo[1] > hi[1]:
+            raise _invalid({"start": start, "end": end}, "start is after end")
+        unit: Unit | None = None
+        period: float | None = None
+        points: frozenset[int] | None = None
+        parts: list[str] = []
+        if isinstance(spec, str) and spec.strip().lower() == "once":
+            once, spec = True, None
+        if at is not None:
+            if spec is not None:
+                raise _invalid(spec, "give either a period or at=[...], not both")
+            if isinstance(at, (str, bytes)) or not isinstance(at, Iterable):
+                raise _invalid(at, "at= must be a list such as [100, 250] or ['1ep', '3ep']")
+            parsed = [_parse_count(item, "each at= entry") for item in at]
+            units = {u for u, _ in parsed}
+            if not parsed or len(units) != 1 or "s" in units:
+                raise _invalid(list(at), "at= must be a non-empty list of iterations or of epochs, not mixed")
+            unit = units.pop()
+            points = frozenset(int(amount) for _, amount in parsed)
+            parts.append("at=[" + ", ".join(f"{p}{unit}" for p in sorted(points)) + "]")
+        elif spec is not None:
+            unit, period = _parse_count(spec, "the period")
+            parts.append(f"{period:g}{unit}" if unit == "s" else f"{int(period)}{unit}")
+        for bound, name in ((lo, "start"), (hi, "end")):
+            if bound is None:
+                continue
+            if unit in ("it", "ep") and bound[0] != unit:
+                counted = "iterations" if unit == "it" else "epochs"
+                raw = start if name == "start" else end
+                raise _invalid(raw, f"{name}= must count {counted} like the schedule does (e.g. '{bound[1]}{unit}')")
+            parts.append(f"{name}={bound[1]}{bound[0]}")
+        if once:
+            parts.append("once")
+        text = ", ".join(parts) if parts else "always"
+        return cls(unit=unit, period=period, at=points, once=once, start=lo, end=hi, text=text)
+
+    @property
+    def always(self) -> bool:
+        """True when the schedule never filters anything."""
+        return self.text == "always"
+
+    def events(self) -> frozenset[Event]:
+        """The events this schedule can filter: iteration schedules the step events, epoch schedules the epoch
+        events, time and ``once`` schedules both."""
+        if self.unit == "it":
+            return STEP_EVENTS
+        if self.unit == "ep":
+            return EPOCH_EVENTS
+        if self.always:
+            return frozenset(Event)
+        return STEP_EVENTS | EPOCH_EVENTS
+
+    def check_event(self, event: Event, handler: str = "handler") -> None:
+        """Raise a ``ValueError`` when this schedule cannot filter ``event`` (e.g. ``"100it"`` on ``post_epoch``)."""
+        if event in self.events():
+            return
+        if self.unit in ("it", "ep"):
+            counted = "iterations" if self.unit == "it" else "epochs"
+            fits = ", ".join(sorted(e.value for e in self.events()))
+            raise ValueError(
+                f"schedule {self.text!r} of {handler} counts {counted}, so it can filter {fits}, not "
+                f"{event.value!r}; use '<N>ep' for epoch events and '<N>it' for step events"
+            )
+        raise ValueError(
+            f"schedule {self.text!r} of {handler} cannot filter {event.value!r}: only step and epoch events "
+            "are scheduled; connect without every="
+        )
+
+    def bind(self, state: State, event: Event, clock: Callable[[], float] = time.monotonic) -> Predicate | None:
+        """Compile into a zero-argument predicate reading ``state`` (``None`` means "always").
+
+        Each call returns a fresh predicate with its own memory (``once``, the wall-time anchor), so one parsed
+        schedule may be shared by several handlers.
+        """
+        self.check_event(event)
+        if self.always:
+            return None
+        counter = "epoch" if self.unit == "ep" else "iteration"
+        if self.unit == "it" and self.period is not None and not (self.once or self.start or self.end):
+            n = int(self.period)
+            return lambda: state.iteration % n == 0  # the hot case, kept branch-free
+        if self.unit == "ep" and self.period is not None and not (self.once or self.start or self.end):
+            n = int(self.period)
+            return lambda: state.epoch % n == 0
+        return _GeneralPredicate(self, state, counter, clock)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _GeneralPredicate:
+    """Bounds, ``at``, ``once`` and wall-time schedules; slower than the lambdas above but rarely on a hot path."""
+
+    __slots__ = ("_anchor", "_clock", "_counter", "_done", "_schedule", "_state")
+
+    def __init__(self, schedule: Schedule, state: State, counter: str, clock: Callable[[], float]) -> None:
+        self._schedule, self._state, self._counter, self._clock = schedule, state, counter, clock
+        self._done = False
+        self._anchor: float | None = None
+
+    def _value(self, unit: Unit) -> int:
+        return self._state.epoch if unit == "ep" else self._state.iteration
+
+    def __call__(self) -> bool:
+        s = self._schedule
+        if self._done:
+            return False
+        if s.start is not None and self._value(s.start[0]) < s.start[1]:
+            return False
+        if s.end is not None and self._value(s.end[0]) > s.end[1]:
+            return False
+        if s.unit == "s":
+            now = self._clock()
+            if self._anchor is None:
+                self._anchor = now
+                return False
+            if now - self._anchor < (s.period or 0.0):
+                return False
+            self._anchor = now
+        elif s.unit is not None:
+            value = getattr(self._state, self._counter)
+            if s.at is not None:
+                if value not in s.at:
+                    return False
+            elif s.period is not None and value % int(s.period) != 0:
+                return False
+        if s.once:
+            self._done = True
+        return True

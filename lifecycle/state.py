@@ -1,0 +1,67 @@
+"""The trainer's counters: the single source of truth for "where are we" (never kept in a GUI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["State"]
+
+_COUNTERS = ("epoch", "iteration", "epoch_iteration", "max_epochs", "iterations_per_epoch")
+
+
+@dataclass(slots=True)
+class State:
+    """Counters of one training run.
+
+    * ``epoch``: 1-based current epoch; 0 before training starts.
+    * ``iteration``: 1-based global count of steps started; after N steps it is N. It never repeats or goes back.
+    * ``epoch_iteration``: 1-based step inside the current epoch; 0 before the epoch's first step.
+    * ``max_epochs``, ``iterations_per_epoch``: the run's length.
+    * ``metrics``: latest values published by callbacks (``"val/psnr"``, ``"lr"`` ...).
+    """
+
+    max_epochs: int = 1
+    iterations_per_epoch: int = 1
+    epoch: int = 0
+    iteration: int = 0
+    epoch_iteration: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_iterations(self) -> int:
+        """Total steps of a run that is not stopped early."""
+        return self.max_epochs * self.iterations_per_epoch
+
+    @property
+    def epoch_finished(self) -> bool:
+        """True once the current epoch's last step has been taken."""
+        return self.epoch_iteration >= self.iterations_per_epoch
+
+    def state_dict(self) -> dict[str, int]:
+        """The counters as plain ints (metrics are published state, not resumable state)."""
+        return {name: int(getattr(self, name)) for name in _COUNTERS}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore counters saved by :meth:`state_dict`; a missing or non-integer key is a ``ValueError``."""
+        missing = [name for name in _COUNTERS if name not in state]
+        if missing:
+            raise ValueError(f"state dict is missing counters {missing}; expected keys {list(_COUNTERS)}")
+        values: dict[str, int] = {}
+        for name in _COUNTERS:
+            value = state[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"state counter {name!r} must be a non-negative int, got {value!r}")
+            values[name] = value
+        if values["max_epochs"] < 1 or values["iterations_per_epoch"] < 1:
+            raise ValueError(f"max_epochs and iterations_per_epoch must be >= 1, got {values}")
+        if values["epoch_iteration"] > values["iterations_per_epoch"] or values["epoch"] > values["max_epochs"]:
+            raise ValueError(f"inconsistent counters {values}: position lies beyond the run's length")
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def __str__(self) -> str:
+        return (
+            f"epoch {self.epoch}/{self.max_epochs}, step {self.epoch_iteration}/{self.iterations_per_epoch}, "
+            f"iteration {self.iteration}"
+        )

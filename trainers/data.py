@@ -1,0 +1,144 @@
+"""Data order as a pure function of (seed, epoch), so a run can start at any (epoch, step) without replaying.
+
+Epoch ``e`` visits the dataset in the permutation drawn from a private generator seeded with ``mix(seed, e)``
+(or in index order with ``shuffle=False``); batch ``j`` is slice ``j`` of that permutation. Nothing here touches
+torch's global RNG, so model code that draws random numbers does not shift the data order, and vice versa.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+
+__all__ = ["BatchPlan", "Feeder", "mix_seed"]
+
+
+def mix_seed(*parts: int) -> int:
+    """Combine integers into one 63-bit seed (splitmix64 steps): stable across processes and platforms."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (part & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        value = (value ^ (value >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return value & 0x7FFFFFFFFFFFFFFF
+
+
+class BatchPlan:
+    """Which dataset indices make each batch of each epoch.
+
+    ``batch_size=None`` means the dataset's items already are batches (each index is one step).
+    """
+
+    def __init__(self, size: int, batch_size: int | None, *, seed: int, shuffle: bool, drop_last: bool) -> None:
+        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        if batch_size is None:
+            self.iterations_per_epoch = size
+        elif drop_last:
+            self.iterations_per_epoch = size // batch_size
+        else:
+            self.iterations_per_epoch = math.ceil(size / batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The permutation of dataset indices for ``epoch`` (1-based)."""
+        if not self.shuffle:
+            return torch.arange(self.size)
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        return torch.randperm(self.size, generator=generator)
+
+    def index_batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Index tensors of the batches of ``epoch`` from batch ``start`` (0-based) on; ``start`` costs nothing."""
+        order = self.order(epoch)
+        step = self.batch_size or 1
+        for j in range(start, self.iterations_per_epoch):
+            yield order[j * step : (j + 1) * step]
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[list[int]]:
+        """The same as lists of ints."""
+        return (indices.tolist() for indices in self.index_batches(epoch, start))
+
+
+class _PlanSampler:
+    """A DataLoader ``batch_sampler`` that yields the plan's batches from a settable (epoch, start)."""
+
+    def __init__(self, plan: BatchPlan) -> None:
+        self.plan, self.epoch, self.start = plan, 1, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self.plan.batches(self.epoch, self.start)
+
+    def __len__(self) -> int:
+        return self.plan.iterations_per_epoch - self.start
+
+
+class _IndexSampler(_PlanSampler):
+    """The same, one index at a time, for datasets whose items are batches (DataLoader ``batch_size=None``)."""
+
+    def __iter__(self) -> Iterator[int]:  # type: ignore[override]
+        return (indices[0] for indices in self.plan.batches(self.epoch, self.start))
+
+
+class Feeder:
+    """Yields the batches of an epoch from any position.
+
+    With ``num_workers=0`` batches are fetched in-process without a DataLoader: ``TensorDataset`` rows by one tensor
+    index, datasets with ``__getitems__`` in one call, others item by item through ``collate_fn``. With workers, a
+    persistent ``DataLoader`` runs the same plan; its worker seeds come from ``mix(seed, epoch, start)``, not from
+    torch's global RNG.
+    """
+
+    def __init__(
+        self, dataset: Dataset[Any] | Sequence[Any], plan: BatchPlan, *, num_workers: int,
+        collate_fn: Callable[[list[Any]], Any] | None, pin_memory: bool,
+    ) -> None:
+        self.dataset, self.plan = dataset, plan
+        self.collate: Callable[[list[Any]], Any] = collate_fn or default_collate
+        self._loader: DataLoader[Any] | None = None
+        self._sampler: _PlanSampler | None = None
+        if num_workers > 0:
+            self._generator = torch.Generator()
+            if plan.batch_size is None:
+                self._sampler = _IndexSampler(plan)
+                self._loader = DataLoader(
+                    dataset, batch_size=None, sampler=self._sampler, num_workers=num_workers,  # type: ignore[arg-type]
+                    pin_memory=pin_memory, persistent_workers=True, generator=self._generator,
+                )
+            else:
+                self._sampler = _PlanSampler(plan)
+                self._loader = DataLoader(
+                    dataset, batch_sampler=self._sampler, num_workers=num_workers,  # type: ignore[arg-type]
+                    collate_fn=self.collate, pin_memory=pin_memory, persistent_workers=True,
+                    generator=self._generator,
+                )
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        """The batches of ``epoch`` (1-based) from batch ``start`` (0-based) on."""
+        if self._loader is not None and self._sampler is not None:
+            self._sampler.epoch, self._sampler.start = epoch, start
+            self._generator.manual_seed(mix_seed(self.plan.seed, epoch, start))
+            return iter(self._loader)
+        return self._in_process(epoch, start)
+
+    def _in_process(self, epoch: int, start: int) -> Iterator[Any]:
+        dataset, plan = self.dataset, self.plan
+        if plan.batch_size is None:
+            if not plan.shuffle:
+                return (dataset[j] for j in range(start, plan.iterations_per_epoch))
+            return (dataset[indices[0]] for indices in plan.batches(epoch, start))
+        if isinstance(dataset, TensorDataset) and self.collate is default_collate:
+            tensors = dataset.tensors
+            # the same values default_collate would stack, in one gather per tensor instead of one row at a time
+            return ([t[indices] for t in tensors] for indices in plan.index_batches(epoch, start))
+        getitems = getattr(dataset, "__getitems__", None)
+        if getitems is not None:
+            return (self.collate(getitems(indices)) for indices in plan.batches(epoch, start))
+        return (self.collate([dataset[i] for i in indices]) for indices in plan.batches(epoch, start))
+
+    def close(self) -> None:
+        """Shut the worker processes down (they are persistent across epochs)."""
+        loader, self._loader = self._loader, None
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None:
+            iterator._shutdown_workers()
