@@ -90,8 +90,10 @@ class Callback:
             chosen = {str(name) for name in self.scheduled}
             wrong = sorted(n for n in chosen if n not in _EVENT_NAMES or getattr(type(self), n, None) is None)
             if wrong:
-                raise ValueError(f"callback {self.state_key!r}: scheduled names {wrong}, which are not event methods "
-                                 f"of {type(self).__name__}; valid: {[n for n in _EVENT_NAMES if hasattr(self, n)]}")
+                raise ValueError(
+                    f"callback {self.state_key!r}: scheduled names {wrong}, which are not event methods "
+                    f"of {type(self).__name__}; valid: {[n for n in _EVENT_NAMES if hasattr(self, n)]}"
+                )
             unfit = sorted(n for n in chosen if Event(n) not in filtered)
             if unfit and not schedule.always:
                 raise ValueError(f"callback {self.state_key!r}: schedule {schedule} cannot filter {unfit}")

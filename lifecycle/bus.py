@@ -42,9 +42,8 @@ def describe(fn: object) -> str:
     if self_obj is not None and not isinstance(self_obj, type):
         name = f"{type(self_obj).__name__}.{getattr(func, '__name__', name)}"
     code = getattr(func, "__code__", None)
-    if "<lambda>" in name or "<locals>" in name:
-        if code is not None:
-            name = f"{name} at {code.co_filename}:{code.co_firstlineno}"
+    if ("<lambda>" in name or "<locals>" in name) and code is not None:
+        name = f"{name} at {code.co_filename}:{code.co_firstlineno}"
     return name
 
 
@@ -109,8 +108,15 @@ class Handle:
     __slots__ = ("_channel", "_enabled", "due", "event", "fn", "name", "priority", "removed", "schedule", "seq")
 
     def __init__(
-        self, channel: Channel, fn: Handler, *, priority: int, schedule: Schedule, due: Predicate | None,
-        name: str, seq: int,
+        self,
+        channel: Channel,
+        fn: Handler,
+        *,
+        priority: int,
+        schedule: Schedule,
+        due: Predicate | None,
+        name: str,
+        seq: int,
     ) -> None:
         self._channel = channel
         self.event: Event = channel.event
@@ -249,7 +255,12 @@ class Bus:
         return self._channels[as_event(event)]
 
     def connect(
-        self, event: Event | str, fn: Handler, *, priority: int = 0, every: ScheduleSpec = None,
+        self,
+        event: Event | str,
+        fn: Handler,
+        *,
+        priority: int = 0,
+        every: ScheduleSpec = None,
         name: str | None = None,
     ) -> Handle:
         """Register ``fn(sender, **payload)`` for ``event``.
@@ -276,8 +287,9 @@ class Bus:
                 raise ValueError(f"handler {label!r}: every={schedule} needs a bus created with a State")
             due = schedule.bind(self.state, ev)
         channel = self._channels[ev]
-        handle = Handle(channel, fn, priority=int(priority), schedule=schedule, due=due, name=label,
-                        seq=next(self._seq))
+        handle = Handle(
+            channel, fn, priority=int(priority), schedule=schedule, due=due, name=label, seq=next(self._seq)
+        )
         channel._add(handle)
         return handle
 
@@ -299,8 +311,10 @@ class Bus:
         state = self.state
         iteration = state.iteration if state is not None else None
         if state is not None:
-            where = (f"at iteration {state.iteration} (epoch {state.epoch}/{state.max_epochs}, "
-                     f"step {state.epoch_iteration}/{state.iterations_per_epoch})")
+            where = (
+                f"at iteration {state.iteration} (epoch {state.epoch}/{state.max_epochs}, "
+                f"step {state.epoch_iteration}/{state.iterations_per_epoch})"
+            )
         else:
             where = "(no trainer state)"
         message = (

@@ -29,7 +29,7 @@ from typing import Any, Literal, Union
 from lifecycle.events import EPOCH_EVENTS, STEP_EVENTS, Event
 from lifecycle.state import State
 
-__all__ = ["Schedule", "ScheduleSpec", "VALID_FORMS"]
+__all__ = ["VALID_FORMS", "Schedule", "ScheduleSpec"]
 
 VALID_FORMS = (
     "an int > 0 (iterations), a string '<N>it' (iterations), '<N>ep' (epochs), '<T>s' / '<T>min' / '<T>h' "
@@ -112,7 +112,10 @@ class Schedule:
             if unknown:
                 raise _invalid(dict(spec), f"unknown keys {unknown} (valid keys: {list(_MAPPING_KEYS)})")
             return cls.parse(
-                spec.get("every"), at=spec.get("at"), start=spec.get("start"), end=spec.get("end"),
+                spec.get("every"),
+                at=spec.get("at"),
+                start=spec.get("start"),
+                end=spec.get("end"),
                 once=bool(spec.get("once", False)),
             )
         if not isinstance(once, bool):

@@ -154,7 +154,10 @@ class BaseTrainer:
         self.bus = Bus(self.state)
         self._plan = plan
         self._feeder = Feeder(
-            dataset, plan, num_workers=num_workers, collate_fn=collate_fn,
+            dataset,
+            plan,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
             pin_memory=self.device.type == "cuda",
         )
         self._loop = Loop(self.state)
@@ -165,7 +168,9 @@ class BaseTrainer:
         channel = self.bus.channel
         self._pre_training, self._pre_epoch = channel(Event.PRE_TRAINING), channel(Event.PRE_EPOCH)
         self._pre_step, self._step, self._post_step = (
-            channel(Event.PRE_STEP), channel(Event.STEP), channel(Event.POST_STEP)
+            channel(Event.PRE_STEP),
+            channel(Event.STEP),
+            channel(Event.POST_STEP),
         )
         self._post_epoch, self._post_training = channel(Event.POST_EPOCH), channel(Event.POST_TRAINING)
         self._exception = channel(Event.EXCEPTION)
@@ -210,7 +215,7 @@ class BaseTrainer:
                 f"{type(self).__name__}.compute_loss must return a loss tensor or a dict with a 'loss' tensor; "
                 f"got {_short(result)} at iteration {self.state.iteration}"
             )
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         if self._step.active:
             self._step.emit(self, loss=loss, outputs=outputs)
         if self._skip_optimizer_step:
@@ -314,11 +319,14 @@ class BaseTrainer:
         priority and schedule. Errors (a class instead of an instance, a duplicate ``state_key``, a bad schedule,
         a refusal from ``setup``) are raised now and leave nothing registered."""
         if isinstance(callback, type):
-            raise TypeError(f"add_callback needs an instance, got the class {callback.__name__}; write "
-                            f"{callback.__name__}(...)")
+            raise TypeError(
+                f"add_callback needs an instance, got the class {callback.__name__}; write {callback.__name__}(...)"
+            )
         if not isinstance(callback, Callback):
-            raise TypeError(f"callbacks must be Callback instances, got {callback!r} ({type(callback).__name__}); "
-                            "for a plain function use trainer.on(event) or trainer.bus.connect(event, fn)")
+            raise TypeError(
+                f"callbacks must be Callback instances, got {callback!r} ({type(callback).__name__}); "
+                "for a plain function use trainer.on(event) or trainer.bus.connect(event, fn)"
+            )
         if id(callback) in self._callbacks:
             raise ValueError(f"callback {callback.state_key!r} is already registered on this trainer")
         key = callback.state_key
@@ -333,8 +341,11 @@ class BaseTrainer:
         handles: list[Handle] = []
         try:
             for event, method, schedule in specs:
-                handles.append(self.bus.connect(event, method, priority=callback.priority, every=schedule,
-                                                name=f"{key}.{event.value}"))
+                handles.append(
+                    self.bus.connect(
+                        event, method, priority=callback.priority, every=schedule, name=f"{key}.{event.value}"
+                    )
+                )
         except BaseException:
             for handle in handles:
                 handle.remove()
@@ -389,12 +400,16 @@ class BaseTrainer:
                 "position cannot be restored"
             )
         if state["seed"] != self.seed:
-            raise ValueError(f"the saved run used seed={state['seed']}, this trainer seed={self.seed}: the data "
-                             f"order would differ; construct the trainer with seed={state['seed']}")
+            raise ValueError(
+                f"the saved run used seed={state['seed']}, this trainer seed={self.seed}: the data "
+                f"order would differ; construct the trainer with seed={state['seed']}"
+            )
         counters["max_epochs"] = self.state.max_epochs
         if counters.get("epoch", 0) > self.state.max_epochs:
-            raise ValueError(f"the saved run reached epoch {counters.get('epoch')}, beyond this trainer's "
-                             f"max_epochs={self.state.max_epochs}")
+            raise ValueError(
+                f"the saved run reached epoch {counters.get('epoch')}, beyond this trainer's "
+                f"max_epochs={self.state.max_epochs}"
+            )
         self.state.load_state_dict(counters)
         self._loop.restore()
 
@@ -403,8 +418,10 @@ class BaseTrainer:
         self._feeder.close()
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} {self.state} phase={self._loop.phase.value} "
-                f"callbacks={[cb.state_key for cb in self.callbacks]}>")
+        return (
+            f"<{type(self).__name__} {self.state} phase={self._loop.phase.value} "
+            f"callbacks={[cb.state_key for cb in self.callbacks]}>"
+        )
 
 
 def _check_int(name: str, value: object, *, minimum: int | None) -> None:
@@ -418,16 +435,18 @@ def _build_optimizer(spec: OptimizerSpec, pipeline: nn.Module) -> torch.optim.Op
     params = list(pipeline.parameters())
     if spec is None:
         if not params:
-            raise ValueError(f"{type(pipeline).__name__} has no parameters to optimise; pass optimizer=... for "
-                             "a custom setup")
+            raise ValueError(
+                f"{type(pipeline).__name__} has no parameters to optimise; pass optimizer=... for a custom setup"
+            )
         return torch.optim.Adam(params, lr=1e-3)
     if isinstance(spec, torch.optim.Optimizer):
         return spec
     if callable(spec):
         built = spec(params)
         if not isinstance(built, torch.optim.Optimizer):
-            raise TypeError(f"the optimizer factory {spec!r} returned {type(built).__name__}, not a "
-                            "torch.optim.Optimizer")
+            raise TypeError(
+                f"the optimizer factory {spec!r} returned {type(built).__name__}, not a torch.optim.Optimizer"
+            )
         return built
     raise TypeError(f"optimizer must be a torch.optim.Optimizer, a factory params -> optimizer, or None; got {spec!r}")
 

@@ -90,8 +90,13 @@ class Feeder:
     """
 
     def __init__(
-        self, dataset: Dataset[Any] | Sequence[Any], plan: BatchPlan, *, num_workers: int,
-        collate_fn: Callable[[list[Any]], Any] | None, pin_memory: bool,
+        self,
+        dataset: Dataset[Any] | Sequence[Any],
+        plan: BatchPlan,
+        *,
+        num_workers: int,
+        collate_fn: Callable[[list[Any]], Any] | None,
+        pin_memory: bool,
     ) -> None:
         self.dataset, self.plan = dataset, plan
         self.collate: Callable[[list[Any]], Any] = collate_fn or default_collate
@@ -102,14 +107,23 @@ class Feeder:
             if plan.batch_size is None:
                 self._sampler = _IndexSampler(plan)
                 self._loader = DataLoader(
-                    dataset, batch_size=None, sampler=self._sampler, num_workers=num_workers,  # type: ignore[arg-type]
-                    pin_memory=pin_memory, persistent_workers=True, generator=self._generator,
+                    dataset,  # type: ignore[arg-type]  # any map-style sequence works; torch types it as Dataset
+                    batch_size=None,
+                    sampler=self._sampler,
+                    num_workers=num_workers,
+                    pin_memory=pin_memory,
+                    persistent_workers=True,
+                    generator=self._generator,
                 )
             else:
                 self._sampler = _PlanSampler(plan)
                 self._loader = DataLoader(
-                    dataset, batch_sampler=self._sampler, num_workers=num_workers,  # type: ignore[arg-type]
-                    collate_fn=self.collate, pin_memory=pin_memory, persistent_workers=True,
+                    dataset,  # type: ignore[arg-type]  # any map-style sequence works; torch types it as Dataset
+                    batch_sampler=self._sampler,
+                    num_workers=num_workers,
+                    collate_fn=self.collate,
+                    pin_memory=pin_memory,
+                    persistent_workers=True,
                     generator=self._generator,
                 )
 

@@ -52,8 +52,10 @@ class ReportProgress(Callback):
         mean = self._sum.item() / self._count
         self._sum, self._count = None, 0
         state = trainer.state
-        self.console.print(f"epoch {state.epoch}/{state.max_epochs}  iteration {state.iteration:>5}/"
-                           f"{state.max_iterations}  loss {mean:.5f}")
+        self.console.print(
+            f"epoch {state.epoch}/{state.max_epochs}  iteration {state.iteration:>5}/"
+            f"{state.max_iterations}  loss {mean:.5f}"
+        )
 
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
         seconds = time.perf_counter() - self._epoch_start
@@ -73,8 +75,9 @@ def _mse(pipeline: nn.Module, batch: Any) -> torch.Tensor:
     return nn.functional.mse_loss(pipeline(x), y)
 
 
-def make_demo_trainer(*, max_epochs: int = 5, seed: int = 0, console: Console | None = None,
-                      samples: int = 8192, batch_size: int = 64) -> BaseTrainer:
+def make_demo_trainer(
+    *, max_epochs: int = 5, seed: int = 0, console: Console | None = None, samples: int = 8192, batch_size: int = 64
+) -> BaseTrainer:
     """The demo's trainer: a 2-32-32-1 MLP regressing a smooth 2-D function on ``samples`` random points."""
     generator = torch.Generator().manual_seed(seed)
     xy = torch.rand(samples, 2, generator=generator) * 2 * math.pi - math.pi
@@ -82,8 +85,14 @@ def make_demo_trainer(*, max_epochs: int = 5, seed: int = 0, console: Console | 
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
     return BaseTrainer(
-        model, dataset, max_epochs=max_epochs, batch_size=batch_size, seed=seed, device="cpu",
-        optimizer=lambda params: torch.optim.Adam(params, lr=3e-3), loss_fn=_mse,
+        model,
+        dataset,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        seed=seed,
+        device="cpu",
+        optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
+        loss_fn=_mse,
         callbacks=[ReportProgress(console or Console(), every="128it")],
     )
 
