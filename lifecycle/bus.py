@@ -172,7 +172,12 @@ class Channel:
     def emit(self, sender: object, /, **payload: Any) -> None:
         """Run the handlers (and any plain blinker receivers) for this event."""
         if self.raw:
-            self.signal.send(sender, **payload)
+            try:
+                self.signal.send(sender, **payload)
+            except CallbackError:
+                raise
+            except Exception as exc:
+                raise self._bus._raw_error(self.event, exc) from exc
             return
         for fn, due, handle in self.plan:
             if due is not None and not due():
@@ -307,18 +312,43 @@ class Bus:
         """Whether emitting ``event`` would call anything."""
         return self._channels[as_event(event)].active
 
-    def _error(self, handle: Handle, exc: Exception) -> CallbackError:
+    def _where(self) -> str:
         state = self.state
-        iteration = state.iteration if state is not None else None
-        if state is not None:
-            where = (
-                f"at iteration {state.iteration} (epoch {state.epoch}/{state.max_epochs}, "
-                f"step {state.epoch_iteration}/{state.iterations_per_epoch})"
-            )
-        else:
-            where = "(no trainer state)"
+        if state is None:
+            return "(no trainer state)"
+        return (
+            f"at iteration {state.iteration} (epoch {state.epoch}/{state.max_epochs}, "
+            f"step {state.epoch_iteration}/{state.iterations_per_epoch})"
+        )
+
+    def _error(self, handle: Handle, exc: Exception) -> CallbackError:
+        iteration = self.state.iteration if self.state is not None else None
         message = (
             f"handler {handle.name!r} (priority {handle.priority}) failed during event {handle.event.value!r} "
-            f"{where}: {type(exc).__name__}: {exc}"
+            f"{self._where()}: {type(exc).__name__}: {exc}"
         )
         return CallbackError(message, handler=handle.name, event=handle.event.value, iteration=iteration)
+
+    def _raw_error(self, event: Event, exc: Exception) -> CallbackError:
+        name = _raw_receiver_name(exc)
+        iteration = self.state.iteration if self.state is not None else None
+        message = (
+            f"blinker receiver {name!r} (connected directly to signal {event.value!r}) failed during event "
+            f"{event.value!r} {self._where()}: {type(exc).__name__}: {exc}"
+        )
+        return CallbackError(message, handler=name, event=event.value, iteration=iteration)
+
+
+def _raw_receiver_name(exc: BaseException) -> str:
+    """The function blinker's ``send`` called when ``exc`` was raised: the frame right after ``send`` in the
+    traceback (blinker itself does not say which receiver failed)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "send" and "blinker" in code.co_filename and tb.tb_next is not None:
+            receiver = tb.tb_next.tb_frame.f_code
+            return f"{getattr(receiver, 'co_qualname', receiver.co_name)} at {receiver.co_filename}:" + str(
+                receiver.co_firstlineno
+            )
+        tb = tb.tb_next
+    return "<unknown receiver>"
