@@ -264,8 +264,8 @@ def _version(module: Any) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0] if __doc__ else "")
-    parser.add_argument("--iterations", type=int, default=5000, help="iterations per run (default 5000)")
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats (default 7)")
+    parser.add_argument("--iterations", type=int, default=2000, help="iterations per run (default 2000)")
+    parser.add_argument("--repeats", type=int, default=25, help="interleaved repeats (default 25)")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (200 iterations, 2 repeats)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"markdown output (default {RESULTS})")
     args = parser.parse_args(argv)

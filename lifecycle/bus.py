@@ -43,7 +43,9 @@ def describe(fn: object) -> str:
         name = f"{type(self_obj).__name__}.{getattr(func, '__name__', name)}"
     code = getattr(func, "__code__", None)
     if ("<lambda>" in name or "<locals>" in name) and code is not None:
-        name = f"{name} at {code.co_filename}:{code.co_firstlineno}"
+        name = f"{name} at {code.co_filename}:{code.co_firstlineno}"  # local names are ambiguous: say where
+    elif self_obj is None and isinstance(getattr(func, "__module__", None), str) and hasattr(func, "__qualname__"):
+        name = f"{func.__module__}.{name}"
     return name
 
 

@@ -116,7 +116,7 @@ class Schedule:
                 at=spec.get("at"),
                 start=spec.get("start"),
                 end=spec.get("end"),
-                once=bool(spec.get("once", False)),
+                once=spec.get("once", False),
             )
         if not isinstance(once, bool):
             raise _invalid(once, "once= must be True or False")

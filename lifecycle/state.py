@@ -57,6 +57,12 @@ class State:
             raise ValueError(f"max_epochs and iterations_per_epoch must be >= 1, got {values}")
         if values["epoch_iteration"] > values["iterations_per_epoch"] or values["epoch"] > values["max_epochs"]:
             raise ValueError(f"inconsistent counters {values}: position lies beyond the run's length")
+        expected = max(values["epoch"] - 1, 0) * values["iterations_per_epoch"] + values["epoch_iteration"]
+        if values["iteration"] != expected or (values["epoch"] == 0 and values["epoch_iteration"] != 0):
+            raise ValueError(
+                f"inconsistent counters {values}: after {values['epoch']} epoch(s) at step {values['epoch_iteration']} "
+                f"the iteration must be {expected if values['epoch'] else 0}"
+            )
         for name, value in values.items():
             setattr(self, name, value)
 
