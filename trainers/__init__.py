@@ -1,6 +1,34 @@
-"""Trainers: ``BaseTrainer`` (torch: model, optimizer, data, one step), the demo, and the ``stepbus`` CLI."""
+"""Trainers: ``BaseTrainer`` (torch: model, optimizer, data, one step), the demo, and the ``stepbus`` CLI.
 
-from trainers.base import BaseTrainer, LossFn, OptimizerSpec
-from trainers.data import BatchPlan, mix_seed
+Names are imported lazily, so ``stepbus --help`` and argument errors answer without importing torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainers.base import BaseTrainer, LossFn, OptimizerSpec
+    from trainers.data import BatchPlan, mix_seed
 
 __all__ = ["BaseTrainer", "BatchPlan", "LossFn", "OptimizerSpec", "mix_seed"]
+
+_WHERE = {
+    "BaseTrainer": "trainers.base",
+    "LossFn": "trainers.base",
+    "OptimizerSpec": "trainers.base",
+    "BatchPlan": "trainers.data",
+    "mix_seed": "trainers.data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trainers' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

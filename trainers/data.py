@@ -8,13 +8,15 @@ torch's global RNG, so model code that draws random numbers does not shift the d
 from __future__ import annotations
 
 import math
+import random
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
-__all__ = ["BatchPlan", "Feeder", "mix_seed"]
+__all__ = ["BatchPlan", "Feeder", "SeededBatch", "mix_seed"]
 
 
 def mix_seed(*parts: int) -> int:
@@ -60,24 +62,70 @@ class BatchPlan:
         return (indices.tolist() for indices in self.index_batches(epoch, start))
 
 
+class SeededBatch(list[int]):
+    """A batch's indices plus the seed its worker draws randomness from: ``mix(seed, epoch, batch)``."""
+
+    __slots__ = ("seed",)
+
+    def __init__(self, indices: list[int], seed: int) -> None:
+        super().__init__(indices)
+        self.seed = seed
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses the worker queue
+        return (SeededBatch, (list(self), self.seed))
+
+
 class _PlanSampler:
     """A DataLoader ``batch_sampler`` that yields the plan's batches from a settable (epoch, start)."""
 
     def __init__(self, plan: BatchPlan) -> None:
         self.plan, self.epoch, self.start = plan, 1, 0
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return self.plan.batches(self.epoch, self.start)
+    def __iter__(self) -> Iterator[SeededBatch]:
+        plan, epoch = self.plan, self.epoch
+        for j, indices in enumerate(plan.batches(epoch, self.start), start=self.start):
+            yield SeededBatch(indices, mix_seed(plan.seed, epoch, j))
 
     def __len__(self) -> int:
         return self.plan.iterations_per_epoch - self.start
 
 
-class _IndexSampler(_PlanSampler):
-    """The same, one index at a time, for datasets whose items are batches (DataLoader ``batch_size=None``)."""
+class _SeededFetch:
+    """Runs in the worker: seeds the worker's torch, ``random`` (and numpy, if imported) from the batch's seed,
+    then fetches its items. So random augmentations in ``__getitem__`` depend on (seed, epoch, batch) only -- not
+    on the number of workers, which worker got the batch, or where a resumed run started."""
 
-    def __iter__(self) -> Iterator[int]:  # type: ignore[override]
-        return (indices[0] for indices in self.plan.batches(self.epoch, self.start))
+    def __init__(self, dataset: Any, prebuilt: bool) -> None:
+        self.dataset, self.prebuilt = dataset, prebuilt
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, batch: SeededBatch) -> list[Any]:
+        torch.manual_seed(batch.seed)
+        random.seed(batch.seed)
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            numpy.random.seed(batch.seed & 0xFFFFFFFF)
+        getitems = getattr(self.dataset, "__getitems__", None)
+        if getitems is not None and not self.prebuilt:
+            return list(getitems(list(batch)))
+        return [self.dataset[i] for i in batch]
+
+
+class _Then:
+    """Apply the user's collate_fn to a pre-built batch (picklable, unlike a lambda)."""
+
+    def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list[Any]) -> Any:
+        return self.collate_fn(items[0])
+
+
+def _first(items: list[Any]) -> Any:
+    """The collate of pre-built batches: the batch exactly as the dataset gave it."""
+    return items[0]
 
 
 class Feeder:
@@ -85,8 +133,9 @@ class Feeder:
 
     With ``num_workers=0`` batches are fetched in-process without a DataLoader: ``TensorDataset`` rows by one tensor
     index, datasets with ``__getitems__`` in one call, others item by item through ``collate_fn``. With workers, a
-    persistent ``DataLoader`` runs the same plan; its worker seeds come from ``mix(seed, epoch, start)``, not from
-    torch's global RNG.
+    persistent ``DataLoader`` runs the same plan and each worker seeds its RNGs per batch (see :class:`_SeededFetch`);
+    torch's global RNG in the main process is never touched. Pre-built batches (``batch_size=None``) are handed over
+    as the dataset gives them, through ``collate_fn`` only when one is given.
     """
 
     def __init__(
@@ -99,48 +148,41 @@ class Feeder:
         pin_memory: bool,
     ) -> None:
         self.dataset, self.plan = dataset, plan
+        self.user_collate = collate_fn
         self.collate: Callable[[list[Any]], Any] = collate_fn or default_collate
         self._loader: DataLoader[Any] | None = None
         self._sampler: _PlanSampler | None = None
         if num_workers > 0:
-            self._generator = torch.Generator()
-            if plan.batch_size is None:
-                self._sampler = _IndexSampler(plan)
-                self._loader = DataLoader(
-                    dataset,  # type: ignore[arg-type]  # any map-style sequence works; torch types it as Dataset
-                    batch_size=None,
-                    sampler=self._sampler,
-                    num_workers=num_workers,
-                    pin_memory=pin_memory,
-                    persistent_workers=True,
-                    generator=self._generator,
-                )
-            else:
-                self._sampler = _PlanSampler(plan)
-                self._loader = DataLoader(
-                    dataset,  # type: ignore[arg-type]  # any map-style sequence works; torch types it as Dataset
-                    batch_sampler=self._sampler,
-                    num_workers=num_workers,
-                    collate_fn=self.collate,
-                    pin_memory=pin_memory,
-                    persistent_workers=True,
-                    generator=self._generator,
-                )
+            prebuilt = plan.batch_size is None
+            collate = self.collate
+            if prebuilt:
+                collate = _first if collate_fn is None else _Then(collate_fn)
+            self._sampler = _PlanSampler(plan)
+            self._loader = DataLoader(
+                _SeededFetch(dataset, prebuilt),  # type: ignore[arg-type]  # map-style: __len__ + __getitems__
+                batch_sampler=self._sampler,
+                num_workers=num_workers,
+                collate_fn=collate,
+                pin_memory=pin_memory,
+                persistent_workers=True,
+            )
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
         """The batches of ``epoch`` (1-based) from batch ``start`` (0-based) on."""
         if self._loader is not None and self._sampler is not None:
             self._sampler.epoch, self._sampler.start = epoch, start
-            self._generator.manual_seed(mix_seed(self.plan.seed, epoch, start))
             return iter(self._loader)
         return self._in_process(epoch, start)
 
     def _in_process(self, epoch: int, start: int) -> Iterator[Any]:
         dataset, plan = self.dataset, self.plan
         if plan.batch_size is None:
+            user = self.user_collate
             if not plan.shuffle:
-                return (dataset[j] for j in range(start, plan.iterations_per_epoch))
-            return (dataset[indices[0]] for indices in plan.batches(epoch, start))
+                given = (dataset[j] for j in range(start, plan.iterations_per_epoch))
+            else:
+                given = (dataset[indices[0]] for indices in plan.batches(epoch, start))
+            return given if user is None else (user(batch) for batch in given)
         if isinstance(dataset, TensorDataset) and self.collate is default_collate:
             tensors = dataset.tensors
             # the same values default_collate would stack, in one gather per tensor instead of one row at a time

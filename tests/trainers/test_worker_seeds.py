@@ -1,0 +1,61 @@
+"""Worker-side randomness depends on (seed, epoch, batch) only: not on worker count, nor on where a run resumed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from trainers import BaseTrainer
+
+
+class Augmented(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Each item carries a draw from the fetching process's torch RNG (a random augmentation)."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor([float(index)]), torch.rand(1)
+
+
+def _batches(num_workers: int, resume_at: int | None = None) -> list[list[float]]:
+    seen: list[list[float]] = []
+    torch.manual_seed(0)
+    trainer = BaseTrainer(
+        nn.Linear(1, 1),
+        Augmented(),
+        max_epochs=2,
+        batch_size=3,
+        seed=5,
+        device="cpu",
+        num_workers=num_workers,
+        loss_fn=lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1]),
+    )
+    trainer.on("pre_step")(lambda t, *, batch, **_: seen.append(torch.cat(batch, dim=1).view(-1).tolist()))
+    if resume_at is not None:
+        epoch, step = divmod(resume_at, 4)
+        counters: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "epoch_iteration": step,
+            "iteration": resume_at,
+            "max_epochs": 2,
+            "iterations_per_epoch": 4,
+        }
+        trainer.load_state_dict({"counters": counters, "seed": 5})
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return seen
+
+
+def test_worker_count_and_mid_epoch_resume_do_not_change_augmentations() -> None:
+    two = _batches(2)
+    assert len(two) == 8
+    assert _batches(1) == two  # another worker count: the same draws, batch for batch
+    assert _batches(2, resume_at=6) == two[6:]  # resumed mid-epoch 2: the remaining batches, draws included
+    assert _batches(1, resume_at=2) == two[2:]  # mid-epoch 1, one worker
+    assert two[0] != two[4]  # epochs differ in order and draws
