@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
     if args.epochs < 1:
-        console.print(f"[red]error:[/red] --epochs must be >= 1, got {args.epochs}")
+        Console(stderr=True).print(f"[red]error:[/red] --epochs must be >= 1, got {args.epochs}")
         return 2
     from trainers.demo import run_demo  # torch is imported only when a command needs it
 

@@ -3,11 +3,12 @@ scope, state keys, setup/teardown, runtime toggling and the state-dict defaults.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from callbacks import Callback
+from callbacks import Callback, HandlerSpec
 from lifecycle import Event, Priority, Schedule
 from tests.trainers.support import Recorder, full_run, make_trainer
 from trainers import BaseTrainer
@@ -337,6 +338,22 @@ def test_a_connection_failure_rolls_back_every_handler() -> None:
         trainer.add_callback(cb)
     assert trainer.bus.handles() == ()
     assert trainer.callbacks == ()
+
+
+def test_a_failure_on_a_later_handler_rolls_back_the_earlier_ones() -> None:
+    class Unusual(Log):
+        def handlers(self) -> Iterator[HandlerSpec]:  # the documented escape hatch for unusual schedules
+            yield Event.STEP, self.step, None
+            yield Event.POST_STEP, self.post_step, Schedule.parse("2it")
+            yield Event.POST_EPOCH, self.post_epoch, Schedule.parse("2it")  # cannot filter an epoch event
+
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match=r"handler 'Unusual\.post_epoch' on 'post_epoch'") as info:
+        trainer.add_callback(Unusual([]))
+    assert "counts iterations" in str(info.value)
+    assert trainer.bus.handles() == ()
+    assert trainer.callbacks == ()
+    assert not trainer.bus.has_receivers(Event.STEP)
 
 
 def test_remove_callback_stops_its_handlers_and_calls_teardown() -> None:

@@ -12,12 +12,15 @@ import pytest
 
 from trainers.cli import main
 
+ROOT = Path(__file__).resolve().parents[2]
 PROGRESS = re.compile(r"^epoch 1/1\s+iteration\s+128/128\s+loss (\d+\.\d{5})$", re.MULTILINE)
 
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE", "PY_COLORS")}
     env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"})
+    # run the code of this checkout (the one the in-process tests import), from any working directory
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -27,7 +30,7 @@ def _stepbus(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path,  # the installed package, not the checkout's working directory
+        cwd=tmp_path,
         env=_env(),
     )
 
@@ -50,14 +53,17 @@ def test_epochs_zero_exits_2_naming_the_option(tmp_path: Path) -> None:
     result = _stepbus(tmp_path, "train", "--epochs", "0")
     assert result.returncode == 2
     output = result.stdout + result.stderr
-    assert "--epochs must be >= 1, got 0" in output
+    assert "--epochs must be >= 1, got 0" in result.stderr  # errors go to stderr
+    assert result.stdout == ""
     assert "training" not in output
     assert "Traceback" not in output
 
 
 def test_bad_arguments_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--epochs", "0"]) == 2
+    assert "--epochs must be >= 1, got 0" in capsys.readouterr().err
     assert main(["train", "--epochs", "-1"]) == 2
-    assert "--epochs must be >= 1, got -1" in capsys.readouterr().out
+    assert "--epochs must be >= 1, got -1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["train", "--epochs", "many"])
     assert info.value.code == 2

@@ -729,9 +729,11 @@ def test_on_decorator_with_every_and_priorities_interplay() -> None:
 
     assert every_other.__name__ == "every_other"  # the decorator returns the function unchanged
     handle = trainer.bus.connect("post_step", lambda t, **kw: order.append(("bus:30", t.state.iteration)), priority=30)
+    # a plain blinker receiver connected before the last handler still runs after every ordered handler
+    trainer.bus.signal(Event.POST_STEP).connect(lambda t, **kw: order.append(("raw", t.state.iteration)))
     trainer.bus.connect(Event.POST_STEP, lambda t, **kw: order.append(("bus:-1", t.state.iteration)), priority=-1)
     trainer.train()
-    per_step = [["bus:30", "High", "b", "on:5", "a", "c", "bus:-1"]] * 4
+    per_step = [["bus:30", "High", "b", "on:5", "a", "c", "bus:-1", "raw"]] * 4
     expected: list[tuple[str, int]] = []
     for iteration, names in enumerate(per_step, start=1):
         for name in names:
