@@ -152,7 +152,6 @@ class BaseTrainer:
         self.loss_fn = loss_fn
         self.state = State(max_epochs=max_epochs, iterations_per_epoch=plan.iterations_per_epoch)
         self.bus = Bus(self.state)
-        self._plan = plan
         self._feeder = Feeder(
             dataset,
             plan,

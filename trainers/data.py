@@ -2,7 +2,8 @@
 
 Epoch ``e`` visits the dataset in the permutation drawn from a private generator seeded with ``mix(seed, e)``
 (or in index order with ``shuffle=False``); batch ``j`` is slice ``j`` of that permutation. Nothing here touches
-torch's global RNG, so model code that draws random numbers does not shift the data order, and vice versa.
+the main process's global RNGs (DataLoader workers seed their own, per batch), so model code that draws random
+numbers does not shift the data order, and vice versa.
 """
 
 from __future__ import annotations
