@@ -1,5 +1,55 @@
-"""Callbacks: independent behaviours that subscribe to lifecycle events. One module per callback."""
+"""Callbacks: independent behaviours that subscribe to lifecycle events. One module per callback.
+
+The built-in callbacks import torch; they are loaded on first use, so ``from callbacks import Callback`` stays
+torch-free.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from callbacks.base import Callback, HandlerSpec
 
-__all__ = ["Callback", "HandlerSpec"]
+if TYPE_CHECKING:  # pragma: no cover
+    from callbacks.early_stopping import EarlyStopping
+    from callbacks.gradient_guard import GradientGuard, NonFiniteError
+    from callbacks.grid_pruning import GridPruning
+    from callbacks.lr_decay import LRDecay
+    from callbacks.metrics import mse, psnr
+    from callbacks.validator import Validator
+
+__all__ = [
+    "Callback",
+    "EarlyStopping",
+    "GradientGuard",
+    "GridPruning",
+    "HandlerSpec",
+    "LRDecay",
+    "NonFiniteError",
+    "Validator",
+    "mse",
+    "psnr",
+]
+
+_WHERE = {
+    "EarlyStopping": "callbacks.early_stopping",
+    "GradientGuard": "callbacks.gradient_guard",
+    "NonFiniteError": "callbacks.gradient_guard",
+    "GridPruning": "callbacks.grid_pruning",
+    "LRDecay": "callbacks.lr_decay",
+    "Validator": "callbacks.validator",
+    "mse": "callbacks.metrics",
+    "psnr": "callbacks.metrics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'callbacks' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

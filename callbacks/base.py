@@ -10,12 +10,26 @@ from lifecycle import Event, Priority, Schedule, ScheduleSpec
 if TYPE_CHECKING:  # pragma: no cover - typing only; callbacks never need torch to be imported here
     from trainers.base import BaseTrainer
 
-__all__ = ["Callback", "HandlerSpec"]
+__all__ = ["Callback", "HandlerSpec", "parse_schedule", "periodic_event"]
 
 #: (event, bound method, schedule or None) -- one handler a callback asks the trainer to connect.
 HandlerSpec = tuple[Event, Callable[..., Any], Schedule | None]
 
 _EVENT_NAMES = tuple(event.value for event in Event)
+
+
+def periodic_event(schedule: Schedule) -> Event:
+    """The event a periodic action (validate, prune, ...) runs on: ``post_epoch`` for an epoch schedule (``"1ep"``),
+    ``post_step`` for anything else (``"100it"``, ``"10min"``, ``at=[...]`` iterations)."""
+    return Event.POST_EPOCH if schedule.unit == "ep" else Event.POST_STEP
+
+
+def parse_schedule(spec: ScheduleSpec, owner: str, **bounds: Any) -> Schedule:
+    """``Schedule.parse`` with the error naming the callback (``owner``) that was given the bad schedule."""
+    try:
+        return Schedule.parse(spec, **bounds)
+    except ValueError as exc:
+        raise ValueError(f"callback {owner}: {exc}") from None
 
 
 class Callback:

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.base import BaseTrainer, LossFn, OptimizerSpec
     from trainers.data import BatchPlan, mix_seed
+    from trainers.optim_groups import param_groups
 
-__all__ = ["BaseTrainer", "BatchPlan", "LossFn", "OptimizerSpec", "mix_seed"]
+__all__ = ["BaseTrainer", "BatchPlan", "LossFn", "OptimizerSpec", "mix_seed", "param_groups"]
 
 _WHERE = {
     "BaseTrainer": "trainers.base",
@@ -20,6 +21,7 @@ _WHERE = {
     "OptimizerSpec": "trainers.base",
     "BatchPlan": "trainers.data",
     "mix_seed": "trainers.data",
+    "param_groups": "trainers.optim_groups",
 }
 
 

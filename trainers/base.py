@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -14,6 +16,7 @@ from callbacks.base import Callback
 from lifecycle import Bus, Event, Handle, Loop, Phase, ScheduleSpec, State, Status
 from trainers.data import BatchPlan, Feeder
 from trainers.placement import resolve_device, to_device
+from trainers.requests import Requests
 
 __all__ = ["BaseTrainer", "LossFn", "OptimizerSpec"]
 
@@ -61,13 +64,21 @@ class _Host:
         t.pre_step(batch)
         outputs = t.step(batch)
         t.post_step(outputs)
+        if t._requests.pending:  # requested during the step: served now, before post_epoch
+            t._requests.drain()
 
     def end_epoch(self) -> None:
         self._batches = iter(())
-        self.trainer.post_epoch()
+        t = self.trainer
+        t.post_epoch()
+        if t._requests.pending:
+            t._requests.drain()
 
     def end_training(self, status: Status) -> None:
-        self.trainer.post_training(status)
+        t = self.trainer
+        if t._requests.pending and status in (Status.COMPLETED, Status.STOPPED):
+            t._requests.drain()  # before post_training, so loggers still receive what the requests publish
+        t.post_training(status)
 
     def fail(self, error: BaseException) -> None:
         self.trainer.on_exception(error)
@@ -97,6 +108,8 @@ class BaseTrainer:
         drop_last: drop a final partial batch (kept by default: the last batch of every epoch is stepped).
         collate_fn: how items become a batch (``torch.utils.data.default_collate`` by default).
         loss_fn: ``loss_fn(pipeline, batch)``, used by the default :meth:`compute_loss`.
+        run_dir: where callbacks write files (validation images, checkpoints, logs); ``None`` for nowhere. It is
+            created by whichever callback writes first.
     """
 
     def __init__(
@@ -115,6 +128,7 @@ class BaseTrainer:
         drop_last: bool = False,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         loss_fn: LossFn | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(pipeline, nn.Module):
             raise TypeError(f"pipeline must be a torch.nn.Module, got {type(pipeline).__name__}")
@@ -150,6 +164,7 @@ class BaseTrainer:
         self.batch_size = batch_size
         self.seed = seed
         self.loss_fn = loss_fn
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.state = State(max_epochs=max_epochs, iterations_per_epoch=plan.iterations_per_epoch)
         self.bus = Bus(self.state)
         self._feeder = Feeder(
@@ -160,6 +175,7 @@ class BaseTrainer:
             pin_memory=self.device.type == "cuda",
         )
         self._loop = Loop(self.state)
+        self._requests = Requests(self, self.state)
         self._host = _Host(self)
         self._skip_optimizer_step = False
         self._callbacks: dict[int, tuple[Callback, tuple[Handle, ...]]] = {}
@@ -173,6 +189,7 @@ class BaseTrainer:
         )
         self._post_epoch, self._post_training = channel(Event.POST_EPOCH), channel(Event.POST_TRAINING)
         self._exception = channel(Event.EXCEPTION)
+        self._pre_validation, self._post_validation = channel(Event.PRE_VALIDATION), channel(Event.POST_VALIDATION)
         for callback in callbacks:
             self.add_callback(callback)
 
@@ -182,6 +199,15 @@ class BaseTrainer:
         see as ``outputs`` (keep values as tensors: converting them here would sync the device every step)."""
         assert self.loss_fn is not None  # guaranteed by __init__
         return self.loss_fn(self.pipeline, batch)
+
+    def validate(self) -> Mapping[str, Any]:
+        """What a :class:`~callbacks.Validator` computes: ``{"psnr": ..., "mse": ...}`` (numbers or one-element
+        tensors), optionally with ``"images": {name: HxWxC tensor}``. Apps override it; the Validator has already
+        put the pipeline in eval mode under ``torch.no_grad()`` and restores both afterwards."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define validate(): override validate(self) -> dict of metrics, "
+            "or give the Validator a function: Validator(fn=lambda trainer: {...})"
+        )
 
     # ------------------------------------------------------------------ lifecycle methods (override + super())
     def pre_training(self) -> None:
@@ -238,6 +264,17 @@ class BaseTrainer:
         if self._post_training.active:
             self._post_training.emit(self, status=status)
 
+    def pre_validation(self, **payload: Any) -> None:
+        """Emits ``pre_validation``; called by a validator before it computes (``payload`` names the validator)."""
+        if self._pre_validation.active:
+            self._pre_validation.emit(self, **payload)
+
+    def post_validation(self, metrics: Mapping[str, float], **payload: Any) -> None:
+        """Emits ``post_validation(metrics=...)``; called by a validator once its metrics are published in
+        ``state.metrics`` (``payload`` carries images, best values and the validator's name)."""
+        if self._post_validation.active:
+            self._post_validation.emit(self, metrics=metrics, **payload)
+
     def on_exception(self, error: BaseException) -> None:
         """Emits ``exception(error=...)``; ``post_training(status="failed")`` follows, then the error propagates."""
         if self._exception.active:
@@ -285,6 +322,21 @@ class BaseTrainer:
         "stopped")`` follow once each); from outside ``iterate()``, at once. Idempotent."""
         self._loop.stop(self._host)
 
+    def request_validation(self) -> None:
+        """Ask every registered validator to run: at once when called between steps (a GUI button), or at the
+        next safe point of the running ``iterate()`` when called from a handler (see ``trainers.requests``).
+        Raises ``RuntimeError`` when no callback serves validation requests."""
+        self._requests.request("validation", defer=self._loop.in_iterate)
+
+    def request(self, kind: str) -> None:
+        """Ask for an on-demand action by name (``"validation"``, or whatever a callback serves)."""
+        self._requests.request(kind, defer=self._loop.in_iterate)
+
+    def serve(self, kind: str, fn: Callable[[BaseTrainer], None], *, name: str) -> Callable[[], None]:
+        """For callbacks: serve ``kind`` requests with ``fn(trainer)``; returns the function that stops serving
+        (call it from ``teardown``)."""
+        return self._requests.serve(kind, name, fn)
+
     def skip_optimizer_step(self) -> None:
         """From a ``step`` handler: do not apply this step's gradients (e.g. they are not finite)."""
         self._skip_optimizer_step = True
@@ -298,6 +350,11 @@ class BaseTrainer:
     def phase(self) -> Phase:
         """Where the loop stands: idle, in or between epochs, finishing, done."""
         return self._loop.phase
+
+    @property
+    def defines_validate(self) -> bool:
+        """Whether this trainer's class overrides :meth:`validate` (a Validator without ``fn`` needs it)."""
+        return type(self).validate is not BaseTrainer.validate
 
     @property
     def is_paused(self) -> bool:

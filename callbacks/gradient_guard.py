@@ -1,0 +1,221 @@
+"""``GradientGuard``: clip gradients, refuse non-finite updates, and publish the gradient norm.
+
+Events used: ``step`` -- gradients are ready and the optimizer has not stepped, the one moment at which an update
+can still be clipped or withheld. Publishes ``grad_norm`` (total norm before clipping) on its own schedule, and
+``grad/nonfinite_steps`` (steps whose update was withheld) whenever that count changes, in
+``trainer.state.metrics``.
+
+Host syncs: publishing reads the norm once per scheduled step. The non-finite check needs the host to know, before
+``optimizer.step()``, whether the loss and norm are finite: that is one scalar transfer per step, paid only with
+``on_nonfinite`` set. With ``on_nonfinite=None`` and clipping alone nothing is read back between publications.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from callbacks.base import Callback, HandlerSpec, parse_schedule
+from lifecycle import Event, Priority, ScheduleSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
+    from torch import nn
+
+    from trainers.base import BaseTrainer
+
+__all__ = ["GradientGuard", "NonFiniteError"]
+
+Policy = Literal["skip", "stop", "raise"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient under ``on_nonfinite="raise"``; the message names the iteration and the
+    parameters whose gradients are not finite."""
+
+
+class GradientGuard(Callback):
+    """Clip gradients by value and/or norm, and act on a non-finite loss or gradient.
+
+    On a non-finite loss or total gradient norm (NaN or inf), per ``on_nonfinite``:
+
+    * ``"skip"``: withhold this step's optimizer update (weights and optimizer state stay bit-identical), count it,
+      go on; ``max_skips`` consecutive skips raise :class:`NonFiniteError` instead of skipping forever;
+    * ``"stop"``: withhold the update and stop training (``post_training(status="stopped")``);
+    * ``"raise"``: raise :class:`NonFiniteError` naming the iteration and the offending parameters;
+    * ``None``: do not check (no per-step host sync).
+
+    Args:
+        clip_norm: clip the total gradient norm to this value (``torch.nn.utils.clip_grad_norm_`` semantics).
+        clip_value: clamp every gradient element to ``[-clip_value, clip_value]`` (applied before ``clip_norm``).
+        norm_type: the p of the p-norm (2.0; ``inf`` for the max-norm).
+        check_loss: also treat a non-finite loss as non-finite.
+        every: when to publish ``grad_norm`` (``None``: never).
+    """
+
+    priority = Priority.STATE
+
+    def __init__(
+        self,
+        *,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
+        norm_type: float = 2.0,
+        on_nonfinite: Policy | None = "skip",
+        check_loss: bool = True,
+        max_skips: int | None = None,
+        every: ScheduleSpec = "50it",
+        priority: int | None = None,
+        state_key: str | None = None,
+    ) -> None:
+        super().__init__(priority=priority, state_key=state_key)
+        owner = f"GradientGuard {self.state_key!r}"
+        for label, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+                raise ValueError(f"{owner}: {label} must be a number > 0 or None, got {value!r}")
+        if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) or not norm_type > 0:
+            raise ValueError(f"{owner}: norm_type must be a number > 0 (2.0, 1.0, float('inf')), got {norm_type!r}")
+        if on_nonfinite not in ("skip", "stop", "raise", None):
+            raise ValueError(f"{owner}: on_nonfinite must be 'skip', 'stop', 'raise' or None, got {on_nonfinite!r}")
+        if max_skips is not None and (isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 1):
+            raise ValueError(f"{owner}: max_skips must be an int >= 1 or None, got {max_skips!r}")
+        self._schedule = None if every is None else parse_schedule(every, owner)
+        if self._schedule is not None:
+            try:
+                self._schedule.check_event(Event.STEP, owner)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.clip_value = None if clip_value is None else float(clip_value)
+        self.norm_type = float(norm_type)
+        self.on_nonfinite: Policy | None = on_nonfinite
+        self.check_loss = bool(check_loss)
+        self.max_skips = max_skips
+        self.every = every
+        #: steps whose update was withheld, in total and in a row
+        self.skipped = 0
+        self.consecutive = 0
+        #: why training was stopped (``on_nonfinite="stop"``), else ``None``
+        self.reason: str | None = None
+        self._params: list[nn.Parameter] = []
+        self._names: dict[int, str] = {}
+        self._due: Callable[[], bool] | None = None
+
+    # ------------------------------------------------------------------ wiring
+    def handlers(self) -> Iterator[HandlerSpec]:
+        if self.on_nonfinite is None and self.clip_norm is None and self.clip_value is None:
+            if self._schedule is not None:  # only publishing: run on the schedule alone, free in between
+                yield Event.STEP, self._publish_only, self._schedule
+            return
+        yield Event.STEP, self._on_step, None
+
+    def setup(self, trainer: BaseTrainer) -> None:
+        named = [(name, p) for name, p in trainer.pipeline.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError(
+                f"GradientGuard {self.state_key!r}: {type(trainer.pipeline).__name__} has no trainable parameters"
+            )
+        self._params = [p for _, p in named]
+        self._names = {id(p): name for name, p in named}
+        self._due = self._schedule.bind(trainer.state, Event.STEP) if self._schedule is not None else None
+
+    def teardown(self, trainer: BaseTrainer) -> None:
+        self._params, self._names, self._due = [], {}, None
+
+    # ------------------------------------------------------------------ the step
+    def _grads(self) -> list[torch.Tensor]:
+        return [p.grad for p in self._params if p.grad is not None]
+
+    def _norm(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        return torch.nn.utils.get_total_norm(grads, self.norm_type, error_if_nonfinite=False)
+
+    def _publish_only(self, trainer: BaseTrainer, **_: Any) -> None:
+        grads = self._grads()
+        if grads:
+            trainer.state.metrics["grad_norm"] = float(self._norm(grads).item())
+
+    def _on_step(self, trainer: BaseTrainer, *, loss: torch.Tensor, **_: Any) -> None:
+        grads = self._grads()
+        if not grads:
+            return
+        publish = self._schedule is not None and (self._due is None or self._due())
+        norm = self._norm(grads) if (publish or self.on_nonfinite is not None or self.clip_value is None) else None
+        if self.on_nonfinite is not None and norm is not None:
+            finite = torch.isfinite(norm)
+            if self.check_loss:
+                finite = finite & torch.isfinite(loss.detach()).all()
+            if not bool(finite):  # the one per-step host sync this policy needs
+                self._nonfinite(trainer, loss, norm)
+                return
+            self.consecutive = 0
+        if self.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(self._params, self.clip_value)
+        if self.clip_norm is not None:
+            if self.clip_value is None and norm is not None:
+                torch.nn.utils.clip_grads_with_norm_(self._params, self.clip_norm, norm)
+            else:  # value clipping changed the norm: measure it again
+                torch.nn.utils.clip_grad_norm_(self._params, self.clip_norm, self.norm_type)
+        if publish and norm is not None:
+            trainer.state.metrics["grad_norm"] = float(norm.item())
+
+    def _nonfinite(self, trainer: BaseTrainer, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        iteration = trainer.state.iteration
+        what = self._describe(loss, norm)
+        if self.on_nonfinite == "raise":
+            raise NonFiniteError(f"non-finite values at iteration {iteration} ({trainer.state}): {what}")
+        trainer.skip_optimizer_step()
+        self.skipped += 1
+        self.consecutive += 1
+        trainer.state.metrics["grad/nonfinite_steps"] = self.skipped
+        trainer.state.metrics["grad_norm"] = float(norm.item())
+        if self.on_nonfinite == "stop":
+            self.reason = f"non-finite values at iteration {iteration}: {what}"
+            trainer.stop()
+        elif self.max_skips is not None and self.consecutive >= self.max_skips:
+            raise NonFiniteError(
+                f"{self.consecutive} consecutive steps with non-finite values (max_skips={self.max_skips}), the "
+                f"last at iteration {iteration}: {what}"
+            )
+
+    def _describe(self, loss: torch.Tensor, norm: torch.Tensor) -> str:
+        """What is not finite, for the error message (only on the failure path: syncs freely)."""
+        parts = []
+        loss_value = float(loss.detach().float().sum().item()) if loss.numel() else math.nan
+        if not math.isfinite(loss_value):
+            parts.append(f"loss = {loss_value}")
+        bad = [
+            self._names.get(id(p), "?")
+            for p in self._params
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+        ]
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            parts.append(f"gradients of {shown}")
+        elif not math.isfinite(float(norm.item())):
+            parts.append(f"total gradient norm = {float(norm.item())} (elements finite, the norm overflowed)")
+        return "; ".join(parts) or "non-finite values"
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "consecutive": self.consecutive, "reason": self.reason}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            skipped, consecutive = int(state["skipped"]), int(state["consecutive"])
+            reason = None if state["reason"] is None else str(state["reason"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"GradientGuard {self.state_key!r}: not a GradientGuard state dict (expected keys skipped, "
+                f"consecutive, reason): {type(exc).__name__}: {exc}"
+            ) from None
+        self.skipped, self.consecutive, self.reason = skipped, consecutive, reason
+
+    def __repr__(self) -> str:
+        return (
+            f"<GradientGuard state_key={self.state_key!r} clip_norm={self.clip_norm} clip_value={self.clip_value} "
+            f"on_nonfinite={self.on_nonfinite!r} skipped={self.skipped}>"
+        )

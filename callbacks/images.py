@@ -1,0 +1,77 @@
+"""Writing images as PNG without an imaging library (not a callback; the ``Validator`` uses it).
+
+A PNG is a signature and three chunks (IHDR, IDAT with zlib-compressed scanlines, IEND); with filter type 0 per
+row that is all a valid 8-bit file needs, so stepbus does not depend on Pillow for its validation images.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import torch
+
+__all__ = ["to_uint8_hwc", "write_png"]
+
+_COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type: grey, grey+alpha, RGB, RGBA
+
+
+def to_uint8_hwc(image: torch.Tensor, *, name: str = "image") -> torch.Tensor:
+    """``image`` as a contiguous CPU ``uint8`` tensor of shape ``(H, W, C)`` with C in 1..4.
+
+    Accepts ``(H, W)`` or ``(H, W, C)``; floating-point values are read as [0, 1] (clamped, rounded), ``uint8`` as
+    is. Anything else is a ``ValueError`` naming ``name``, its shape and dtype.
+    """
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"{name}: expected an HxWxC tensor, got {type(image).__name__}")
+    if image.dim() == 2:
+        image = image.unsqueeze(-1)
+    if image.dim() != 3 or image.shape[-1] not in _COLOR_TYPE or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(
+            f"{name}: expected shape (H, W) or (H, W, C) with C in 1..4 (channels last), got {tuple(image.shape)}"
+        )
+    image = image.detach().cpu()
+    if image.dtype == torch.uint8:
+        return image.contiguous()
+    if not image.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor in [0, 1] or uint8, got dtype {image.dtype}")
+    return (image.float().nan_to_num(0.0).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).contiguous()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def encode_png(image: torch.Tensor, *, name: str = "image") -> bytes:
+    """The bytes of a PNG file holding ``image`` (see :func:`to_uint8_hwc` for what is accepted)."""
+    pixels = to_uint8_hwc(image, name=name)
+    height, width, channels = pixels.shape
+    rows = pixels.reshape(height, width * channels)
+    raw = torch.cat([torch.zeros(height, 1, dtype=torch.uint8), rows], dim=1)  # filter byte 0 before each row
+    header = struct.pack(">IIBBBBB", width, height, 8, _COLOR_TYPE[channels], 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(bytes(raw.untyped_storage()), 6))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def write_png(path: str | os.PathLike[str], image: torch.Tensor, *, name: str = "image") -> Path:
+    """Write ``image`` to ``path`` atomically (a temporary file in the same folder, then ``os.replace``), creating
+    the folder if needed; returns the path."""
+    target = Path(path)
+    data = encode_png(image, name=name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

@@ -1,0 +1,296 @@
+"""``Validator``: runs validation on a schedule, on request and at the end, and tracks the best value of each metric.
+
+Events used: its schedule's event (``post_epoch`` for ``"1ep"``, ``post_step`` for ``"500it"`` or ``"10min"``),
+``post_training`` (``at_end``), ``pre_training`` (republishes its values after a resume), and ``validation``
+requests (``trainer.request_validation()``). It emits ``pre_validation(validator, reason)`` and
+``post_validation(metrics, best, improved, images, image_paths, validator, reason, seconds)`` through the trainer.
+
+Publishes in ``trainer.state.metrics``: ``<prefix>/<name>`` for each metric (``val/psnr``) and the best value so
+far as ``best/<name>`` (``best/<prefix>/<name>`` when the prefix is not ``val``). Early stopping and the
+checkpointer read these; the Validator never talks to them.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from callbacks.base import Callback, HandlerSpec, parse_schedule, periodic_event
+from callbacks.images import to_uint8_hwc, write_png
+from callbacks.metrics import Mode, improves, metric_mode
+from lifecycle import Event, Priority, ScheduleSpec, Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainers.base import BaseTrainer
+
+__all__ = ["ValidateFn", "Validator"]
+
+#: ``fn(trainer) -> {"psnr": ..., "images": {...}}``: what a validator computes when the trainer's ``validate()``
+#: is not the source.
+ValidateFn = Callable[["BaseTrainer"], Mapping[str, Any]]
+
+
+class Validator(Callback):
+    """Validate on a schedule, on ``trainer.request_validation()``, and at the end of training.
+
+    Each run puts the pipeline in eval mode under ``torch.no_grad()``, calls ``fn(trainer)`` (default: the
+    trainer's ``validate()``), restores every module's previous train/eval flag, and restores the torch, CUDA,
+    ``random`` and numpy RNG states: validating -- or not, or one extra time from a GUI -- never changes how
+    training continues. At most one validation per iteration: a scheduled run and ``at_end`` at the same
+    iteration validate once.
+
+    The result maps metric names to numbers (or one-element tensors). Each metric needs a direction to track its
+    best value: ``psnr``/``ssim`` are ``max``, ``loss``/``mse``/``lpips`` are ``min``; declare others with
+    ``modes={"acc": "max"}`` (an undeclared unknown metric is an error). An optional ``"images"`` entry maps names
+    to ``HxWxC`` (or ``HxW``) tensors, float in [0, 1] or uint8: they are written as
+    ``<image_dir>/<name>-<iteration>.png`` and handed to loggers in the ``post_validation`` payload.
+
+    Args:
+        fn: what to compute; ``None`` uses ``trainer.validate()``.
+        every: schedule of automatic validation (``"1ep"``, ``"500it"``, ``"10min"`` ...); ``None`` for only on
+            request and at the end.
+        at_end: also validate when training completes or is stopped (not when it fails or is interrupted), unless
+            it already did at that iteration.
+        modes: directions of metrics the built-in table does not know.
+        prefix: namespace of the published metrics (``"val"``; e.g. ``"test"`` for a second validator, which then
+            also needs ``state_key``).
+        image_dir: where images go; default ``<trainer.run_dir>/<prefix>``, or nowhere when the trainer has no
+            ``run_dir``. ``save_images=False`` never writes files (loggers still get the images).
+    """
+
+    priority = Priority.VALIDATION
+
+    def __init__(
+        self,
+        fn: ValidateFn | None = None,
+        *,
+        every: ScheduleSpec = "1ep",
+        at_end: bool = True,
+        modes: Mapping[str, Mode] | None = None,
+        prefix: str = "val",
+        image_dir: str | Path | None = None,
+        save_images: bool = True,
+        priority: int | None = None,
+        state_key: str | None = None,
+    ) -> None:
+        super().__init__(priority=priority, state_key=state_key)
+        name = self.state_key
+        if fn is not None and not callable(fn):
+            raise TypeError(f"Validator {name!r}: fn must be callable as fn(trainer) -> dict, got {fn!r}")
+        if not isinstance(prefix, str) or not prefix.strip() or prefix.strip("/") != prefix:
+            raise ValueError(
+                f"Validator {name!r}: prefix must be a non-empty name without '/' at its ends, got {prefix!r}"
+            )
+        for metric, mode in (modes or {}).items():
+            if mode not in ("min", "max"):
+                raise ValueError(f"Validator {name!r}: modes[{metric!r}] must be 'min' or 'max', got {mode!r}")
+        self.fn = fn
+        self.every = every
+        self._schedule = None if every is None else parse_schedule(every, f"Validator {name!r}")
+        if self._schedule is not None and self._schedule.always:
+            raise ValueError(f"Validator {name!r}: every={every!r} would validate at every event; give a period")
+        self.at_end = bool(at_end)
+        self.modes: dict[str, Mode] = dict(modes or {})
+        self.prefix = prefix
+        self.image_dir = Path(image_dir) if image_dir is not None else None
+        self.save_images = bool(save_images)
+        #: latest value of each metric (unprefixed name -> value)
+        self.last: dict[str, float] = {}
+        #: best value of each metric and the iteration it was reached at
+        self.best: dict[str, tuple[float, int]] = {}
+        #: number of validations run
+        self.count = 0
+        self._last_iteration = -1
+        self._stop_serving: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ names
+    def metric_key(self, name: str) -> str:
+        """``val/psnr``: where the latest value of ``name`` is published."""
+        return f"{self.prefix}/{name}"
+
+    def best_key(self, name: str) -> str:
+        """``best/psnr`` (``best/test/psnr`` for another prefix): where the best value of ``name`` is published."""
+        return f"best/{name}" if self.prefix == "val" else f"best/{self.prefix}/{name}"
+
+    # ------------------------------------------------------------------ wiring
+    def handlers(self) -> Iterator[HandlerSpec]:
+        yield Event.PRE_TRAINING, self._republish, None
+        if self._schedule is not None:
+            yield periodic_event(self._schedule), self._on_schedule, self._schedule
+        if self.at_end:
+            yield Event.POST_TRAINING, self._on_end, None
+
+    def setup(self, trainer: BaseTrainer) -> None:
+        if self.fn is None and not trainer.defines_validate:
+            raise TypeError(
+                f"Validator {self.state_key!r}: {type(trainer).__name__} does not override validate(); override "
+                "validate(self) -> dict of metrics in the trainer, or pass Validator(fn=lambda trainer: {...})"
+            )
+        self._stop_serving = trainer.serve("validation", self._on_request, name=f"{self.state_key}.validation")
+
+    def teardown(self, trainer: BaseTrainer) -> None:
+        if self._stop_serving is not None:
+            self._stop_serving()
+            self._stop_serving = None
+
+    def _on_schedule(self, trainer: BaseTrainer, **_: Any) -> None:
+        self.run(trainer, reason="schedule")
+
+    def _on_request(self, trainer: BaseTrainer) -> None:
+        self.run(trainer, reason="request")
+
+    def _on_end(self, trainer: BaseTrainer, *, status: Status, **_: Any) -> None:
+        if status in (Status.COMPLETED, Status.STOPPED):
+            self.run(trainer, reason="end")
+
+    def _republish(self, trainer: BaseTrainer, **_: Any) -> None:
+        metrics = trainer.state.metrics
+        for name, value in self.last.items():
+            metrics[self.metric_key(name)] = value
+        for name, (value, _iteration) in self.best.items():
+            metrics[self.best_key(name)] = value
+
+    # ------------------------------------------------------------------ the run
+    def run(self, trainer: BaseTrainer, *, reason: str = "manual", force: bool = False) -> dict[str, float] | None:
+        """Validate now; return the published ``{"val/<name>": value}``, or ``None`` when this validator already
+        validated at the current iteration (``force=True`` validates anyway)."""
+        state = trainer.state
+        if not force and self._last_iteration == state.iteration:
+            return None
+        self._last_iteration = state.iteration
+        trainer.pre_validation(validator=self.state_key, reason=reason)
+        started = time.perf_counter()
+        result = self._compute(trainer)
+        seconds = time.perf_counter() - started
+        if not isinstance(result, Mapping):
+            raise TypeError(
+                f"Validator {self.state_key!r}: {self._source(trainer)} must return a dict of metrics, got "
+                f"{type(result).__name__}"
+            )
+        images = self._images(result.get("images"), trainer)
+        values = {str(k): self._number(str(k), v, trainer) for k, v in result.items() if k != "images"}
+        modes = {}
+        for name in values:
+            try:
+                modes[name] = metric_mode(name, self.modes)
+            except ValueError as exc:
+                raise ValueError(f"Validator {self.state_key!r}: {exc}") from None
+        published: dict[str, float] = {}
+        best: dict[str, float] = {}
+        improved: list[str] = []
+        metrics = state.metrics
+        for name, value in values.items():
+            key = self.metric_key(name)
+            metrics[key] = published[key] = value
+            self.last[name] = value
+            previous = self.best.get(name)
+            if improves(value, None if previous is None else previous[0], modes[name]):
+                self.best[name] = (value, state.iteration)
+                improved.append(key)
+            if name in self.best:
+                metrics[self.best_key(name)] = best[self.best_key(name)] = self.best[name][0]
+        self.count += 1
+        paths = self._write_images(images, trainer)
+        trainer.post_validation(
+            published,
+            best=best,
+            improved=tuple(improved),
+            images=images,
+            image_paths=paths,
+            validator=self.state_key,
+            reason=reason,
+            seconds=seconds,
+        )
+        return published
+
+    def _source(self, trainer: BaseTrainer) -> str:
+        return f"{type(trainer).__name__}.validate()" if self.fn is None else f"its fn {self.fn!r}"
+
+    def _compute(self, trainer: BaseTrainer) -> Any:
+        pipeline = trainer.pipeline
+        flags = [(module, module.training) for module in pipeline.modules()]
+        cuda = [trainer.device] if trainer.device.type == "cuda" else []
+        py_state = random.getstate()
+        numpy = sys.modules.get("numpy")  # only restored when the program uses numpy; never imported here
+        np_state = numpy.random.get_state() if numpy is not None else None
+        try:
+            with torch.random.fork_rng(devices=cuda), torch.no_grad():
+                pipeline.eval()
+                return self.fn(trainer) if self.fn is not None else trainer.validate()
+        finally:
+            for module, training in flags:
+                module.training = training
+            random.setstate(py_state)
+            if numpy is not None:
+                numpy.random.set_state(np_state)
+
+    def _number(self, name: str, value: Any, trainer: BaseTrainer) -> float:
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            return float(value.item())
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
+        raise TypeError(
+            f"Validator {self.state_key!r}: metric {name!r} from {self._source(trainer)} must be a number or a "
+            f"one-element tensor, got {type(value).__name__}{shape}; put images under the 'images' key"
+        )
+
+    def _images(self, images: Any, trainer: BaseTrainer) -> dict[str, torch.Tensor]:
+        if images is None:
+            return {}
+        if not isinstance(images, Mapping):
+            raise TypeError(
+                f"Validator {self.state_key!r}: 'images' from {self._source(trainer)} must map names to HxWxC "
+                f"tensors, got {type(images).__name__}"
+            )
+        out: dict[str, torch.Tensor] = {}
+        for name, image in images.items():
+            if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+                raise ValueError(f"Validator {self.state_key!r}: image name {name!r} is not a plain file name")
+            try:
+                out[name] = to_uint8_hwc(image, name=f"image {name!r}")
+            except ValueError as exc:
+                raise ValueError(f"Validator {self.state_key!r}: {exc}") from None
+        return out
+
+    def _write_images(self, images: Mapping[str, torch.Tensor], trainer: BaseTrainer) -> dict[str, Path]:
+        if not images or not self.save_images:
+            return {}
+        folder = self.image_dir
+        if folder is None:
+            if trainer.run_dir is None:
+                return {}
+            folder = trainer.run_dir / self.prefix
+        iteration = trainer.state.iteration
+        return {name: write_png(folder / f"{name}-{iteration:08d}.png", image) for name, image in images.items()}
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "last": dict(self.last),
+            "best": {name: [value, iteration] for name, (value, iteration) in self.best.items()},
+            "count": self.count,
+            "last_iteration": self._last_iteration,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            last = {str(k): float(v) for k, v in state["last"].items()}
+            best = {str(k): (float(v[0]), int(v[1])) for k, v in state["best"].items()}
+            count, last_iteration = int(state["count"]), int(state["last_iteration"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ValueError(
+                f"Validator {self.state_key!r}: not a Validator state dict (expected keys last, best, count, "
+                f"last_iteration): {type(exc).__name__}: {exc}"
+            ) from None
+        self.last, self.best, self.count, self._last_iteration = last, best, count, last_iteration
+
+    def __repr__(self) -> str:
+        best = {k: v for k, (v, _) in self.best.items()}
+        return f"<Validator state_key={self.state_key!r} every={self.every!r} count={self.count} best={best}>"
