@@ -1,7 +1,8 @@
-"""A small example training (until the reference app lands): an MLP fits a 2-D function, a callback reports.
+"""A small example training (until the reference app lands): an MLP fits a 2-D function, callbacks do the rest.
 
-It shows the whole surface in a few lines: a ``loss_fn`` instead of a subclass, a callback on a schedule that
-reads the loss only when it reports (one ``.item()`` per report, never per step), and ``trainer.train()``.
+It shows the whole surface in a few lines: a ``loss_fn`` instead of a subclass, built-in callbacks (Wisp's LR
+decay, validation on held-out points every epoch), a callback on a schedule that reads the loss only when it
+reports (one ``.item()`` per report, never per step), and ``trainer.train()``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from callbacks import Callback
+from callbacks import Callback, LRDecay, Validator
 from lifecycle import Priority, Status
 from trainers.base import BaseTrainer
 
@@ -62,6 +63,13 @@ class ReportProgress(Callback):
         rate = trainer.state.epoch_iteration / seconds if seconds > 0 else float("inf")
         self.console.print(f"[bold]epoch {trainer.state.epoch} done[/bold] in {seconds:.2f}s ({rate:,.0f} it/s)")
 
+    def post_validation(self, trainer: BaseTrainer, *, metrics: dict[str, float], **payload: Any) -> None:
+        best = {k: v for k, v in trainer.state.metrics.items() if k.startswith("best/")}
+        shown = "  ".join(f"{k} {v:.5f}" for k, v in {**metrics, **best}.items())
+        self.console.print(
+            f"validation at iteration {trainer.state.iteration}: {shown}  lr {trainer.state.metrics['lr']:.2e}"
+        )
+
     def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
         self.console.print(f"training {status}: {trainer.state.iteration} iterations")
 
@@ -82,6 +90,12 @@ def make_demo_trainer(
     generator = torch.Generator().manual_seed(seed)
     xy = torch.rand(samples, 2, generator=generator) * 2 * math.pi - math.pi
     dataset = TensorDataset(xy, _target(xy))
+    held_out = torch.rand(1024, 2, generator=generator) * 2 * math.pi - math.pi
+    held_out_target = _target(held_out)
+
+    def validate(trainer: BaseTrainer) -> dict[str, Any]:
+        return {"mse": nn.functional.mse_loss(trainer.pipeline(held_out), held_out_target)}
+
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
     return BaseTrainer(
@@ -93,13 +107,13 @@ def make_demo_trainer(
         device="cpu",
         optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
         loss_fn=_mse,
-        callbacks=[ReportProgress(console or Console(), every="128it")],
+        callbacks=[LRDecay(), Validator(validate), ReportProgress(console or Console(), every="128it")],
     )
 
 
 def run_demo(*, max_epochs: int = 5, seed: int = 0, console: Console | None = None) -> Status | None:
     """Train the demo and print its progress; returns the run's status."""
     console = console or Console()
-    console.print("[bold]stepbus demo[/bold]: an MLP fits sin(3x)cos(2y) + 0.1xy; ReportProgress prints as it goes")
+    console.print("[bold]stepbus demo[/bold]: an MLP fits sin(3x)cos(2y) + 0.1xy with LR decay and validation")
     trainer = make_demo_trainer(max_epochs=max_epochs, seed=seed, console=console)
     return trainer.train()

@@ -14,12 +14,14 @@ def test_overhead_benchmark_smoke(tmp_path: Path, capsys: object) -> None:
     variants = [
         row.split("|")[2].strip()
         for row in report.splitlines()
-        if row.startswith("| train") or row.startswith("| engine")
+        if row.startswith(("| train", "| scheduled", "| engine"))
     ]
     assert variants == [
         "raw PyTorch loop",
         "stepbus, 0 callbacks",
         "stepbus, 10 no-op callbacks",
+        "raw loop + LR decay, clip, finite check, prune hook, validation",
+        "stepbus + LRDecay, GradientGuard, GridPruning, Validator, EarlyStopping",
         "raw Python loop over the batches",
         "stepbus engine, 0 callbacks",
         "stepbus engine, 10 no-op callbacks",
