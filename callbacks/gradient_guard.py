@@ -171,7 +171,6 @@ class GradientGuard(Callback):
         self.skipped += 1
         self.consecutive += 1
         trainer.state.metrics["grad/nonfinite_steps"] = self.skipped
-        trainer.state.metrics["grad_norm"] = float(norm.item())
         if self.on_nonfinite == "stop":
             self.reason = f"non-finite values at iteration {iteration}: {what}"
             trainer.stop()

@@ -113,9 +113,8 @@ class GridPruning(Callback):
     def _on_schedule(self, trainer: BaseTrainer, **_: Any) -> None:
         if self._fn is None:  # pragma: no cover - handlers only run once setup succeeded
             raise RuntimeError(f"GridPruning {self.state_key!r} is not set up on this trainer")
-        result = self._fn()
+        published = self._publishable(self._fn())
         self.count += 1
-        published = self._publishable(result)
         metrics = trainer.state.metrics
         metrics.update(published)
         metrics["prune/count"] = self.count

@@ -12,6 +12,7 @@ per group otherwise (``name`` is the group's ``"name"`` entry, else its index).
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,9 +44,10 @@ class LRDecay(Callback):
     * **Milestones** (the default, Wisp's): the LR is multiplied by ``gamma`` at each milestone, given as a
       **fraction of the run** -- ``milestones=[0.5, 0.75, 0.9]`` of ``max_epochs * iterations_per_epoch``
       iterations (of ``max_epochs`` with ``interval="epoch"``), so it is right for any batch size (Wisp used the
-      dataset length). Milestone ``m`` falls at ``M = round(m * total)``: with 1000 iterations and ``[0.5]``,
-      iterations 1-500 use ``lr`` and 501-1000 ``lr * gamma``. The LR is a pure function of the position, so a
-      resume is exact by construction. Each group's base LR is its ``initial_lr`` (set from ``lr`` when absent).
+      dataset length). Milestone ``m`` falls at ``M = round(m * total)`` (halves round up): with 1000 iterations
+      and ``[0.5]``, iterations 1-500 use ``lr`` and 501-1000 ``lr * gamma``. The LR is a pure function of the
+      position, so a resume is exact by construction. Each group's base LR is its ``initial_lr`` (set from
+      ``lr`` when absent).
     * **A torch scheduler**: any ``torch.optim.lr_scheduler`` instance built on the trainer's optimizer, or a factory
       ``optimizer -> scheduler``; stepped after every optimizer step (``interval="iteration"``) or every epoch.
       ``ReduceLROnPlateau`` steps after each validation with ``state.metrics[monitor]``. Its state is in
@@ -122,12 +124,13 @@ class LRDecay(Callback):
         self._next = 0  # milestone mode: the first position at which the factor may change
         self._base: list[float] = []  # torch mode: each group's LR as the scheduler set it (before warmup)
         self._pending: dict[str, Any] | None = None  # state loaded before setup
+        self._changed = False  # ReduceLROnPlateau stepped: publish the new LR before the next step
 
     # ------------------------------------------------------------------ wiring
     def handlers(self) -> Iterator[HandlerSpec]:
         per_step = self.interval == "iteration"
         yield Event.PRE_TRAINING, self._on_pre_training, None
-        if self.scheduler_spec is None or self.warmup:
+        if self.scheduler_spec is None or self.warmup or not per_step or self.monitor is not None:
             yield (Event.PRE_STEP if per_step else Event.PRE_EPOCH), self._on_before, None
         if self.scheduler_spec is not None and self.monitor is None:
             yield (Event.POST_STEP if per_step else Event.POST_EPOCH), self._on_after, None
@@ -172,17 +175,17 @@ class LRDecay(Callback):
     def _on_pre_training(self, trainer: BaseTrainer, **_: Any) -> None:
         state = trainer.state
         total = state.max_iterations if self.interval == "iteration" else state.max_epochs
-        self._points = [max(1, round(m * total)) for m in self.milestones]
+        self._points = [max(1, math.floor(m * total + 0.5)) for m in self.milestones]  # half up, not to even
         self._factor, self._next = None, 0
         self._publish(trainer)
 
     def _on_before(self, trainer: BaseTrainer, **_: Any) -> None:
         state = trainer.state
         position = state.iteration if self.interval == "iteration" else state.epoch  # 1-based: the coming step
-        if position < self._next:
-            return
-        warm = self._warm(position)
         if self.scheduler is None:
+            if position < self._next:
+                return
+            warm = self._warm(position)
             factor = warm * self.gamma ** bisect.bisect_right(self._points, position - 1)
             later = [p + 1 for p in self._points if p + 1 > position]
             self._next = position + 1 if position < self.warmup else (later[0] if later else 1 << 62)
@@ -191,10 +194,14 @@ class LRDecay(Callback):
                 for group in self._groups():
                     group["lr"] = group["initial_lr"] * factor
                 self._publish(trainer)
-        else:
-            self._next = position + 1 if position <= self.warmup else 1 << 62
+            return
+        warming = position <= self.warmup
+        if warming:
+            warm = self._warm(position)
             for group, base in zip(self._groups(), self._base, strict=True):
                 group["lr"] = base * warm
+        if warming or self.interval == "epoch" or self._changed:  # else post_step publishes before stepping
+            self._changed = False
             self._publish(trainer)
 
     def _on_after(self, trainer: BaseTrainer, **_: Any) -> None:
@@ -205,8 +212,9 @@ class LRDecay(Callback):
         monitor = self.monitor
         if monitor is None or monitor not in metrics:
             return
+        self._publish(trainer)  # the LR the latest step used; the new one is published before the next step
         self._step_scheduler(trainer, float(metrics[monitor]))
-        self._publish(trainer)
+        self._changed = True
 
     def _step_scheduler(self, trainer: BaseTrainer, *metric: float) -> None:
         scheduler, groups = self.scheduler, self._groups()

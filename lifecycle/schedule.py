@@ -111,12 +111,23 @@ class Schedule:
             unknown = sorted(set(map(str, spec)) - set(_MAPPING_KEYS))
             if unknown:
                 raise _invalid(dict(spec), f"unknown keys {unknown} (valid keys: {list(_MAPPING_KEYS)})")
+            given = {"at": at, "start": start, "end": end, "once": once or None}
+            clash = sorted(k for k, v in given.items() if v is not None and spec.get(k) is not None)
+            if clash:
+                raise _invalid(dict(spec), f"{clash} given both in the mapping and as arguments; give each once")
+
+            mapping = spec
+
+            def pick(key: str, argument: Any) -> Any:
+                value = mapping.get(key)
+                return argument if value is None else value
+
             return cls.parse(
                 spec.get("every"),
-                at=spec.get("at"),
-                start=spec.get("start"),
-                end=spec.get("end"),
-                once=spec.get("once", False),
+                at=pick("at", at),
+                start=pick("start", start),
+                end=pick("end", end),
+                once=pick("once", once),
             )
         if not isinstance(once, bool):
             raise _invalid(once, "once= must be True or False")

@@ -59,10 +59,10 @@ def param_groups(
         for p in params:
             if id(p) in owner:
                 raise ValueError(
-                    f"param_groups: a parameter of {path!r} is also in group {owner[id(p)]!r}; select modules "
-                    "that do not contain each other"
+                    f"param_groups: a parameter of {path or 'model'!r} is also in group {owner[id(p)]!r}; select "
+                    "modules that do not contain each other"
                 )
-            owner[id(p)] = path
+            owner[id(p)] = path or "model"
         group: dict[str, Any] = {"name": path or "model"}
         for option, value in options.items():
             if option == "lr_scale":
