@@ -557,3 +557,15 @@ def test_bind_checks_the_event() -> None:
 def test_unscheduled_handler_may_listen_to_any_event() -> None:
     for event in Event:
         Schedule.parse(None).check_event(event)
+
+
+def test_mapping_takes_bounds_given_as_arguments() -> None:
+    # a callback that accepts start= next to a schedule given as a mapping must not drop it
+    assert Schedule.parse({"every": "5it"}, start=12) == Schedule.parse("5it", start=12)
+    assert Schedule.parse({"every": "5it", "start": None}, end=20) == Schedule.parse("5it", end=20)
+    assert Schedule.parse({"every": "1ep"}, once=True) == Schedule.parse("1ep", once=True)
+
+
+def test_mapping_and_argument_giving_the_same_bound_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"\['start'\] given both in the mapping and as arguments"):
+        Schedule.parse({"every": "5it", "start": 10}, start=12)
