@@ -67,6 +67,11 @@ class EarlyStopping(Callback):
         name = f"EarlyStopping {self.state_key!r}"
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"{name}: monitor must be a metric name such as 'val/loss', got {monitor!r}")
+        if monitor.startswith("best/"):
+            raise ValueError(
+                f"{name}: monitor={monitor!r} is a best-so-far value, which never gets worse; monitor the validated "
+                f"metric itself, e.g. {'val/' + monitor.split('/')[-1]!r}"
+            )
         if mode is None:
             try:
                 mode = metric_mode(monitor)

@@ -163,7 +163,6 @@ class Validator(Callback):
         state = trainer.state
         if not force and self._last_iteration == state.iteration:
             return None
-        self._last_iteration = state.iteration
         trainer.pre_validation(validator=self.state_key, reason=reason)
         started = time.perf_counter()
         result = self._compute(trainer)
@@ -196,6 +195,7 @@ class Validator(Callback):
             if name in self.best:
                 metrics[self.best_key(name)] = best[self.best_key(name)] = self.best[name][0]
         self.count += 1
+        self._last_iteration = state.iteration  # only a validation that got this far counts as done
         paths = self._write_images(images, trainer)
         trainer.post_validation(
             published,
