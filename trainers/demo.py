@@ -75,7 +75,7 @@ class ReportProgress(Callback):
 
 
 def _target(xy: torch.Tensor) -> torch.Tensor:
-    return torch.sin(3 * xy[:, :1]) * torch.cos(2 * xy[:, 1:]) + 0.1 * xy[:, :1] * xy[:, 1:]
+    return torch.sin(xy[:, :1]) * torch.cos(xy[:, 1:]) + 0.1 * xy[:, :1] * xy[:, 1:]
 
 
 def _mse(pipeline: nn.Module, batch: Any) -> torch.Tensor:
@@ -105,7 +105,7 @@ def make_demo_trainer(
         batch_size=batch_size,
         seed=seed,
         device="cpu",
-        optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
         loss_fn=_mse,
         callbacks=[LRDecay(), Validator(validate), ReportProgress(console or Console(), every="128it")],
     )
@@ -114,6 +114,6 @@ def make_demo_trainer(
 def run_demo(*, max_epochs: int = 5, seed: int = 0, console: Console | None = None) -> Status | None:
     """Train the demo and print its progress; returns the run's status."""
     console = console or Console()
-    console.print("[bold]stepbus demo[/bold]: an MLP fits sin(3x)cos(2y) + 0.1xy with LR decay and validation")
+    console.print("[bold]stepbus demo[/bold]: an MLP fits sin(x)cos(y) + 0.1xy with LR decay and validation")
     trainer = make_demo_trainer(max_epochs=max_epochs, seed=seed, console=console)
     return trainer.train()
