@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from callbacks.base import Callback, HandlerSpec, parse_schedule, periodic_event
+from callbacks.metrics import as_scalar
 from lifecycle import Event, Priority, ScheduleSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,10 +127,9 @@ class GridPruning(Callback):
         return {f"prune/{self.metric}": self._number(self.metric, result)}
 
     def _number(self, name: str, value: Any) -> float:
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            return float(value.item())  # one host sync per prune, not per step
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = as_scalar(value)  # one host sync per prune, not per step
+        if number is not None:
+            return number
         raise TypeError(
             f"GridPruning {self.state_key!r}: prune() returned {name!r} = {type(value).__name__}; return None, a "
             "number, a one-element tensor, or a dict of those"

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["DEFAULT_MODES", "Mode", "improves", "metric_mode", "mse", "psnr"]
+__all__ = ["DEFAULT_MODES", "Mode", "as_scalar", "improves", "metric_mode", "mse", "psnr"]
 
 Mode = Literal["min", "max"]
 
@@ -25,6 +25,16 @@ DEFAULT_MODES: Mapping[str, Mode] = {
     "mse": "min",
     "lpips": "min",
 }
+
+
+def as_scalar(value: object) -> float | None:
+    """``value`` as a float when it is a number or a one-element tensor (one host sync), else ``None`` -- so each
+    caller can say in its own words what it expected. ``bool`` is not a number here."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.item())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 
 from callbacks.base import Callback, HandlerSpec, parse_schedule, periodic_event
 from callbacks.images import to_uint8_hwc, write_png
-from callbacks.metrics import Mode, improves, metric_mode
+from callbacks.metrics import Mode, as_scalar, improves, metric_mode
 from lifecycle import Event, Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -231,10 +231,9 @@ class Validator(Callback):
                 numpy.random.set_state(np_state)
 
     def _number(self, name: str, value: Any, trainer: BaseTrainer) -> float:
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            return float(value.item())
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = as_scalar(value)
+        if number is not None:
+            return number
         shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
         raise TypeError(
             f"Validator {self.state_key!r}: metric {name!r} from {self._source(trainer)} must be a number or a "
