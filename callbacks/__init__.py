@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from callbacks.base import Callback, HandlerSpec
 
 if TYPE_CHECKING:  # pragma: no cover
+    from callbacks.checkpointer import Checkpointer
     from callbacks.early_stopping import EarlyStopping
     from callbacks.gradient_guard import GradientGuard, NonFiniteError
     from callbacks.grid_pruning import GridPruning
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Callback",
+    "Checkpointer",
     "EarlyStopping",
     "GradientGuard",
     "GridPruning",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 _WHERE = {
+    "Checkpointer": "callbacks.checkpointer",
     "EarlyStopping": "callbacks.early_stopping",
     "GradientGuard": "callbacks.gradient_guard",
     "NonFiniteError": "callbacks.gradient_guard",

@@ -14,9 +14,12 @@ before the event that starts them: ``state.epoch`` before ``pre_epoch``, ``state
 ``state.epoch_iteration`` before ``pre_step``; so inside any handler they describe the current epoch and step.
 
 ``stop()`` is honoured at the next boundary -- after ``pre_training``, after ``pre_epoch`` (no step is taken), or
-after the current step -- then ``post_epoch`` (if an epoch is open) and ``post_training(status="stopped")`` fire
-once each. A stop requested during the run's final ``post_epoch`` changes nothing: the run completed. Outside
-``iterate()`` (a GUI button between ticks) ``stop()`` finishes at once. An exception anywhere emits
+after the current step -- then pending requests are served, then ``post_epoch`` (if an epoch is open) and
+``post_training(status="stopped")`` fire once each. :meth:`Loop.request_stop` is the same with another status
+(``"interrupted"`` for a signal) and never emits by itself, so a signal handler may call it at any moment: a
+request that lands between two ``iterate()`` calls is honoured at the start of the next one. A stop requested
+during the run's final ``post_epoch`` changes nothing: the run completed. Outside ``iterate()`` (a GUI button
+between ticks) ``stop()`` finishes at once. An exception anywhere emits
 ``exception(error=...)``, then ``post_training(status="failed")`` (``"interrupted"`` for ``KeyboardInterrupt``) unless
 ``post_training`` was already under way, then propagates; errors raised by those two emissions are attached to the
 original as notes instead of replacing it.
@@ -67,17 +70,21 @@ class Host(Protocol):
     def fail(self, error: BaseException) -> None:
         """Emit ``exception(error=...)``."""
 
+    def serve_requests(self) -> None:
+        """Serve queued on-demand requests (a checkpoint asked for by an interrupt) before the run is finished."""
+
 
 class Loop:
     """The state machine. ``iterate(host)`` is the only method that emits anything during normal operation."""
 
-    __slots__ = ("_in_iterate", "paused", "phase", "resumed", "state", "status", "stop_requested")
+    __slots__ = ("_in_iterate", "paused", "phase", "resumed", "state", "status", "stop_requested", "stop_status")
 
     def __init__(self, state: State) -> None:
         self.state = state
         self.phase = Phase.IDLE
         self.status: Status | None = None
         self.stop_requested = False
+        self.stop_status = Status.STOPPED
         self.paused = False
         self.resumed = False
         self._in_iterate = False
@@ -118,6 +125,11 @@ class Loop:
         state = self.state
         self._in_iterate = True
         try:
+            if self.stop_requested:  # requested between two calls (a signal): nothing more is stepped
+                if self.phase is Phase.IDLE:
+                    self.phase, self.status = Phase.DONE, self.stop_status
+                    return False
+                return self._finish(host, self.stop_status)
             if self.phase is Phase.IDLE:
                 if state.iteration >= state.max_iterations:  # a restored run that had already completed
                     self.phase, self.status = Phase.DONE, Status.COMPLETED
@@ -128,21 +140,21 @@ class Loop:
                 if open_epoch:
                     host.begin_epoch()
                 if self.stop_requested:
-                    return self._finish(host, Status.STOPPED)
+                    return self._finish(host, self.stop_status)
             if self.phase is Phase.BETWEEN_EPOCHS:
                 state.epoch += 1
                 state.epoch_iteration = 0
                 self.phase = Phase.IN_EPOCH
                 host.begin_epoch()
                 if self.stop_requested:
-                    return self._finish(host, Status.STOPPED)
+                    return self._finish(host, self.stop_status)
             state.iteration += 1
             state.epoch_iteration += 1
             host.run_step()
             if state.epoch_iteration >= state.iterations_per_epoch:
                 return self._end_epoch(host)
             if self.stop_requested:
-                return self._finish(host, Status.STOPPED)
+                return self._finish(host, self.stop_status)
             return True
         except BaseException as error:
             self._fail(host, error)
@@ -150,19 +162,28 @@ class Loop:
         finally:
             self._in_iterate = False
 
-    def stop(self, host: Host) -> None:
+    def request_stop(self, status: Status = Status.STOPPED) -> None:
+        """Ask the run to end with ``status`` at the next boundary; emits nothing (safe from a signal handler).
+        An interrupt outranks a stop already requested, never the other way round."""
+        if self.phase is Phase.DONE or self.phase is Phase.FINISHING:
+            return
+        if not self.stop_requested or status is Status.INTERRUPTED:
+            self.stop_status = status
+        self.stop_requested = True
+
+    def stop(self, host: Host, status: Status = Status.STOPPED) -> None:
         """Request a stop. Inside ``iterate()`` it is honoured at the next boundary; outside it finishes now."""
         if self.phase is Phase.DONE or self.phase is Phase.FINISHING:
             return
-        self.stop_requested = True
+        self.request_stop(status)
         if self._in_iterate:
             return
         if self.phase is Phase.IDLE:  # never started: nothing to balance, nothing emitted
-            self.phase, self.status = Phase.DONE, Status.STOPPED
+            self.phase, self.status = Phase.DONE, self.stop_status
             return
         self._in_iterate = True
         try:
-            self._finish(host, Status.STOPPED)
+            self._finish(host, self.stop_status)
         except BaseException as error:
             self._fail(host, error)
             raise
@@ -176,10 +197,11 @@ class Loop:
         if state.epoch >= state.max_epochs and state.epoch_iteration >= state.iterations_per_epoch:
             return self._complete(host, Status.COMPLETED)
         if self.stop_requested:
-            return self._complete(host, Status.STOPPED)
+            return self._complete(host, self.stop_status)
         return True
 
     def _finish(self, host: Host, status: Status) -> bool:
+        host.serve_requests()  # e.g. the checkpoint an interrupt asked for: taken before post_epoch cuts the epoch
         if self.phase is Phase.IN_EPOCH:
             self.phase = Phase.BETWEEN_EPOCHS
             host.end_epoch()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,9 +16,20 @@ from torch.utils.data import Dataset
 
 from callbacks.base import Callback
 from lifecycle import Bus, Event, Handle, Loop, Phase, ScheduleSpec, State, Status
+from trainers.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    now_metadata,
+    stepbus_version,
+    write_checkpoint,
+)
 from trainers.data import BatchPlan, Feeder
 from trainers.placement import resolve_device, to_device
 from trainers.requests import Requests
+from trainers.rng import capture_rng, check_rng, restore_rng
+from trainers.signals import TrainingInterrupted, graceful_signals
 
 __all__ = ["BaseTrainer", "LossFn", "OptimizerSpec"]
 
@@ -25,6 +38,7 @@ LossFn = Callable[[nn.Module, Any], "torch.Tensor | dict[str, Any]"]
 #: A built optimizer, or a factory ``params -> optimizer``.
 OptimizerSpec = torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None
 F = TypeVar("F", bound=Callable[..., Any])
+_log = logging.getLogger("stepbus")
 
 
 class _Host:
@@ -42,13 +56,18 @@ class _Host:
         self._non_blocking = trainer.device.type == "cuda"
 
     def begin_training(self) -> None:
-        self.trainer.pre_training()
+        t = self.trainer
+        t.pre_training()
+        if t._pending_rng is not None and not 0 < t.state.epoch_iteration < t.state.iterations_per_epoch:
+            t._restore_rng()  # resumed at an epoch boundary: the next pre_epoch is the uninterrupted run's
 
     def begin_epoch(self) -> None:
         t = self.trainer
         t.pipeline.train()
         self._batches = t._feeder.epoch(t.state.epoch, t.state.epoch_iteration)
         t.pre_epoch()
+        if t._pending_rng is not None:
+            t._restore_rng()  # resumed mid-epoch: this pre_epoch re-opened the epoch; the next step is the run's
 
     def run_step(self) -> None:
         t = self.trainer
@@ -61,11 +80,13 @@ class _Host:
             ) from None
         if self._move:
             batch = to_device(batch, self._device, self._non_blocking)
+        t._stepping = True
         t.pre_step(batch)
         outputs = t.step(batch)
+        t._stepping = False
         t.post_step(outputs)
-        if t._requests.pending:  # requested during the step: served now, before post_epoch
-            t._requests.drain()
+        if t._requests.pending and t.state.epoch_iteration < t.state.iterations_per_epoch:
+            t._requests.drain()  # requested during a step: served now (at an epoch's last step, after post_epoch)
 
     def end_epoch(self) -> None:
         self._batches = iter(())
@@ -76,12 +97,19 @@ class _Host:
 
     def end_training(self, status: Status) -> None:
         t = self.trainer
-        if t._requests.pending and status in (Status.COMPLETED, Status.STOPPED):
+        if t._requests.pending and status is not Status.FAILED:
             t._requests.drain()  # before post_training, so loggers still receive what the requests publish
         t.post_training(status)
 
     def fail(self, error: BaseException) -> None:
-        self.trainer.on_exception(error)
+        t = self.trainer
+        t._stepping = False
+        t.on_exception(error)
+
+    def serve_requests(self) -> None:
+        requests = self.trainer._requests
+        if requests.pending:
+            requests.drain()
 
 
 class BaseTrainer:
@@ -178,6 +206,15 @@ class BaseTrainer:
         self._requests = Requests(self, self.state)
         self._host = _Host(self)
         self._skip_optimizer_step = False
+        self._stepping = False  # between pre_step and post_step: no resumable checkpoint can be taken
+        self._pending_rng: dict[str, Any] | None = None  # from a checkpoint, restored at the resume point
+        self._tracked: dict[str, Any] = {}
+        #: the resolved configuration (plain containers), saved in every checkpoint's metadata
+        self.config: dict[str, Any] | None = None
+        #: the checkpoint this run resumed from, if any
+        self.resumed_from: Path | None = None
+        #: the signal that interrupted ``train()`` (``signal.SIGINT`` ...), if one did
+        self.interrupted_by: int | None = None
         self._callbacks: dict[int, tuple[Callback, tuple[Handle, ...]]] = {}
         # the hot path emits through cached channels: "if channel.active" costs one attribute test when idle
         channel = self.bus.channel
@@ -288,15 +325,31 @@ class BaseTrainer:
         """
         return self._loop.iterate(self._host)
 
-    def train(self) -> Status | None:
+    def train(self, *, handle_signals: bool = True) -> Status | None:
         """Iterate until the run ends (returns its status) or a callback calls :meth:`pause` (returns ``None``;
-        call ``train()`` again to continue). Un-pauses first."""
+        call ``train()`` again to continue). Un-pauses first.
+
+        With ``handle_signals`` (and on the main thread) SIGINT and SIGTERM end the run gracefully: the current
+        step finishes, ``"interrupt"`` requests are served (a :class:`~callbacks.Checkpointer` saves), then
+        ``post_epoch`` and ``post_training(status="interrupted")`` fire and ``train()`` returns
+        ``Status.INTERRUPTED`` (:attr:`interrupted_by` names the signal). A second signal raises
+        :class:`~trainers.signals.TrainingInterrupted` at once. The previous handlers are restored on return."""
         loop, host = self._loop, self._host
         loop.paused = False
-        while loop.iterate(host):
-            if loop.paused:
-                return None
+        with graceful_signals(self._on_signal) if handle_signals else nullcontext():
+            while loop.iterate(host):
+                if loop.paused:
+                    return None
         return loop.status
+
+    def _on_signal(self, signum: int) -> None:
+        """The signal handler: flags only (it may run between any two bytecodes), except a second signal."""
+        if self.interrupted_by is not None or self._loop.phase is Phase.FINISHING:
+            raise TrainingInterrupted(signum)
+        self.interrupted_by = signum
+        self._loop.request_stop(Status.INTERRUPTED)
+        if self._requests.servers("interrupt"):
+            self._requests.pending["interrupt"] = None  # served at the next safe point, before post_epoch
 
     def run_for(self, seconds: float) -> bool:
         """Iterate for about ``seconds`` of wall time (at least one step), for a GUI frame; return whether
@@ -313,9 +366,253 @@ class BaseTrainer:
         current step."""
         self._loop.paused = True
 
-    def resume(self) -> None:
-        """Undo :meth:`pause`."""
-        self._loop.paused = False
+    def resume(self, checkpoint: str | os.PathLike[str] | None = None) -> Path | None:
+        """``resume()`` undoes :meth:`pause`. ``resume(path)`` -- before training -- loads a checkpoint so that
+        the next :meth:`iterate` continues with the exact next batch; returns the file it loaded.
+
+        ``path`` is a checkpoint file, a directory (its newest loadable checkpoint), or ``"auto"``: the newest
+        loadable checkpoint in the directory of each callback that has a ``checkpoint_dir`` (a Checkpointer),
+        else in ``run_dir/checkpoints``. In a directory, a checkpoint that is damaged, incompatible or not a
+        stepbus file is reported with a warning and the next newest is tried; ``"auto"`` with no checkpoint at all
+        starts from scratch (and returns ``None``). Every other failure is a :class:`~trainers.checkpoint.
+        CheckpointError` naming the file and the reason, raised before anything is changed.
+
+        The resumed run emits ``pre_training(resumed=True)``, then ``pre_epoch`` again when the checkpoint was
+        taken mid-epoch, then the next step; no consumed batch is replayed and no event of a finished step repeats.
+        """
+        if checkpoint is None:
+            self._loop.paused = False
+            return None
+        if self._loop.started:
+            raise RuntimeError(
+                f"resume({str(checkpoint)!r}) must be called before training starts; this trainer is at {self.state} "
+                "(build a new trainer to load a checkpoint)"
+            )
+        if isinstance(checkpoint, str) and checkpoint == "auto":
+            directories = self.checkpoint_dirs()
+            if not directories:
+                raise ValueError(
+                    "resume('auto') needs a place to look: give the trainer run_dir=... or add a Checkpointer, "
+                    "or pass a checkpoint file or directory"
+                )
+            found = self._resume_newest(directories, required=False)
+            if found is None:
+                _log.warning("resume('auto'): no checkpoint in %s; starting from scratch", _names(directories))
+            return found
+        target = Path(checkpoint)
+        if target.is_dir():
+            return self._resume_newest([target], required=True)
+        self._apply_checkpoint(target, load_checkpoint(target))
+        return target
+
+    def checkpoint_dirs(self) -> list[Path]:
+        """Where ``resume("auto")`` looks: every registered callback's ``checkpoint_dir``, else
+        ``run_dir/checkpoints``."""
+        found: list[Path] = []
+        for callback in self.callbacks:
+            directory = getattr(callback, "checkpoint_dir", None)
+            if isinstance(directory, Path) and directory not in found:
+                found.append(directory)
+        if not found and self.run_dir is not None:
+            found.append(self.run_dir / "checkpoints")
+        return found
+
+    def _resume_newest(self, directories: list[Path], *, required: bool) -> Path | None:
+        candidates = sorted(
+            (file for directory in directories for file in list_checkpoints(directory)),
+            key=lambda f: (f.mtime_ns, f.iteration),
+            reverse=True,
+        )
+        failures: list[str] = []
+        for file in candidates:
+            try:
+                loaded = load_checkpoint(file.path)
+            except CheckpointError as exc:
+                _log.warning("resume: skipping %s; trying the next newest checkpoint", exc)
+                failures.append(str(exc))
+                continue
+            if failures:
+                _log.warning("resume: fell back to %s (iteration %d)", file.path, file.iteration)
+            self._apply_checkpoint(file.path, loaded)
+            return file.path
+        if failures:
+            raise CheckpointError(
+                directories[0],
+                "no loadable checkpoint: " + "; ".join(failures) + " -- nothing was loaded and nothing was changed",
+            )
+        if required:
+            raise CheckpointError(directories[0], "no step-<iteration>.pt checkpoint in this directory")
+        return None
+
+    def _apply_checkpoint(self, path: Path, loaded: dict[str, Any]) -> None:
+        """Check that ``loaded`` fits this trainer, then apply it. Everything that can be checked without changing
+        the trainer is checked first, so a checkpoint that does not fit changes nothing."""
+        meta = loaded["stepbus"]
+        if not meta.get("resumable", True):
+            raise CheckpointError(
+                path,
+                f"not resumable: it was written at iteration {meta.get('iteration')} because of {meta.get('reason')!r} "
+                "(the state at a failure, mid-step); load it with trainers.checkpoint.load_checkpoint to inspect it",
+            )
+        try:
+            counters = self._checked_counters(loaded["trainer"])
+        except ValueError as exc:
+            raise CheckpointError(path, f"does not fit this trainer: {exc}") from None
+        try:
+            check_rng(loaded["rng"])
+        except ValueError as exc:
+            raise CheckpointError(path, f"malformed: {exc}") from None
+        self._check_model(path, loaded["model"])
+        self._check_optimizer(path, loaded["optimizer"])
+        try:
+            self.pipeline.load_state_dict(loaded["model"])
+            self.optimizer.load_state_dict(loaded["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(path, f"does not fit this trainer: {type(exc).__name__}: {exc}") from None
+        tracked = loaded.get("tracked", {})
+        for name, obj in self._tracked.items():
+            if name in tracked:
+                _load_part(path, f"tracked object {name!r}", obj, tracked[name])
+            else:
+                _log.warning("resume: %s has no state for tracked object %r; it starts fresh", path, name)
+        for name in sorted(set(tracked) - set(self._tracked)):
+            _log.warning("resume: %s holds state for tracked object %r, which this trainer does not track", path, name)
+        saved_callbacks = loaded["callbacks"]
+        for callback in self.callbacks:
+            key = callback.state_key
+            if key in saved_callbacks:
+                _load_part(path, f"callback {key!r} ({type(callback).__name__})", callback, saved_callbacks[key])
+            else:
+                _log.warning("resume: %s has no state for callback %r; it starts fresh", path, key)
+        extra = sorted(set(saved_callbacks) - {cb.state_key for cb in self.callbacks})
+        if extra:
+            _log.warning("resume: %s holds state for callbacks %s, which are not registered now", path, extra)
+        self.state.load_state_dict(counters)
+        self._loop.restore()
+        self._pending_rng = loaded["rng"]
+        self.resumed_from = path
+        _log.info("resumed from %s at %s", path, self.state)
+
+    def _check_model(self, path: Path, saved: Any) -> None:
+        if not isinstance(saved, dict):
+            raise CheckpointError(path, f"malformed: 'model' is a {type(saved).__name__}, expected a state dict")
+        own = self.pipeline.state_dict()
+        missing = [k for k in own if k not in saved]
+        unexpected = [k for k in saved if k not in own]
+        shapes = [
+            f"{k}: saved {tuple(saved[k].shape)}, model {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in saved and isinstance(v, torch.Tensor) and getattr(saved[k], "shape", None) != v.shape
+        ]
+        problems = []
+        if missing:
+            problems.append(f"missing keys {_first_few(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys {_first_few(unexpected)}")
+        if shapes:
+            problems.append(f"shape mismatch {_first_few(shapes)}")
+        if problems:
+            raise CheckpointError(
+                path, f"its model does not fit {type(self.pipeline).__name__}: " + "; ".join(problems)
+            )
+
+    def _check_optimizer(self, path: Path, saved: Any) -> None:
+        groups = saved.get("param_groups") if isinstance(saved, dict) else None
+        if not isinstance(groups, list):
+            raise CheckpointError(path, "malformed: 'optimizer' has no 'param_groups' list")
+        own = [len(group["params"]) for group in self.optimizer.param_groups]
+        theirs = [len(group.get("params", ())) if isinstance(group, dict) else -1 for group in groups]
+        if own != theirs:
+            raise CheckpointError(
+                path,
+                f"its optimizer does not fit: saved parameter groups of sizes {theirs}, this "
+                f"{type(self.optimizer).__name__} has {own}",
+            )
+
+    def _restore_rng(self) -> None:
+        state, self._pending_rng = self._pending_rng, None
+        if state is not None:
+            for note in restore_rng(state):
+                _log.warning("resume: %s", note)
+
+    # ------------------------------------------------------------------ checkpoints
+    def track(self, name: str, obj: Any) -> Any:
+        """Carry ``obj`` (anything with ``state_dict()`` / ``load_state_dict()``: an LR scheduler driven by hand,
+        an AMP ``GradScaler``, an EMA of the weights) in every checkpoint under ``name``; returns ``obj``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"track() needs a non-empty name, got {name!r}")
+        if not callable(getattr(obj, "state_dict", None)) or not callable(getattr(obj, "load_state_dict", None)):
+            raise TypeError(f"track({name!r}, ...): {type(obj).__name__} has no state_dict()/load_state_dict()")
+        if name in self._tracked:
+            raise ValueError(f"track({name!r}, ...): the name is already used by {self._tracked[name]!r}")
+        self._tracked[name] = obj
+        return obj
+
+    def checkpoint_state(self, *, reason: str = "manual", resumable: bool = True) -> dict[str, Any]:
+        """Everything an exact resume needs, as tensors and plain containers (see ``trainers.checkpoint``).
+
+        Raises ``RuntimeError`` for a resumable checkpoint asked for where the run is not at a resumable point:
+        inside a step (between ``pre_step`` and ``post_step``) or at an epoch's last step before its ``post_epoch``.
+        A callback asks for one with :meth:`request_checkpoint` instead, which is always served at a resumable point.
+        """
+        state = self.state
+        if resumable:
+            loop = self._loop
+            if self._stepping or (
+                loop.in_iterate and loop.phase is Phase.IN_EPOCH and state.epoch_iteration >= state.iterations_per_epoch
+            ):
+                where = "inside a step" if self._stepping else "before this epoch's post_epoch"
+                raise RuntimeError(
+                    f"no resumable checkpoint can be taken {where} (iteration {state.iteration}, {state}); take it "
+                    "from post_step, post_epoch or between iterate() calls, or call trainer.request_checkpoint()"
+                )
+        meta: dict[str, Any] = {
+            "format": FORMAT,
+            "version": stepbus_version(),
+            "torch": str(torch.__version__),
+            **now_metadata(),
+            "reason": reason,
+            "resumable": resumable,
+            "iteration": state.iteration,
+            "epoch": state.epoch,
+            "epoch_iteration": state.epoch_iteration,
+            "max_epochs": state.max_epochs,
+            "iterations_per_epoch": state.iterations_per_epoch,
+            "status": str(self._loop.status) if self._loop.status is not None else None,
+            "metrics": _plain_metrics(state.metrics),
+            "config": self.config,
+            "trainer": f"{type(self).__module__}.{type(self).__qualname__}",
+        }
+        return {
+            "stepbus": meta,
+            "trainer": self.state_dict(),
+            "model": self.pipeline.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "tracked": {name: obj.state_dict() for name, obj in self._tracked.items()},
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            "rng": capture_rng(),
+        }
+
+    def save_checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        reason: str = "manual",
+        resumable: bool = True,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write :meth:`checkpoint_state` to ``path`` atomically (see :func:`trainers.checkpoint.write_checkpoint`);
+        ``metadata`` adds plain keys to the metadata block. Raises :class:`~trainers.checkpoint.CheckpointError`
+        when the file cannot be written; the previous file at ``path`` is then intact."""
+        payload = self.checkpoint_state(reason=reason, resumable=resumable)
+        if metadata:
+            payload["stepbus"].update(metadata)
+        return write_checkpoint(path, payload)
+
+    def request_checkpoint(self) -> None:
+        """Ask the checkpointer(s) to save: at once between steps, or at the next resumable point of the running
+        ``iterate()`` (after ``post_step``; at an epoch's last step, after ``post_epoch``)."""
+        self._requests.request("checkpoint", defer=self._loop.in_iterate)
 
     def stop(self) -> None:
         """End the run: from a handler, after the current step (``post_epoch`` and ``post_training(status=
@@ -443,9 +740,15 @@ class BaseTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore counters saved by :meth:`state_dict` before training starts. The next :meth:`iterate` emits
         ``pre_training(resumed=True)``, ``pre_epoch`` again when the save was mid-epoch, then the next step; the
-        trainer's own ``max_epochs`` is kept, so a finished run can be extended."""
+        trainer's own ``max_epochs`` is kept, so a finished run can be extended. (:meth:`resume` restores a whole
+        checkpoint: model, optimizer, callbacks, RNGs and these counters.)"""
         if self._loop.started:
             raise RuntimeError("load_state_dict() must be called before the first iterate()")
+        self.state.load_state_dict(self._checked_counters(state))
+        self._loop.restore()
+
+    def _checked_counters(self, state: Any) -> dict[str, int]:
+        """The counters of a trainer state dict, checked against this trainer; raises ``ValueError``."""
         if not isinstance(state, dict) or "counters" not in state or "seed" not in state:
             raise ValueError(f"not a trainer state dict (expected keys 'counters' and 'seed'): {_short(state)}")
         counters = dict(state["counters"])
@@ -466,8 +769,8 @@ class BaseTrainer:
                 f"the saved run reached epoch {counters.get('epoch')}, beyond this trainer's "
                 f"max_epochs={self.state.max_epochs}"
             )
-        self.state.load_state_dict(counters)
-        self._loop.restore()
+        State(max_epochs=self.state.max_epochs).load_state_dict(counters)  # validates without touching self.state
+        return counters
 
     def close(self) -> None:
         """Release DataLoader workers (also done when the trainer is garbage-collected)."""
@@ -478,6 +781,31 @@ class BaseTrainer:
             f"<{type(self).__name__} {self.state} phase={self._loop.phase.value} "
             f"callbacks={[cb.state_key for cb in self.callbacks]}>"
         )
+
+
+def _load_part(path: Path, what: str, obj: Any, state: Any) -> None:
+    try:
+        obj.load_state_dict(state)
+    except Exception as exc:
+        raise CheckpointError(path, f"{what} refused its saved state: {type(exc).__name__}: {exc}") from exc
+
+
+def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int | str]:
+    """The published metrics that are plain numbers or strings (a tensor value is left out: no device sync)."""
+    plain: dict[str, float | int | str] = {}
+    for key, value in metrics.items():
+        if type(value) in (int, float, str) and isinstance(key, str):
+            plain[key] = value
+    return plain
+
+
+def _first_few(items: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
+
+
+def _names(paths: Sequence[Path]) -> str:
+    return ", ".join(str(p) for p in paths)
 
 
 def _check_int(name: str, value: object, *, minimum: int | None) -> None:

@@ -1,14 +1,25 @@
-"""The ``stepbus`` command line (also ``python -m trainers``)."""
+"""The ``stepbus`` command line (also ``python -m trainers``).
+
+Exit codes: 0 when the run completed or was stopped by a callback (early stopping), 128 + the signal number when
+SIGINT/SIGTERM interrupted it (130 for Ctrl-C; a checkpoint was saved first), 2 for bad arguments or an unusable
+checkpoint (nothing was trained), 1 when training failed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
-__all__ = ["main"]
+__all__ = ["main", "resolve_run_dir"]
+
+DEMO_NAME = "demo"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,20 +28,90 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="run a training (for now: the built-in demo)")
     train.add_argument("--epochs", type=int, default=5, help="number of epochs (default 5)")
     train.add_argument("--seed", type=int, default=0, help="seed for data order and initialisation (default 0)")
+    train.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="where checkpoints and outputs go (default: runs/demo-<timestamp>, or the resumed run's directory)",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="PATH|auto",
+        default=None,
+        help="continue from a checkpoint file, a checkpoints directory, or 'auto': the newest loadable checkpoint "
+        "of --run-dir, or of the newest runs/demo-* run",
+    )
     return parser
 
 
+def resolve_run_dir(run_dir: Path | None, resume: str | None, *, runs: Path = Path("runs")) -> tuple[Path, str | None]:
+    """The run directory and what to resume from. A resumed checkpoint file's run is continued in place
+    (``<run>/checkpoints/step-N.pt`` -> ``<run>``); ``auto`` without ``--run-dir`` picks the newest
+    ``runs/demo-*`` that has checkpoints (or starts a new run when there is none)."""
+    if resume is not None and resume != "auto":
+        source = Path(resume)
+        if run_dir is None:
+            folder = source if source.is_dir() else source.parent
+            run_dir = folder.parent if folder.name == "checkpoints" else folder
+        return run_dir, resume
+    if run_dir is None and resume == "auto":
+        previous = sorted(p for p in runs.glob(f"{DEMO_NAME}-*") if (p / "checkpoints").is_dir())
+        if previous:
+            return previous[-1], "auto"
+    if run_dir is None:
+        run_dir = runs / f"{DEMO_NAME}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return run_dir, resume
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code (0 completed, 1 otherwise, 2 bad arguments)."""
+    """Entry point; returns the process exit code (see the module docstring)."""
     args = _parser().parse_args(argv)
     console = Console()
+    errors = Console(stderr=True)
     if args.epochs < 1:
-        Console(stderr=True).print(f"[red]error:[/red] --epochs must be >= 1, got {args.epochs}")
+        errors.print(f"[red]error:[/red] --epochs must be >= 1, got {args.epochs}")
         return 2
-    from trainers.demo import run_demo  # torch is imported only when a command needs it
+    if args.resume is not None and args.resume != "auto" and not Path(args.resume).exists():
+        errors.print(f"[red]error:[/red] --resume {escape(args.resume)}: no such file or directory (or use 'auto')")
+        return 2
+    # torch is imported only when a command needs it
+    from lifecycle import Status
+    from trainers.checkpoint import CheckpointError
+    from trainers.demo import make_demo_trainer
+    from trainers.signals import TrainingInterrupted, exit_code
 
-    status = run_demo(max_epochs=args.epochs, seed=args.seed, console=console)
-    return 0 if status == "completed" else 1
+    run_dir, resume = resolve_run_dir(args.run_dir, args.resume)
+    console.print(
+        "[bold]stepbus demo[/bold]: an MLP fits sin(x)cos(y) + 0.1xy with LR decay, validation and checkpoints "
+        f"in {escape(str(run_dir))}"
+    )
+    trainer = make_demo_trainer(max_epochs=args.epochs, seed=args.seed, console=console, run_dir=run_dir)
+    try:
+        if resume is not None:
+            try:
+                loaded = trainer.resume(resume)
+            except (CheckpointError, ValueError) as exc:
+                errors.print(f"[red]error:[/red] --resume {escape(resume)}: {escape(str(exc))}")
+                return 2
+            if loaded is not None:
+                console.print(f"resumed from {escape(str(loaded))} at {trainer.state}")
+        status = trainer.train()
+    except TrainingInterrupted as exc:
+        errors.print(f"[red]aborted:[/red] {escape(str(exc))}")
+        return exit_code(exc.signum)
+    except KeyboardInterrupt:
+        errors.print("[red]aborted[/red] by KeyboardInterrupt")
+        return exit_code(signal.SIGINT)
+    finally:
+        trainer.close()
+    if status is Status.INTERRUPTED:
+        signum = trainer.interrupted_by or signal.SIGINT
+        errors.print(
+            f"interrupted by {signal.Signals(signum).name} at {trainer.state}; continue with: "
+            f"stepbus train --epochs {args.epochs} --resume auto --run-dir {escape(str(run_dir))}"
+        )
+        return exit_code(signum)
+    return 0 if status in (Status.COMPLETED, Status.STOPPED) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,7 @@ reports (one ``.item()`` per report, never per step), and ``trainer.train()``.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from callbacks import Callback, LRDecay, Validator
+from callbacks import Callback, Checkpointer, LRDecay, Validator
 from lifecycle import Priority, Status
 from trainers.base import BaseTrainer
 
@@ -84,9 +85,16 @@ def _mse(pipeline: nn.Module, batch: Any) -> torch.Tensor:
 
 
 def make_demo_trainer(
-    *, max_epochs: int = 5, seed: int = 0, console: Console | None = None, samples: int = 8192, batch_size: int = 64
+    *,
+    max_epochs: int = 5,
+    seed: int = 0,
+    console: Console | None = None,
+    samples: int = 8192,
+    batch_size: int = 64,
+    run_dir: str | os.PathLike[str] | None = None,
 ) -> BaseTrainer:
-    """The demo's trainer: a 2-32-32-1 MLP regressing a smooth 2-D function on ``samples`` random points."""
+    """The demo's trainer: a 2-32-32-1 MLP regressing a smooth 2-D function on ``samples`` random points. With a
+    ``run_dir`` it also checkpoints every epoch (the last 3 and the best by ``val/mse``) and on interrupt."""
     generator = torch.Generator().manual_seed(seed)
     xy = torch.rand(samples, 2, generator=generator) * 2 * math.pi - math.pi
     dataset = TensorDataset(xy, _target(xy))
@@ -98,7 +106,10 @@ def make_demo_trainer(
 
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
-    return BaseTrainer(
+    callbacks: list[Callback] = [LRDecay(), Validator(validate), ReportProgress(console or Console(), every="128it")]
+    if run_dir is not None:
+        callbacks.append(Checkpointer(every="1ep", keep_last=3, monitor="val/mse"))
+    trainer = BaseTrainer(
         model,
         dataset,
         max_epochs=max_epochs,
@@ -107,13 +118,25 @@ def make_demo_trainer(
         device="cpu",
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
         loss_fn=_mse,
-        callbacks=[LRDecay(), Validator(validate), ReportProgress(console or Console(), every="128it")],
+        callbacks=callbacks,
+        run_dir=run_dir,
     )
+    trainer.config = {"demo": {"max_epochs": max_epochs, "seed": seed, "samples": samples, "batch_size": batch_size}}
+    return trainer
 
 
-def run_demo(*, max_epochs: int = 5, seed: int = 0, console: Console | None = None) -> Status | None:
+def run_demo(
+    *,
+    max_epochs: int = 5,
+    seed: int = 0,
+    console: Console | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+) -> Status | None:
     """Train the demo and print its progress; returns the run's status."""
     console = console or Console()
     console.print("[bold]stepbus demo[/bold]: an MLP fits sin(x)cos(y) + 0.1xy with LR decay and validation")
-    trainer = make_demo_trainer(max_epochs=max_epochs, seed=seed, console=console)
-    return trainer.train()
+    trainer = make_demo_trainer(max_epochs=max_epochs, seed=seed, console=console, run_dir=run_dir)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()

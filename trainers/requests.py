@@ -6,8 +6,10 @@ such as early stopping) must not run validation in the middle of the step's even
 
 * served **now** when the trainer is not inside ``iterate()`` (a GUI button between ticks, a script before or
   after ``train()``);
-* otherwise **queued** and served at the next safe point of the same ``iterate()``: right after ``post_step``,
-  right after ``post_epoch``, or just before ``post_training`` (so loggers still receive what it publishes).
+* otherwise **queued** and served at the next safe point of the same ``iterate()``: right after ``post_step``
+  (at an epoch's last step: right after that epoch's ``post_epoch``, so that a checkpoint taken there is
+  resumable), right after ``post_epoch``, before a stop or interrupt finishes the run, or just before
+  ``post_training`` (so loggers still receive what it publishes).
 
 Requests of one kind coalesce: asking twice before the queue is served serves once. A request made while requests
 are being served waits for the next safe point, so a server that requests again cannot loop forever.

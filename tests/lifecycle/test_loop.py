@@ -57,6 +57,9 @@ class RecordingHost:
         self.errors.append(error)
         self._record(f"exception({type(error).__name__})", "exception")
 
+    def serve_requests(self) -> None:
+        pass
+
 
 def make(max_epochs: int = 2, iterations_per_epoch: int = 3) -> tuple[Loop, RecordingHost]:
     loop = Loop(State(max_epochs=max_epochs, iterations_per_epoch=iterations_per_epoch))
@@ -604,6 +607,9 @@ class BusHost:
 
     def fail(self, error: BaseException) -> None:
         self.bus.emit(Event.EXCEPTION, self, error=error)
+
+    def serve_requests(self) -> None:
+        pass
 
 
 def test_scheduled_handlers_over_a_real_loop() -> None:

@@ -68,6 +68,7 @@ def test_lifecycle_works_with_torch_unimportable() -> None:
             def end_epoch(self): pass
             def end_training(self, status): seen.append(str(status))
             def fail(self, error): pass
+            def serve_requests(self): pass
 
         host = Host()
         while loop.iterate(host):

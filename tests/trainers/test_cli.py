@@ -45,7 +45,7 @@ def test_train_one_epoch_completes_and_reports_progress(tmp_path: Path, capsys: 
     assert "Traceback" not in result.stderr
 
     # the same command in-process prints the same loss: the run is a pure function of the seed
-    assert main(["train", "--epochs", "1"]) == 0
+    assert main(["train", "--epochs", "1", "--run-dir", str(tmp_path / "in-process")]) == 0
     assert PROGRESS.findall(capsys.readouterr().out) == progress
 
 

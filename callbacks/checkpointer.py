@@ -1,0 +1,375 @@
+"""``Checkpointer``: save resumable checkpoints on a schedule, at the end, on request and on interrupt; keep the
+last few and the best few; maintain ``last.pt`` and ``best.pt``.
+
+Events used: ``pre_training`` (refuses to overwrite another run's checkpoints; removes temporary files a crash
+left), the periodic event of its schedule (``post_step`` or ``post_epoch``), ``post_epoch`` (a step-schedule save
+that falls on an epoch's last step is taken after that epoch's ``post_epoch``, the only resumable point there),
+``post_training`` (the final save) and ``exception`` (an optional, non-resumable crash dump). It serves
+``"checkpoint"`` requests (``trainer.request_checkpoint()``) and ``"interrupt"`` requests (SIGINT/SIGTERM during
+``train()``: the save happens after the current step, before the cut-short epoch's ``post_epoch``).
+
+Files, in ``dir`` (default ``<run_dir>/checkpoints``): ``step-<iteration>.pt``, written atomically (see
+``trainers.checkpoint``); ``last.pt`` and ``best.pt``, symbolic links (hard links where symlinks are unavailable)
+replaced atomically and only after the file they name is durable. Retention keeps the ``keep_last`` newest and the
+``keep_best`` best-scoring files and deletes the rest only after the links were moved, so a link never dangles.
+Which files it owns is part of its state, saved in every checkpoint: files it does not know (another run's, or the
+abandoned future of a resume from an older checkpoint) are never deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from callbacks.base import Callback, HandlerSpec, parse_schedule, periodic_event
+from callbacks.metrics import Mode, as_scalar, metric_mode
+from lifecycle import Event, Phase, Priority, Schedule, ScheduleSpec, Status
+from trainers.checkpoint import CheckpointError, fsync_directory, list_checkpoints
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainers.base import BaseTrainer
+
+__all__ = ["Checkpointer"]
+
+_log = logging.getLogger("stepbus.checkpointer")
+_TEMPORARY = re.compile(r"^\.(?:step-\d+\.pt|last\.pt|best\.pt|crash-\d+\.pt)\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+class _Saved:
+    """One checkpoint file this checkpointer wrote: name, iteration, score (``None``: not eligible as best)."""
+
+    __slots__ = ("iteration", "name", "score")
+
+    def __init__(self, name: str, iteration: int, score: float | None) -> None:
+        self.name, self.iteration, self.score = name, iteration, score
+
+    def as_list(self) -> list[Any]:
+        return [self.name, self.iteration, self.score]
+
+
+class Checkpointer(Callback):
+    """Save resumable checkpoints; keep the last ``keep_last`` and the best ``keep_best``.
+
+    Args:
+        dir: where checkpoints go; ``None`` for ``<trainer.run_dir>/checkpoints``.
+        every: a schedule (``"1ep"``, ``"500it"``, ``"10min"``, ``at=[...]``), or ``None`` for no periodic saves.
+        at_end: save when the run completes or is stopped.
+        on_interrupt: save when SIGINT/SIGTERM interrupts ``train()`` (after the current step).
+        on_exception: when the run fails, write ``crash-<iteration>.pt`` with the state at the failure (not
+            resumable -- the failure may be mid-step -- but loadable for inspection); never counted or linked.
+        keep_last: how many of the newest checkpoints to keep (>= 1), or ``None`` for all.
+        monitor: the ``state.metrics`` key that scores a checkpoint (``"val/psnr"``): its latest value at save time.
+        mode: ``"max"`` or ``"min"``; inferred for known metric names (psnr, ssim: max; loss, mse: min).
+        keep_best: how many of the best-scoring checkpoints to keep; 1 by default with ``monitor``, else 0.
+        on_error: ``"raise"`` (default: a failed save fails the run, whose earlier checkpoints are intact) or
+            ``"warn"`` (log the failure and keep training).
+    """
+
+    priority = Priority.CHECKPOINT
+
+    def __init__(
+        self,
+        dir: str | os.PathLike[str] | None = None,
+        *,
+        every: ScheduleSpec = "1ep",
+        at_end: bool = True,
+        on_interrupt: bool = True,
+        on_exception: bool = False,
+        keep_last: int | None = 3,
+        monitor: str | None = None,
+        mode: Mode | None = None,
+        keep_best: int | None = None,
+        on_error: Literal["raise", "warn"] = "raise",
+        priority: int | None = None,
+        state_key: str | None = None,
+    ) -> None:
+        super().__init__(priority=priority, state_key=state_key)
+        name = f"Checkpointer {self.state_key!r}"
+        self._schedule: Schedule | None = None if every is None else parse_schedule(every, name)
+        for flag, value in (("at_end", at_end), ("on_interrupt", on_interrupt), ("on_exception", on_exception)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}: {flag} must be true or false, got {value!r}")
+        if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
+            raise ValueError(f"{name}: keep_last must be an int >= 1 or None (keep all), got {keep_last!r}")
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise ValueError(f"{name}: monitor must be a metric name such as 'val/psnr', got {monitor!r}")
+        if keep_best is None:
+            keep_best = 1 if monitor else 0
+        if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 0:
+            raise ValueError(f"{name}: keep_best must be an int >= 0, got {keep_best!r}")
+        if keep_best and monitor is None:
+            raise ValueError(f"{name}: keep_best={keep_best} needs monitor='<metric>' to rank checkpoints by")
+        if monitor is not None:
+            if mode is None:
+                try:
+                    mode = metric_mode(monitor)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc} (or pass mode=)") from None
+            elif mode not in ("min", "max"):
+                raise ValueError(f"{name}: mode must be 'min' or 'max', got {mode!r}")
+        if on_error not in ("raise", "warn"):
+            raise ValueError(f"{name}: on_error must be 'raise' or 'warn', got {on_error!r}")
+        self.directory = Path(dir) if dir is not None else None
+        self.at_end, self.on_interrupt, self.on_exception = at_end, on_interrupt, on_exception
+        self.keep_last, self.keep_best = keep_last, keep_best
+        self.monitor, self.mode, self.on_error = monitor, mode, on_error
+        self._files: list[_Saved] = []  # every file written and not yet deleted, in write order
+        self._loaded_dir: str | None = None
+        self._due = False  # a step-schedule save fell on an epoch's last step: take it after post_epoch
+        self._saved_iteration: int | None = None  # the iteration of this process's latest save
+        self._failed = False
+        self._warned_monitor = False
+        self._unserve: list[Any] = []
+        #: the newest checkpoint written and the best-scoring one, once there are such files
+        self.last_path: Path | None = None
+        self.best_path: Path | None = None
+        #: saves that failed under ``on_error="warn"``
+        self.failures = 0
+
+    # ------------------------------------------------------------------ wiring
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """The directory this checkpointer writes to (known once it is added to a trainer)."""
+        return self.directory
+
+    def handlers(self) -> Iterator[HandlerSpec]:
+        yield Event.PRE_TRAINING, self.pre_training, None
+        if self._schedule is not None:
+            yield periodic_event(self._schedule), self._on_schedule, self._schedule
+        yield Event.POST_EPOCH, self._after_epoch, None
+        yield Event.POST_TRAINING, self.post_training, None
+        yield Event.EXCEPTION, self.exception, None
+
+    def setup(self, trainer: BaseTrainer) -> None:
+        if self.directory is None:
+            if trainer.run_dir is None:
+                raise ValueError(
+                    f"Checkpointer {self.state_key!r} needs a directory: pass Checkpointer(dir=...) or give the "
+                    "trainer run_dir=... (checkpoints then go to <run_dir>/checkpoints)"
+                )
+            self.directory = trainer.run_dir / "checkpoints"
+        name = f"{self.state_key}.request"
+        self._unserve = [trainer.serve("checkpoint", self._on_request, name=name)]
+        if self.on_interrupt:
+            self._unserve.append(trainer.serve("interrupt", self._on_interrupt, name=name))
+
+    def teardown(self, trainer: BaseTrainer) -> None:
+        for remove in self._unserve:
+            remove()
+        self._unserve = []
+
+    # ------------------------------------------------------------------ events
+    def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
+        directory = self._dir()
+        self._remove_temporaries(directory)
+        existing = list_checkpoints(directory)
+        if self._loaded_dir is not None and self._loaded_dir != str(directory):
+            self._files = []  # the state came from a run in another directory: its files are not ours
+        known = {saved.name for saved in self._files}
+        self._files = [saved for saved in self._files if (directory / saved.name).is_file()]
+        strangers = [f for f in existing if f.path.name not in known]
+        if strangers and not resumed:
+            newest = strangers[0]
+            raise CheckpointError(
+                directory,
+                f"holds {len(strangers)} checkpoint(s) of an earlier run (newest {newest.path.name}, iteration "
+                f"{newest.iteration}); continue that run with trainer.resume('auto') (stepbus train --resume auto), "
+                "or move them away or choose another directory -- nothing was overwritten",
+            )
+        if strangers:
+            ahead = [f.path.name for f in strangers if f.iteration > trainer.state.iteration]
+            if ahead:
+                _log.warning(
+                    "Checkpointer %r: %s holds checkpoints beyond the resume point (%s); they are not this run's "
+                    "and are never deleted by it, but a save at the same iteration replaces them",
+                    self.state_key,
+                    directory,
+                    ", ".join(sorted(ahead)),
+                )
+        self._refresh_links(directory)
+
+    def _on_schedule(self, trainer: BaseTrainer, **payload: Any) -> None:
+        state = trainer.state
+        if trainer.phase is Phase.IN_EPOCH and state.epoch_iteration >= state.iterations_per_epoch:
+            self._due = True  # post_epoch is pending: the resumable point is after it
+            return
+        self._save(trainer, "schedule")
+
+    def _after_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
+        if self._due:
+            self._due = False
+            self._save(trainer, "schedule")
+
+    def _on_request(self, trainer: BaseTrainer) -> None:
+        self._save(trainer, "request", force=True)
+
+    def _on_interrupt(self, trainer: BaseTrainer) -> None:
+        self._save(trainer, "interrupt")
+
+    def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
+        self._due = False
+        if self._failed:
+            return
+        if (status is Status.COMPLETED or status is Status.STOPPED) and self.at_end:
+            self._save(trainer, f"end ({status})")
+
+    def exception(self, trainer: BaseTrainer, *, error: BaseException, **payload: Any) -> None:
+        self._failed = True
+        if not self.on_exception:
+            return
+        path = self._dir() / f"crash-{trainer.state.iteration:08d}.pt"
+        try:
+            trainer.save_checkpoint(path, reason=f"exception: {type(error).__name__}: {error}"[:500], resumable=False)
+        except Exception as exc:  # noqa: BLE001 - a crash dump must never hide the error being handled
+            _log.error("Checkpointer %r: could not write the crash dump %s: %s", self.state_key, path, exc)
+        else:
+            _log.warning("Checkpointer %r: wrote the state at the failure to %s", self.state_key, path)
+
+    # ------------------------------------------------------------------ saving
+    def save(self, trainer: BaseTrainer) -> Path | None:
+        """Save now (between ``iterate()`` calls, e.g. from a GUI); returns the file, or ``None`` when the save
+        failed under ``on_error="warn"``."""
+        return self._save(trainer, "manual", force=True)
+
+    def _save(self, trainer: BaseTrainer, reason: str, *, force: bool = False) -> Path | None:
+        iteration = trainer.state.iteration
+        if not force and self._saved_iteration == iteration:
+            return self.last_path  # the same position was just saved (e.g. by the schedule, then at the end)
+        directory = self._dir()
+        name = f"step-{iteration:08d}.pt"
+        entry = _Saved(name, iteration, self._score(trainer))
+        before = list(self._files)
+        self._files = [saved for saved in self._files if saved.name != name] + [entry]
+        try:
+            path = trainer.save_checkpoint(directory / name, reason=reason, metadata={"score": entry.score})
+        except CheckpointError as exc:
+            self._files = before
+            if self.on_error == "raise":
+                raise
+            self.failures += 1
+            _log.error(
+                "Checkpointer %r: save at iteration %d failed; training goes on: %s",
+                self.state_key,
+                iteration,
+                exc,
+            )
+            return None
+        self._saved_iteration = iteration
+        self._refresh_links(directory)
+        self._retain(directory)
+        return path
+
+    def _score(self, trainer: BaseTrainer) -> float | None:
+        if self.monitor is None:
+            return None
+        value = as_scalar(trainer.state.metrics.get(self.monitor))
+        if value is None or not math.isfinite(value):
+            if value is None and not self._warned_monitor and trainer.state.metrics:
+                self._warned_monitor = True
+                published = ", ".join(sorted(k for k in trainer.state.metrics if isinstance(k, str)))
+                _log.warning(
+                    "Checkpointer %r: monitor %r is not published at iteration %d (published: %s); this checkpoint "
+                    "cannot be ranked as best",
+                    self.state_key,
+                    self.monitor,
+                    trainer.state.iteration,
+                    published,
+                )
+            return None
+        return value
+
+    def _ranked(self) -> list[_Saved]:
+        """Scored files, best first; a tie goes to the earlier file (a later one must be strictly better)."""
+        scored = [(i, saved) for i, saved in enumerate(self._files) if saved.score is not None]
+        sign = -1.0 if self.mode == "max" else 1.0
+        scored.sort(key=lambda pair: (sign * pair[1].score, pair[0]))  # type: ignore[operator]
+        return [saved for _, saved in scored]
+
+    def _refresh_links(self, directory: Path) -> None:
+        if not self._files:
+            return
+        last = self._files[-1]
+        self.last_path = self._link(directory, "last.pt", last.name)
+        ranked = self._ranked() if self.keep_best else []
+        if ranked:
+            self.best_path = self._link(directory, "best.pt", ranked[0].name)
+
+    def _link(self, directory: Path, link: str, target: str) -> Path:
+        path = directory / link
+        try:
+            if path.is_symlink() and os.readlink(path) == target:
+                return directory / target
+        except OSError:
+            pass
+        tmp = directory / f".{link}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            try:
+                os.symlink(target, tmp)
+            except (OSError, NotImplementedError):
+                os.link(directory / target, tmp)  # no symlinks here: a hard link cannot dangle either
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            _log.warning("Checkpointer %r: could not point %s at %s: %s", self.state_key, path, target, exc)
+        return directory / target
+
+    def _retain(self, directory: Path) -> None:
+        keep: set[str] = {self._files[-1].name}
+        if self.keep_last is None:
+            keep.update(saved.name for saved in self._files)
+        else:
+            keep.update(saved.name for saved in self._files[-self.keep_last :])
+        if self.keep_best:
+            keep.update(saved.name for saved in self._ranked()[: self.keep_best])
+        removed = False
+        survivors: list[_Saved] = []
+        for saved in self._files:
+            if saved.name in keep:
+                survivors.append(saved)
+                continue
+            try:
+                (directory / saved.name).unlink(missing_ok=True)
+                removed = True
+            except OSError as exc:
+                _log.warning("Checkpointer %r: could not delete %s: %s", self.state_key, saved.name, exc)
+                survivors.append(saved)
+        self._files = survivors
+        if removed:
+            fsync_directory(directory)
+
+    def _remove_temporaries(self, directory: Path) -> None:
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            match = _TEMPORARY.match(name)
+            if match is not None and int(match.group(1)) != os.getpid():
+                (directory / name).unlink(missing_ok=True)  # left by a process killed mid-write
+
+    def _dir(self) -> Path:
+        if self.directory is None:
+            raise RuntimeError(f"Checkpointer {self.state_key!r} is not added to a trainer")
+        return self.directory
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.directory) if self.directory is not None else None,
+            "files": [saved.as_list() for saved in self._files],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        files = state.get("files", [])
+        if not isinstance(files, list) or not all(isinstance(f, list) and len(f) == 3 for f in files):
+            raise ValueError(f"expected 'files' as a list of [name, iteration, score], got {files!r}")
+        self._loaded_dir = state.get("directory")
+        self._files = [_Saved(str(name), int(it), None if score is None else float(score)) for name, it, score in files]
+        self._saved_iteration = None
+        self._failed = False
