@@ -18,6 +18,7 @@ abandoned future of a resume from an older checkpoint) are never deleted.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
@@ -268,19 +269,23 @@ class Checkpointer(Callback):
     def _score(self, trainer: BaseTrainer) -> float | None:
         if self.monitor is None:
             return None
-        value = as_scalar(trainer.state.metrics.get(self.monitor))
-        if value is None or not math.isfinite(value):
-            if value is None and not self._warned_monitor and trainer.state.metrics:
+        metrics = trainer.state.metrics
+        value = as_scalar(metrics.get(self.monitor))
+        if value is None and not self._warned_monitor:
+            # a validator published its group (val/...) but not this key: most likely a typo
+            prefix = self.monitor.rpartition("/")[0]
+            siblings = sorted(k for k in metrics if isinstance(k, str) and prefix and k.startswith(prefix + "/"))
+            if siblings:
                 self._warned_monitor = True
-                published = ", ".join(sorted(k for k in trainer.state.metrics if isinstance(k, str)))
+                close = difflib.get_close_matches(self.monitor, siblings, n=1)
                 _log.warning(
-                    "Checkpointer %r: monitor %r is not published at iteration %d (published: %s); this checkpoint "
-                    "cannot be ranked as best",
+                    "Checkpointer %r: monitor %r is not published (%s are)%s; checkpoints cannot be ranked as best",
                     self.state_key,
                     self.monitor,
-                    trainer.state.iteration,
-                    published,
+                    ", ".join(siblings),
+                    f"; did you mean {close[0]!r}?" if close else "",
                 )
+        if value is None or not math.isfinite(value):
             return None
         return value
 
