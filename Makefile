@@ -35,6 +35,7 @@ test: lint typecheck unit
 
 bench: setup
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.checkpoint
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
