@@ -10,7 +10,8 @@ from benchmarks import checkpoint
 def test_checkpoint_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
     assert checkpoint.main(["--quick", "--out", str(out), "--dir", str(tmp_path)]) == 0
-    rows = [line.split("|")[1:4] for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    lines = out.read_text().splitlines()
+    rows = [line.split("|")[1:4] for line in lines if line.startswith("| ") and "---" not in line]
     cases = [(case.strip(), variant.strip()) for case, _, variant in rows[1:]]
     assert cases == [
         ("save", "torch.save (no fsync, not atomic)"),
