@@ -344,9 +344,11 @@ class BaseTrainer:
 
     def _on_signal(self, signum: int) -> None:
         """The signal handler: flags only (it may run between any two bytecodes), except a second signal."""
-        if self.interrupted_by is not None or self._loop.phase is Phase.FINISHING:
+        if self.interrupted_by is not None:
             raise TrainingInterrupted(signum)
         self.interrupted_by = signum
+        if self._loop.phase is Phase.FINISHING or self._loop.phase is Phase.DONE:
+            return  # the run is ending anyway: let post_training finish (a second signal still aborts it)
         self._loop.request_stop(Status.INTERRUPTED)
         if self._requests.servers("interrupt"):
             self._requests.pending["interrupt"] = None  # served at the next safe point, before post_epoch
