@@ -18,6 +18,7 @@ abandoned future of a resume from an older checkpoint) are never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import math
@@ -125,6 +126,7 @@ class Checkpointer(Callback):
         self._due = False  # a step-schedule save fell on an epoch's last step: take it after post_epoch
         self._saved_iteration: int | None = None  # the iteration of this process's latest save
         self._failed = False
+        self._refused = False
         self._warned_monitor = False
         self._unserve: list[Any] = []
         #: the newest checkpoint written and the best-scoring one, once there are such files
@@ -175,8 +177,9 @@ class Checkpointer(Callback):
         known = {saved.name for saved in self._files}
         self._files = [saved for saved in self._files if (directory / saved.name).is_file()]
         strangers = [f for f in existing if f.path.name not in known]
-        if strangers and not resumed:
+        if strangers and not resumed and trainer.resumed_from is None:
             newest = strangers[0]
+            self._refused = True  # and no crash dump goes into that directory either
             raise CheckpointError(
                 directory,
                 f"holds {len(strangers)} checkpoint(s) of an earlier run (newest {newest.path.name}, iteration "
@@ -222,7 +225,7 @@ class Checkpointer(Callback):
 
     def exception(self, trainer: BaseTrainer, *, error: BaseException, **payload: Any) -> None:
         self._failed = True
-        if not self.on_exception:
+        if not self.on_exception or self._refused:
             return
         path = self._dir() / f"crash-{trainer.state.iteration:08d}.pt"
         try:
@@ -246,7 +249,10 @@ class Checkpointer(Callback):
         name = f"step-{iteration:08d}.pt"
         entry = _Saved(name, iteration, self._score(trainer))
         before = list(self._files)
-        self._files = [saved for saved in self._files if saved.name != name] + [entry]
+        candidates = [saved for saved in self._files if saved.name != name] + [entry]
+        # the checkpoint records the files that remain after its own retention, so it never claims a file that
+        # is deleted right after it is written (and a later resume from it can never delete a stranger's file)
+        self._files, doomed = self._retention(directory, candidates)
         try:
             path = trainer.save_checkpoint(directory / name, reason=reason, metadata={"score": entry.score})
         except CheckpointError as exc:
@@ -263,7 +269,7 @@ class Checkpointer(Callback):
             return None
         self._saved_iteration = iteration
         self._refresh_links(directory)
-        self._retain(directory)
+        self._delete(directory, doomed)
         return path
 
     def _score(self, trainer: BaseTrainer) -> float | None:
@@ -289,9 +295,11 @@ class Checkpointer(Callback):
             return None
         return value
 
-    def _ranked(self) -> list[_Saved]:
+    def _ranked(self, files: list[_Saved] | None = None) -> list[_Saved]:
         """Scored files, best first; a tie goes to the earlier file (a later one must be strictly better)."""
-        scored = [(i, saved) for i, saved in enumerate(self._files) if saved.score is not None]
+        scored = [
+            (i, saved) for i, saved in enumerate(self._files if files is None else files) if saved.score is not None
+        ]
         sign = -1.0 if self.mode == "max" else 1.0
         scored.sort(key=lambda pair: (sign * pair[1].score, pair[0]))  # type: ignore[operator]
         return [saved for _, saved in scored]
@@ -324,27 +332,29 @@ class Checkpointer(Callback):
             _log.warning("Checkpointer %r: could not point %s at %s: %s", self.state_key, path, target, exc)
         return directory / target
 
-    def _retain(self, directory: Path) -> None:
-        keep: set[str] = {self._files[-1].name}
-        if self.keep_last is None:
-            keep.update(saved.name for saved in self._files)
-        else:
-            keep.update(saved.name for saved in self._files[-self.keep_last :])
+    def _retention(self, directory: Path, files: list[_Saved]) -> tuple[list[_Saved], list[_Saved]]:
+        """Split ``files`` (write order, the newest last) into those kept -- the ``keep_last`` newest, the
+        ``keep_best`` best (or, without ``monitor``, whatever a stale ``best.pt`` names) -- and those to delete.
+        ``last.pt`` and ``best.pt`` are moved to kept files before anything is deleted."""
+        keep: set[str] = {files[-1].name}
+        keep.update(saved.name for saved in (files if self.keep_last is None else files[-self.keep_last :]))
         if self.keep_best:
-            keep.update(saved.name for saved in self._ranked()[: self.keep_best])
+            keep.update(saved.name for saved in self._ranked(files)[: self.keep_best])
+        if not self.keep_best:  # a best.pt left by an earlier configuration is not moved: keep what it names
+            with contextlib.suppress(OSError):
+                keep.add(os.readlink(directory / "best.pt"))
+        kept = [saved for saved in files if saved.name in keep]
+        return kept, [saved for saved in files if saved.name not in keep]
+
+    def _delete(self, directory: Path, doomed: list[_Saved]) -> None:
         removed = False
-        survivors: list[_Saved] = []
-        for saved in self._files:
-            if saved.name in keep:
-                survivors.append(saved)
-                continue
+        for saved in doomed:
             try:
                 (directory / saved.name).unlink(missing_ok=True)
                 removed = True
             except OSError as exc:
                 _log.warning("Checkpointer %r: could not delete %s: %s", self.state_key, saved.name, exc)
-                survivors.append(saved)
-        self._files = survivors
+                self._files.insert(0, saved)  # still on disk, still ours
         if removed:
             fsync_directory(directory)
 
