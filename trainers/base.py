@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -466,29 +467,49 @@ class BaseTrainer:
             raise CheckpointError(path, f"malformed: {exc}") from None
         self._check_model(path, loaded["model"])
         self._check_optimizer(path, loaded["optimizer"])
-        try:
-            self.pipeline.load_state_dict(loaded["model"])
-            self.optimizer.load_state_dict(loaded["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(path, f"does not fit this trainer: {type(exc).__name__}: {exc}") from None
         tracked = loaded.get("tracked", {})
+        if not isinstance(tracked, dict):
+            raise CheckpointError(path, f"malformed: 'tracked' is a {type(tracked).__name__}, expected a dict")
+        saved_callbacks = loaded["callbacks"]
+        # all or nothing: the parts are applied in order of how likely they are to refuse (callbacks and tracked
+        # objects run user code), each undone from a snapshot if a later one fails; the model, checked key by key
+        # and shape by shape above, goes last
+        parts: list[tuple[str, Any, Any]] = []
         for name, obj in self._tracked.items():
             if name in tracked:
-                _load_part(path, f"tracked object {name!r}", obj, tracked[name])
+                parts.append((f"tracked object {name!r}", obj, tracked[name]))
             else:
                 _log.warning("resume: %s has no state for tracked object %r; it starts fresh", path, name)
         for name in sorted(set(tracked) - set(self._tracked)):
             _log.warning("resume: %s holds state for tracked object %r, which this trainer does not track", path, name)
-        saved_callbacks = loaded["callbacks"]
         for callback in self.callbacks:
             key = callback.state_key
             if key in saved_callbacks:
-                _load_part(path, f"callback {key!r} ({type(callback).__name__})", callback, saved_callbacks[key])
+                parts.append((f"callback {key!r} ({type(callback).__name__})", callback, saved_callbacks[key]))
             else:
                 _log.warning("resume: %s has no state for callback %r; it starts fresh", path, key)
         extra = sorted(set(saved_callbacks) - {cb.state_key for cb in self.callbacks})
         if extra:
             _log.warning("resume: %s holds state for callbacks %s, which are not registered now", path, extra)
+        parts.append(("the optimizer", self.optimizer, loaded["optimizer"]))
+        parts.append((f"the model ({type(self.pipeline).__name__})", self.pipeline, loaded["model"]))
+        undo: list[tuple[Any, Any]] = []
+        try:
+            for what, obj, saved in parts:
+                before = copy.deepcopy(obj.state_dict()) if obj is not self.pipeline else None
+                try:
+                    obj.load_state_dict(saved)
+                except Exception as exc:
+                    raise CheckpointError(path, f"{what} refused its saved state: {type(exc).__name__}: {exc}") from exc
+                if before is not None:
+                    undo.append((obj, before))
+        except CheckpointError:
+            for obj, before in reversed(undo):
+                try:
+                    obj.load_state_dict(before)
+                except Exception as exc:  # noqa: BLE001 - reported; the original error is the one raised
+                    _log.error("resume: could not undo loading %r after a failure: %s", obj, exc)
+            raise
         self.state.load_state_dict(counters)
         self._loop.restore()
         self._pending_rng = loaded["rng"]
@@ -522,6 +543,8 @@ class BaseTrainer:
         groups = saved.get("param_groups") if isinstance(saved, dict) else None
         if not isinstance(groups, list):
             raise CheckpointError(path, "malformed: 'optimizer' has no 'param_groups' list")
+        if not isinstance(saved.get("state"), dict):
+            raise CheckpointError(path, "malformed: 'optimizer' has no 'state' dict")
         own = [len(group["params"]) for group in self.optimizer.param_groups]
         theirs = [len(group.get("params", ())) if isinstance(group, dict) else -1 for group in groups]
         if own != theirs:
@@ -783,13 +806,6 @@ class BaseTrainer:
             f"<{type(self).__name__} {self.state} phase={self._loop.phase.value} "
             f"callbacks={[cb.state_key for cb in self.callbacks]}>"
         )
-
-
-def _load_part(path: Path, what: str, obj: Any, state: Any) -> None:
-    try:
-        obj.load_state_dict(state)
-    except Exception as exc:
-        raise CheckpointError(path, f"{what} refused its saved state: {type(exc).__name__}: {exc}") from exc
 
 
 def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int | str]:

@@ -141,6 +141,9 @@ def write_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -
     except TypeError as exc:
         raise CheckpointError(target, f"not saved: {exc}") from None
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise CheckpointError(target, f"could not be written: {blocker} is a file, not a directory")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         # 0o666 honours the umask like any other file the run writes (mkstemp would force 0600)
@@ -199,7 +202,10 @@ def _torch_load(path: Path, *, mmap: bool) -> Any:
     except Exception as exc:  # noqa: BLE001 - whatever torch raises for a bad file becomes a CheckpointError
         message = str(exc)
         if "Weights only load failed" in message or isinstance(exc, pickle.UnpicklingError):
-            found = re.search(r"(Unsupported global: [^\n]*|Unsupported operand[^\n]*)", message)
+            found = re.search(
+                r"(Unsupported global: [^\n]*|Trying to load unsupported GLOBAL[^\n]*|Unsupported operand[^\n]*)",
+                message,
+            )
             detail = found.group(1).strip() if found else message.splitlines()[0]
             raise CheckpointError(
                 path,
