@@ -214,7 +214,8 @@ class Checkpointer(Callback):
         self._save(trainer, "request", force=True)
 
     def _on_interrupt(self, trainer: BaseTrainer) -> None:
-        self._save(trainer, "interrupt")
+        if not self._failed:
+            self._save(trainer, "interrupt")
 
     def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
         self._due = False

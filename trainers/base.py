@@ -58,9 +58,11 @@ class _Host:
 
     def begin_training(self) -> None:
         t = self.trainer
+        if t._pending_rng is not None and t._rng_point == "start":
+            t._restore_rng()  # saved before training started: this pre_training is the original run's too
         t.pre_training()
-        if t._pending_rng is not None and not 0 < t.state.epoch_iteration < t.state.iterations_per_epoch:
-            t._restore_rng()  # resumed at an epoch boundary: the next pre_epoch is the uninterrupted run's
+        if t._pending_rng is not None and t._rng_point == "boundary":
+            t._restore_rng()  # saved after a post_epoch: the next pre_epoch is the uninterrupted run's
 
     def begin_epoch(self) -> None:
         t = self.trainer
@@ -68,7 +70,7 @@ class _Host:
         self._batches = t._feeder.epoch(t.state.epoch, t.state.epoch_iteration)
         t.pre_epoch()
         if t._pending_rng is not None:
-            t._restore_rng()  # resumed mid-epoch: this pre_epoch re-opened the epoch; the next step is the run's
+            t._restore_rng()  # saved inside an epoch: this pre_epoch re-opened it; the next step is the run's
 
     def run_step(self) -> None:
         t = self.trainer
@@ -105,6 +107,7 @@ class _Host:
     def fail(self, error: BaseException) -> None:
         t = self.trainer
         t._stepping = False
+        t._requests.pending.clear()  # the run may be mid-step: nothing queued (an interrupt checkpoint) is served
         t.on_exception(error)
 
     def serve_requests(self) -> None:
@@ -209,6 +212,7 @@ class BaseTrainer:
         self._skip_optimizer_step = False
         self._stepping = False  # between pre_step and post_step: no resumable checkpoint can be taken
         self._pending_rng: dict[str, Any] | None = None  # from a checkpoint, restored at the resume point
+        self._rng_point = "start"  # where that point is: before pre_training, after it, or after pre_epoch
         self._tracked: dict[str, Any] = {}
         #: the resolved configuration (plain containers), saved in every checkpoint's metadata
         self.config: dict[str, Any] | None = None
@@ -513,6 +517,14 @@ class BaseTrainer:
         self.state.load_state_dict(counters)
         self._loop.restore()
         self._pending_rng = loaded["rng"]
+        # the RNG state is the one at the save: re-fired events must not draw from it before the resume point
+        epoch, step = counters["epoch"], counters["epoch_iteration"]
+        if epoch == 0:
+            self._rng_point = "start"
+        elif step >= counters["iterations_per_epoch"]:
+            self._rng_point = "boundary"
+        else:
+            self._rng_point = "epoch"  # pre_epoch of this epoch had run (even at step 0: e.g. stopped in it)
         self.resumed_from = path
         _log.info("resumed from %s at %s", path, self.state)
 

@@ -66,6 +66,14 @@ def resolve_run_dir(run_dir: Path | None, resume: str | None, *, runs: Path = Pa
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (see the module docstring)."""
     args = _parser().parse_args(argv)
+    try:
+        return _train(args)
+    except KeyboardInterrupt:  # a Ctrl-C outside train()'s graceful handling (setup, or after it returned)
+        Console(stderr=True).print("[red]aborted[/red] by SIGINT")
+        return 128 + int(signal.SIGINT)
+
+
+def _train(args: argparse.Namespace) -> int:
     console = Console()
     errors = Console(stderr=True)
     if args.epochs < 1:
