@@ -20,8 +20,10 @@ from lifecycle import Bus, Event, Handle, Loop, Phase, ScheduleSpec, State, Stat
 from trainers.checkpoint import (
     FORMAT,
     CheckpointError,
-    list_checkpoints,
+    check_model_fits,
+    check_optimizer_fits,
     load_checkpoint,
+    load_newest,
     now_metadata,
     stepbus_version,
     write_checkpoint,
@@ -425,31 +427,11 @@ class BaseTrainer:
         return found
 
     def _resume_newest(self, directories: list[Path], *, required: bool) -> Path | None:
-        candidates = sorted(
-            (file for directory in directories for file in list_checkpoints(directory)),
-            key=lambda f: (f.mtime_ns, f.iteration),
-            reverse=True,
-        )
-        failures: list[str] = []
-        for file in candidates:
-            try:
-                loaded = load_checkpoint(file.path)
-            except CheckpointError as exc:
-                _log.warning("resume: skipping %s; trying the next newest checkpoint", exc)
-                failures.append(str(exc))
-                continue
-            if failures:
-                _log.warning("resume: fell back to %s (iteration %d)", file.path, file.iteration)
-            self._apply_checkpoint(file.path, loaded)
-            return file.path
-        if failures:
-            raise CheckpointError(
-                directories[0],
-                "no loadable checkpoint: " + "; ".join(failures) + " -- nothing was loaded and nothing was changed",
-            )
-        if required:
-            raise CheckpointError(directories[0], "no step-<iteration>.pt checkpoint in this directory")
-        return None
+        found = load_newest(directories, required=required)
+        if found is None:
+            return None
+        self._apply_checkpoint(*found)
+        return found[0]
 
     def _apply_checkpoint(self, path: Path, loaded: dict[str, Any]) -> None:
         """Check that ``loaded`` fits this trainer, then apply it. Everything that can be checked without changing
@@ -469,8 +451,8 @@ class BaseTrainer:
             check_rng(loaded["rng"])
         except ValueError as exc:
             raise CheckpointError(path, f"malformed: {exc}") from None
-        self._check_model(path, loaded["model"])
-        self._check_optimizer(path, loaded["optimizer"])
+        check_model_fits(path, self.pipeline, loaded["model"])
+        check_optimizer_fits(path, self.optimizer, loaded["optimizer"])
         tracked = loaded.get("tracked", {})
         if not isinstance(tracked, dict):
             raise CheckpointError(path, f"malformed: 'tracked' is a {type(tracked).__name__}, expected a dict")
@@ -527,44 +509,6 @@ class BaseTrainer:
             self._rng_point = "epoch"  # pre_epoch of this epoch had run (even at step 0: e.g. stopped in it)
         self.resumed_from = path
         _log.info("resumed from %s at %s", path, self.state)
-
-    def _check_model(self, path: Path, saved: Any) -> None:
-        if not isinstance(saved, dict):
-            raise CheckpointError(path, f"malformed: 'model' is a {type(saved).__name__}, expected a state dict")
-        own = self.pipeline.state_dict()
-        missing = [k for k in own if k not in saved]
-        unexpected = [k for k in saved if k not in own]
-        shapes = [
-            f"{k}: saved {tuple(saved[k].shape)}, model {tuple(v.shape)}"
-            for k, v in own.items()
-            if k in saved and isinstance(v, torch.Tensor) and getattr(saved[k], "shape", None) != v.shape
-        ]
-        problems = []
-        if missing:
-            problems.append(f"missing keys {_first_few(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys {_first_few(unexpected)}")
-        if shapes:
-            problems.append(f"shape mismatch {_first_few(shapes)}")
-        if problems:
-            raise CheckpointError(
-                path, f"its model does not fit {type(self.pipeline).__name__}: " + "; ".join(problems)
-            )
-
-    def _check_optimizer(self, path: Path, saved: Any) -> None:
-        groups = saved.get("param_groups") if isinstance(saved, dict) else None
-        if not isinstance(groups, list):
-            raise CheckpointError(path, "malformed: 'optimizer' has no 'param_groups' list")
-        if not isinstance(saved.get("state"), dict):
-            raise CheckpointError(path, "malformed: 'optimizer' has no 'state' dict")
-        own = [len(group["params"]) for group in self.optimizer.param_groups]
-        theirs = [len(group.get("params", ())) if isinstance(group, dict) else -1 for group in groups]
-        if own != theirs:
-            raise CheckpointError(
-                path,
-                f"its optimizer does not fit: saved parameter groups of sizes {theirs}, this "
-                f"{type(self.optimizer).__name__} has {own}",
-            )
 
     def _restore_rng(self) -> None:
         state, self._pending_rng = self._pending_rng, None
@@ -827,11 +771,6 @@ def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int | str]:
         if type(value) in (int, float, str) and isinstance(key, str):
             plain[key] = value
     return plain
-
-
-def _first_few(items: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
 
 
 def _names(paths: Sequence[Path]) -> str:

@@ -29,13 +29,14 @@ are checked. Every failure is a :class:`CheckpointError` naming the file and the
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import pickle
 import re
 import secrets
 import time
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -48,10 +49,13 @@ __all__ = [
     "FORMAT",
     "CheckpointError",
     "CheckpointFile",
+    "check_model_fits",
+    "check_optimizer_fits",
     "check_plain",
     "fsync_directory",
     "list_checkpoints",
     "load_checkpoint",
+    "load_newest",
     "now_metadata",
     "read_metadata",
     "stepbus_version",
@@ -65,6 +69,7 @@ REQUIRED_KEYS = ("stepbus", "trainer", "model", "optimizer", "callbacks", "rng")
 #: File names :func:`list_checkpoints` recognises: ``step-<iteration>.pt`` (the Checkpointer's default pattern).
 STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
+_log = logging.getLogger("stepbus")
 _PLAIN_SCALARS = (str, bytes, int, float, complex, bool, type(None), torch.Size, torch.dtype, torch.device)
 _TENSORS = (torch.Tensor, torch.nn.Parameter)
 _CONTAINERS = (dict, collections.OrderedDict, list, tuple, set)
@@ -282,6 +287,82 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointFile]:
             found.append(CheckpointFile(folder / entry.name, int(match.group(1)), entry.stat().st_mtime_ns))
     found.sort(key=lambda f: (f.mtime_ns, f.iteration), reverse=True)
     return found
+
+
+def load_newest(directories: Sequence[Path], *, required: bool) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``directories`` that loads, with its contents. A damaged one is reported (logger
+    ``stepbus``) and the next newest tried; when every one is damaged a :class:`CheckpointError` lists them all.
+    With none at all: ``None``, or a :class:`CheckpointError` when ``required``."""
+    candidates = sorted(
+        (file for directory in directories for file in list_checkpoints(directory)),
+        key=lambda f: (f.mtime_ns, f.iteration),
+        reverse=True,
+    )
+    failures: list[str] = []
+    for file in candidates:
+        try:
+            loaded = load_checkpoint(file.path)
+        except CheckpointError as exc:
+            _log.warning("resume: skipping %s; trying the next newest checkpoint", exc)
+            failures.append(str(exc))
+            continue
+        if failures:
+            _log.warning("resume: fell back to %s (iteration %d)", file.path, file.iteration)
+        return file.path, loaded
+    if failures:
+        raise CheckpointError(
+            directories[0],
+            "no loadable checkpoint: " + "; ".join(failures) + " -- nothing was loaded and nothing was changed",
+        )
+    if required:
+        raise CheckpointError(directories[0], "no step-<iteration>.pt checkpoint in this directory")
+    return None
+
+
+def check_model_fits(path: Path, model: torch.nn.Module, saved: Any) -> None:
+    """Raise :class:`CheckpointError` listing missing and unexpected keys and shape mismatches, so that a model
+    that does not fit is refused before any parameter is overwritten."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(path, f"malformed: 'model' is a {type(saved).__name__}, expected a state dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [
+        f"{k}: saved {tuple(saved[k].shape)}, model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in saved and isinstance(v, torch.Tensor) and getattr(saved[k], "shape", None) != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_first_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_first_few(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatch {_first_few(shapes)}")
+    if problems:
+        raise CheckpointError(path, f"its model does not fit {type(model).__name__}: " + "; ".join(problems))
+
+
+def check_optimizer_fits(path: Path, optimizer: torch.optim.Optimizer, saved: Any) -> None:
+    """Raise :class:`CheckpointError` unless ``saved`` is an optimizer state with the same group sizes."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list):
+        raise CheckpointError(path, "malformed: 'optimizer' has no 'param_groups' list")
+    if not isinstance(saved.get("state"), dict):
+        raise CheckpointError(path, "malformed: 'optimizer' has no 'state' dict")
+    own = [len(group["params"]) for group in optimizer.param_groups]
+    theirs = [len(group.get("params", ())) if isinstance(group, dict) else -1 for group in groups]
+    if own != theirs:
+        raise CheckpointError(
+            path,
+            f"its optimizer does not fit: saved parameter groups of sizes {theirs}, this "
+            f"{type(optimizer).__name__} has {own}",
+        )
+
+
+def _first_few(items: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
 
 
 def now_metadata() -> dict[str, Any]:
