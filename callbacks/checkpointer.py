@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from callbacks.base import Callback, HandlerSpec, parse_schedule, periodic_event
-from callbacks.metrics import Mode, as_scalar, metric_mode
+from callbacks.metrics import Mode, as_scalar, monitor_mode
 from lifecycle import Event, Phase, Priority, Schedule, ScheduleSpec, Status
 from trainers.checkpoint import CheckpointError, fsync_directory, list_checkpoints
 
@@ -108,13 +108,7 @@ class Checkpointer(Callback):
         if keep_best and monitor is None:
             raise ValueError(f"{name}: keep_best={keep_best} needs monitor='<metric>' to rank checkpoints by")
         if monitor is not None:
-            if mode is None:
-                try:
-                    mode = metric_mode(monitor)
-                except ValueError as exc:
-                    raise ValueError(f"{name}: {exc} (or pass mode=)") from None
-            elif mode not in ("min", "max"):
-                raise ValueError(f"{name}: mode must be 'min' or 'max', got {mode!r}")
+            mode = monitor_mode(monitor, mode, name)
         if on_error not in ("raise", "warn"):
             raise ValueError(f"{name}: on_error must be 'raise' or 'warn', got {on_error!r}")
         self.directory = Path(dir) if dir is not None else None

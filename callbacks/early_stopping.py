@@ -15,7 +15,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from callbacks.base import Callback
-from callbacks.metrics import Mode, improves, metric_mode
+from callbacks.metrics import Mode, improves, monitor_mode
 from lifecycle import Priority
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,13 +72,7 @@ class EarlyStopping(Callback):
                 f"{name}: monitor={monitor!r} is a best-so-far value, which never gets worse; monitor the validated "
                 f"metric itself, e.g. {'val/' + monitor.split('/')[-1]!r}"
             )
-        if mode is None:
-            try:
-                mode = metric_mode(monitor)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc} (or pass mode=)") from None
-        elif mode not in ("min", "max"):
-            raise ValueError(f"{name}: mode must be 'min' or 'max', got {mode!r}")
+        mode = monitor_mode(monitor, mode, name)
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(
                 f"{name}: patience must be an int >= 1 (validations without improvement), got {patience!r}"

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["DEFAULT_MODES", "Mode", "as_scalar", "improves", "metric_mode", "mse", "psnr"]
+__all__ = ["DEFAULT_MODES", "Mode", "as_scalar", "improves", "metric_mode", "monitor_mode", "mse", "psnr"]
 
 Mode = Literal["min", "max"]
 
@@ -74,6 +74,19 @@ def metric_mode(name: str, declared: Mapping[str, str] | None = None) -> Mode:
         f"metric {name!r} has no known direction (known: {known}); declare it, e.g. modes={{{base!r}: 'max'}} "
         "if higher is better or 'min' if lower is better"
     )
+
+
+def monitor_mode(monitor: str, mode: str | None, owner: str) -> Mode:
+    """The direction of a monitored metric: ``mode`` when given (``"min"`` or ``"max"``), else inferred from the
+    name with :func:`metric_mode`. Errors are ``ValueError`` prefixed with ``owner`` (the callback)."""
+    if mode is None:
+        try:
+            return metric_mode(monitor)
+        except ValueError as exc:
+            raise ValueError(f"{owner}: {exc} (or pass mode=)") from None
+    if mode not in ("min", "max"):
+        raise ValueError(f"{owner}: mode must be 'min' or 'max', got {mode!r}")
+    return "max" if mode == "max" else "min"
 
 
 def improves(value: float, best: float | None, mode: Mode, min_delta: float = 0.0) -> bool:
