@@ -159,6 +159,9 @@ class Feeder:
             if prebuilt:
                 collate = _first if collate_fn is None else _Then(collate_fn)
             self._sampler = _PlanSampler(plan)
+            # a DataLoader draws its workers' base seed from torch's global RNG when its first iterator is made --
+            # in a resumed process at another epoch than in the original one -- unless it has its own generator
+            generator = torch.Generator().manual_seed(mix_seed(plan.seed, 0x5EED))
             self._loader = DataLoader(
                 _SeededFetch(dataset, prebuilt),  # type: ignore[arg-type]  # map-style: __len__ + __getitems__
                 batch_sampler=self._sampler,
@@ -166,6 +169,7 @@ class Feeder:
                 collate_fn=collate,
                 pin_memory=pin_memory,
                 persistent_workers=True,
+                generator=generator,
             )
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:

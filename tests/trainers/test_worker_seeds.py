@@ -59,3 +59,37 @@ def test_worker_count_and_mid_epoch_resume_do_not_change_augmentations() -> None
     assert _batches(2, resume_at=6) == two[6:]  # resumed mid-epoch 2: the remaining batches, draws included
     assert _batches(1, resume_at=2) == two[2:]  # mid-epoch 1, one worker
     assert two[0] != two[4]  # epochs differ in order and draws
+
+
+def test_worker_startup_does_not_draw_from_the_global_torch_rng() -> None:
+    """A DataLoader draws its workers' base seed from torch's global RNG when its first iterator is made -- in a
+    resumed process at a different epoch than in the original run, which shifted every later dropout mask. With
+    its own generator the main process's stream is untouched, at the first epoch and at every later one."""
+    from torch.utils.data import TensorDataset
+
+    from trainers.data import BatchPlan, Feeder
+
+    feeder = Feeder(
+        TensorDataset(torch.arange(12.0).unsqueeze(1)),
+        BatchPlan(12, 4, seed=3, shuffle=True, drop_last=False),
+        num_workers=2,
+        collate_fn=None,
+        pin_memory=False,
+    )
+    try:
+        torch.manual_seed(123)
+        before = torch.get_rng_state()
+        first = [batch[0].view(-1).tolist() for batch in feeder.epoch(2)]  # the first iterator: workers start
+        later = [batch[0].view(-1).tolist() for batch in feeder.epoch(3)]
+        assert torch.equal(torch.get_rng_state(), before)
+    finally:
+        feeder.close()
+    in_process = Feeder(
+        TensorDataset(torch.arange(12.0).unsqueeze(1)),
+        BatchPlan(12, 4, seed=3, shuffle=True, drop_last=False),
+        num_workers=0,
+        collate_fn=None,
+        pin_memory=False,
+    )
+    assert first == [batch[0].view(-1).tolist() for batch in in_process.epoch(2)]
+    assert later == [batch[0].view(-1).tolist() for batch in in_process.epoch(3)]
