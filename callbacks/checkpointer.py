@@ -216,7 +216,9 @@ class Checkpointer(Callback):
         if self._failed:
             return
         if (status is Status.COMPLETED or status is Status.STOPPED) and self.at_end:
-            self._save(trainer, f"end ({status})")
+            # always written, even where the schedule just saved this iteration: post_training handlers above
+            # this one (a final validation) may have changed state since, and this is the run's final word
+            self._save(trainer, f"end ({status})", force=True)
 
     def exception(self, trainer: BaseTrainer, *, error: BaseException, **payload: Any) -> None:
         self._failed = True

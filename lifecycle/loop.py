@@ -77,7 +77,17 @@ class Host(Protocol):
 class Loop:
     """The state machine. ``iterate(host)`` is the only method that emits anything during normal operation."""
 
-    __slots__ = ("_in_iterate", "paused", "phase", "resumed", "state", "status", "stop_requested", "stop_status")
+    __slots__ = (
+        "_in_iterate",
+        "paused",
+        "pending_end",
+        "phase",
+        "resumed",
+        "state",
+        "status",
+        "stop_requested",
+        "stop_status",
+    )
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -87,6 +97,7 @@ class Loop:
         self.stop_status = Status.STOPPED
         self.paused = False
         self.resumed = False
+        self.pending_end = False
         self._in_iterate = False
 
     @property
@@ -102,12 +113,17 @@ class Loop:
         """True while ``iterate()`` runs (so a ``stop()`` from a handler is deferred to the next boundary)."""
         return self._in_iterate
 
-    def restore(self) -> None:
+    def restore(self, *, ended: bool = True) -> None:
         """Continue from the counters now in ``state`` (loaded from a checkpoint) on the next ``iterate()``:
         ``pre_training`` fires again (the host passes ``resumed=True``), then ``pre_epoch`` for the open epoch if the
-        checkpoint was taken mid-epoch, then the next step. No consumed step is repeated."""
+        checkpoint was taken mid-epoch, then the next step. No consumed step is repeated.
+
+        At the run's end the counters say nothing is left to step; ``ended=False`` says the saved run had not yet
+        emitted ``post_training`` (saved at its final ``post_epoch``, then killed), so the next ``iterate()`` emits
+        ``pre_training(resumed=True)`` and ``post_training(status="completed")`` -- the end is not skipped."""
         if self.phase is not Phase.IDLE:
             raise RuntimeError(f"cannot restore counters once training has started (phase {self.phase.value})")
+        self.pending_end = not ended
         state = self.state
         if state.epoch > 0 and state.epoch_iteration == 0:  # saved before the epoch's first step
             state.epoch -= 1
@@ -131,9 +147,13 @@ class Loop:
                     return False
                 return self._finish(host, self.stop_status)
             if self.phase is Phase.IDLE:
-                if state.iteration >= state.max_iterations:  # a restored run that had already completed
-                    self.phase, self.status = Phase.DONE, Status.COMPLETED
-                    return False
+                if state.iteration >= state.max_iterations:  # a restored run with no step left
+                    if not self.pending_end:  # ... that had ended: nothing to emit
+                        self.phase, self.status = Phase.DONE, Status.COMPLETED
+                        return False
+                    self.phase = Phase.BETWEEN_EPOCHS
+                    host.begin_training()
+                    return self._complete(host, Status.COMPLETED)
                 open_epoch = 0 < state.epoch_iteration < state.iterations_per_epoch
                 self.phase = Phase.IN_EPOCH if open_epoch else Phase.BETWEEN_EPOCHS
                 host.begin_training()

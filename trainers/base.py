@@ -497,7 +497,7 @@ class BaseTrainer:
                     _log.error("resume: could not undo loading %r after a failure: %s", obj, exc)
             raise
         self.state.load_state_dict(counters)
-        self._loop.restore()
+        self._loop.restore(ended=bool(loaded["trainer"].get("ended", True)))
         self._pending_rng = loaded["rng"]
         # the RNG state is the one at the save: re-fired events must not draw from it before the resume point
         epoch, step = counters["epoch"], counters["epoch_iteration"]
@@ -715,8 +715,9 @@ class BaseTrainer:
 
     # ------------------------------------------------------------------ counters
     def state_dict(self) -> dict[str, Any]:
-        """The counters and the data seed: with them a new trainer continues at the exact next batch."""
-        return {"counters": self.state.state_dict(), "seed": self.seed}
+        """The counters and the data seed: with them a new trainer continues at the exact next batch. ``ended``
+        says whether ``post_training`` had been emitted (a run saved at its final ``post_epoch`` had not)."""
+        return {"counters": self.state.state_dict(), "seed": self.seed, "ended": self._loop.status is not None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore counters saved by :meth:`state_dict` before training starts. The next :meth:`iterate` emits
@@ -726,7 +727,7 @@ class BaseTrainer:
         if self._loop.started:
             raise RuntimeError("load_state_dict() must be called before the first iterate()")
         self.state.load_state_dict(self._checked_counters(state))
-        self._loop.restore()
+        self._loop.restore(ended=bool(state.get("ended", True)))
 
     def _checked_counters(self, state: Any) -> dict[str, int]:
         """The counters of a trainer state dict, checked against this trainer; raises ``ValueError``."""

@@ -218,6 +218,7 @@ def test_round_trip_has_exactly_the_keys_metadata_and_tensors(tmp_path: Path) ->
     assert loaded["trainer"] == {
         "counters": {"epoch": 2, "iteration": 4, "epoch_iteration": 1, "max_epochs": 3, "iterations_per_epoch": 3},
         "seed": 5,
+        "ended": False,
     }
     same_tree(loaded["model"], trainer.pipeline.state_dict(), "model")
     assert list(loaded["model"]) == ["weight", "bias"]

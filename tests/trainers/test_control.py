@@ -243,6 +243,7 @@ def test_resume_mid_epoch_is_bit_identical(stop_by: str) -> None:
     assert saved == {
         "counters": {"epoch": 2, "iteration": 4, "epoch_iteration": 1, "max_epochs": 3, "iterations_per_epoch": 3},
         "seed": 7,
+        "ended": False,
     }
     assert same_params(resumed, reference)
     assert rec.log[:3] == [
