@@ -556,6 +556,20 @@ def test_restore_of_a_completed_run() -> None:
     assert loop.finished is True
 
 
+def test_restore_of_a_run_saved_before_its_post_training_emits_only_the_end() -> None:
+    # saved at the final post_epoch, killed before post_training: the resumed run steps nothing but still ends
+    loop, host = make(2, 3)
+    loop.state.load_state_dict({"max_epochs": 2, "iterations_per_epoch": 3, "epoch": 2, "epoch_iteration": 3,
+                                "iteration": 6})  # fmt: skip
+    loop.restore(ended=False)
+    assert loop.iterate(host) is False
+    assert host.events == ["pre_training", "post_training(completed)"]
+    assert host.resumed == [("pre_training", True)]
+    assert loop.status is Status.COMPLETED
+    assert loop.iterate(host) is False
+    assert host.events == ["pre_training", "post_training(completed)"]
+
+
 def test_restore_before_an_epochs_first_step_normalises_to_the_previous_epochs_end() -> None:
     loop, host = restored({"epoch": 2, "epoch_iteration": 0, "iteration": 3})
     assert (loop.state.epoch, loop.state.epoch_iteration, loop.state.iteration) == (1, 3, 3)
