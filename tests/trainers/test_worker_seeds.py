@@ -69,27 +69,23 @@ def test_worker_startup_does_not_draw_from_the_global_torch_rng() -> None:
 
     from trainers.data import BatchPlan, Feeder
 
-    feeder = Feeder(
-        TensorDataset(torch.arange(12.0).unsqueeze(1)),
-        BatchPlan(12, 4, seed=3, shuffle=True, drop_last=False),
-        num_workers=2,
-        collate_fn=None,
-        pin_memory=False,
-    )
+    def feeder(num_workers: int) -> Feeder:
+        plan = BatchPlan(12, 4, seed=3, shuffle=True, drop_last=False)
+        data = TensorDataset(torch.arange(12.0).unsqueeze(1))
+        return Feeder(data, plan, num_workers=num_workers, collate_fn=None, pin_memory=False)
+
+    def values(batches: Any) -> list[list[float]]:
+        return [batch[0].view(-1).tolist() for batch in batches]
+
+    workers = feeder(2)
     try:
         torch.manual_seed(123)
         before = torch.get_rng_state()
-        first = [batch[0].view(-1).tolist() for batch in feeder.epoch(2)]  # the first iterator: workers start
-        later = [batch[0].view(-1).tolist() for batch in feeder.epoch(3)]
+        first = values(workers.epoch(2))  # the first iterator: the workers start
+        later = values(workers.epoch(3))
         assert torch.equal(torch.get_rng_state(), before)
     finally:
-        feeder.close()
-    in_process = Feeder(
-        TensorDataset(torch.arange(12.0).unsqueeze(1)),
-        BatchPlan(12, 4, seed=3, shuffle=True, drop_last=False),
-        num_workers=0,
-        collate_fn=None,
-        pin_memory=False,
-    )
-    assert first == [batch[0].view(-1).tolist() for batch in in_process.epoch(2)]
-    assert later == [batch[0].view(-1).tolist() for batch in in_process.epoch(3)]
+        workers.close()
+    in_process = feeder(0)
+    assert first == values(in_process.epoch(2))
+    assert later == values(in_process.epoch(3))
