@@ -29,6 +29,7 @@ from trainers.checkpoint import (
     write_checkpoint,
 )
 from trainers.data import BatchPlan, Feeder
+from trainers.metric_flow import MetricFlow
 from trainers.placement import resolve_device, to_device
 from trainers.requests import Requests
 from trainers.rng import capture_rng, check_rng, restore_rng
@@ -216,6 +217,7 @@ class BaseTrainer:
         self._pending_rng: dict[str, Any] | None = None  # from a checkpoint, restored at the resume point
         self._rng_point = "start"  # where that point is: before pre_training, after it, or after pre_epoch
         self._tracked: dict[str, Any] = {}
+        self._metric_flow: MetricFlow | None = None
         #: the resolved configuration (plain containers), saved in every checkpoint's metadata
         self.config: dict[str, Any] | None = None
         #: the checkpoint this run resumed from, if any
@@ -628,6 +630,15 @@ class BaseTrainer:
     def phase(self) -> Phase:
         """Where the loop stands: idle, in or between epochs, finishing, done."""
         return self._loop.phase
+
+    @property
+    def metric_flow(self) -> MetricFlow:
+        """The step outputs accumulated on the device for loggers (``trainers.metric_flow``); created, and its
+        handlers connected, on first use, so a run without loggers pays nothing for it."""
+        flow = self._metric_flow
+        if flow is None:
+            flow = self._metric_flow = MetricFlow(self)
+        return flow
 
     @property
     def defines_validate(self) -> bool:
