@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from callbacks.grid_pruning import GridPruning
     from callbacks.lr_decay import LRDecay
     from callbacks.metrics import mse, psnr
+    from callbacks.tensorboard_logger import TensorBoardLogger
     from callbacks.validator import Validator
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "HandlerSpec",
     "LRDecay",
     "NonFiniteError",
+    "TensorBoardLogger",
     "Validator",
     "mse",
     "psnr",
@@ -41,6 +43,7 @@ _WHERE = {
     "NonFiniteError": "callbacks.gradient_guard",
     "GridPruning": "callbacks.grid_pruning",
     "LRDecay": "callbacks.lr_decay",
+    "TensorBoardLogger": "callbacks.tensorboard_logger",
     "Validator": "callbacks.validator",
     "mse": "callbacks.metrics",
     "psnr": "callbacks.metrics",

@@ -127,7 +127,7 @@ class MetricFlow:
         """Means over the current epoch so far, as ``epoch/<key>`` (``{}`` before the first epoch)."""
         if self._epoch_mark is None:
             return {}
-        return self._epoch_mark.peek(prefix="epoch/")
+        return self._epoch_mark.peek(prefix="epoch/", timing=False)
 
     def _totals(self) -> torch.Tensor:
         """The running totals (a new tensor, in the wide dtype)."""
@@ -146,14 +146,15 @@ class Window:
         self._flow = flow
         self._totals, self._counts, self._steps, self._samples, self._time = flow._snapshot()
 
-    def take(self, *, prefix: str = "train/") -> dict[str, float]:
+    def take(self, *, prefix: str = "train/", timing: bool = True) -> dict[str, float]:
         """The means since the previous ``take()`` (or the window's creation), then restart from now. Keys are
-        ``<prefix><output>`` plus ``time/iter_ms`` and ``time/samples_per_s``; ``{}`` when no step happened."""
-        means = self.peek(prefix=prefix)
+        ``<prefix><output>`` plus, with ``timing``, ``time/iter_ms`` and ``time/samples_per_s``; ``{}`` when no
+        step happened."""
+        means = self.peek(prefix=prefix, timing=timing)
         self._totals, self._counts, self._steps, self._samples, self._time = self._flow._snapshot()
         return means
 
-    def peek(self, *, prefix: str = "train/") -> dict[str, float]:
+    def peek(self, *, prefix: str = "train/", timing: bool = True) -> dict[str, float]:
         """:meth:`take` without restarting."""
         flow = self._flow
         steps = flow.steps - self._steps
@@ -170,6 +171,8 @@ class Window:
             seen = flow._counts[index] - (self._counts[index] if index < len(self._counts) else 0)
             if seen > 0:
                 means[prefix + name] = sums[index] / seen
+        if not timing:
+            return means
         means["time/iter_ms"] = seconds * 1000.0 / steps
         if seconds > 0 and flow.samples > self._samples:
             means["time/samples_per_s"] = (flow.samples - self._samples) / seconds

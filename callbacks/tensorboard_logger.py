@@ -1,0 +1,246 @@
+"""``TensorBoardLogger``: scalars, validation images, the config and the run's hyper-parameters as TensorBoard events.
+
+Events used: ``pre_training`` (opens ``torch.utils.tensorboard.SummaryWriter`` under ``<run_dir>/tb``; after a
+resume with ``purge_step`` = the next iteration, so events a crashed run wrote beyond its checkpoint are discarded and
+no step is written twice or goes backwards), ``post_step`` on its schedule (the window means of the step outputs from
+``trainer.metric_flow`` -- one host copy per write -- plus every number callbacks published in ``state.metrics``
+outside ``val/`` and ``best/``, e.g. ``lr``, ``grad_norm``), ``post_epoch`` (``epoch/*`` means, ``time/epoch_s``,
+then a flush), ``post_validation`` (``val/*``, ``best/*`` and the images) and ``post_training`` (hyper-parameters with
+the final metrics, then close, whatever the status). Every scalar's step is ``state.iteration``.
+
+A backend failure (a directory that cannot be created, a full disk) follows ``on_error``: ``"disable"`` (default:
+warn once, stop logging, keep training), ``"warn"`` (warn at each failure and keep trying) or ``"raise"``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from callbacks.base import Callback, HandlerSpec, parse_schedule
+from callbacks.images import to_uint8_hwc
+from lifecycle import Event, Priority, ScheduleSpec, Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterator
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainers.base import BaseTrainer
+    from trainers.metric_flow import Window
+
+__all__ = ["TensorBoardLogger"]
+
+_log = logging.getLogger("stepbus.tensorboard")
+OnError = Literal["disable", "warn", "raise"]
+
+
+class TensorBoardLogger(Callback):
+    """Write TensorBoard event files (see the module docstring).
+
+    Args:
+        dir: the log directory; ``None`` for ``<trainer.run_dir>/tb``.
+        every: the schedule of the step scalars (``"50it"``); epoch and validation scalars come at their events.
+        log_images: write validation images (``add_image``).
+        on_error: ``"disable"``, ``"warn"`` or ``"raise"`` (see the module docstring).
+    """
+
+    priority = Priority.LOGGING
+
+    def __init__(
+        self,
+        dir: str | os.PathLike[str] | None = None,
+        *,
+        every: ScheduleSpec = "50it",
+        log_images: bool = True,
+        on_error: OnError = "disable",
+        priority: int | None = None,
+        state_key: str | None = None,
+    ) -> None:
+        super().__init__(priority=priority, state_key=state_key)
+        name = f"TensorBoardLogger {self.state_key!r}"
+        self._schedule = parse_schedule(every, name)
+        if self._schedule.unit == "ep":
+            raise ValueError(f"{name}: every={every!r} counts epochs; step scalars need an iteration or time schedule")
+        if on_error not in ("disable", "warn", "raise"):
+            raise ValueError(f"{name}: on_error must be 'disable', 'warn' or 'raise', got {on_error!r}")
+        if not isinstance(log_images, bool):
+            raise ValueError(f"{name}: log_images must be true or false, got {log_images!r}")
+        self.directory = Path(dir) if dir is not None else None
+        self.log_images, self.on_error = log_images, on_error
+        self.disabled = False  #: set once a failure disabled the logger
+        self.failures = 0
+        self._writer: SummaryWriter | None = None
+        self._window: Window | None = None
+        self._epoch_start = 0.0
+
+    def handlers(self) -> Iterator[HandlerSpec]:
+        yield Event.PRE_TRAINING, self.pre_training, None
+        yield Event.PRE_EPOCH, self.pre_epoch, None
+        yield Event.POST_STEP, self.post_step, self._schedule
+        yield Event.POST_EPOCH, self.post_epoch, None
+        yield Event.POST_VALIDATION, self.post_validation, None
+        yield Event.POST_TRAINING, self.post_training, None
+
+    def setup(self, trainer: BaseTrainer) -> None:
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ModuleNotFoundError(
+                f"TensorBoardLogger {self.state_key!r} needs the tensorboard package: "
+                'pip install "stepbus[tensorboard]"'
+            )
+        if self.directory is None:
+            if trainer.run_dir is None:
+                raise ValueError(
+                    f"TensorBoardLogger {self.state_key!r} needs a directory: pass TensorBoardLogger(dir=...) or "
+                    "give the trainer run_dir=... (events then go to <run_dir>/tb)"
+                )
+            self.directory = trainer.run_dir / "tb"
+
+    # ------------------------------------------------------------------ events
+    def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
+        self._window = trainer.metric_flow.window()
+        step = trainer.state.iteration
+
+        def open_writer() -> None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # after a resume, events at or beyond the next iteration (written after the checkpoint) are dropped
+            self._writer = SummaryWriter(str(self.directory), purge_step=step + 1 if resumed else None)
+            if trainer.config is not None:
+                self._writer.add_text("config", _as_markdown(trainer.config), step)
+
+        self._guard("open the event file", open_writer)
+
+    def pre_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        if self._writer is None or self._window is None:
+            return
+        values = self._window.take()
+        values.update(_published(trainer.state.metrics))
+        self._scalars(values, trainer.state.iteration)
+
+    def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
+        if self._writer is None:
+            return
+        values = trainer.metric_flow.epoch_means()
+        values["time/epoch_s"] = time.perf_counter() - self._epoch_start
+        self._scalars(values, trainer.state.iteration)
+        writer = self._writer
+        self._guard("flush", writer.flush)
+
+    def post_validation(
+        self,
+        trainer: BaseTrainer,
+        *,
+        metrics: Mapping[str, float],
+        images: Mapping[str, Any] | None = None,
+        **payload: Any,
+    ) -> None:
+        if self._writer is None:
+            return
+        step = trainer.state.iteration
+        published = {k: v for k, v in trainer.state.metrics.items() if k.startswith(("val/", "best/"))}
+        self._scalars({**_numbers(published), **_numbers(metrics)}, step)
+        if self.log_images and images:
+            writer = self._writer
+            prefix = next(iter(metrics), "val/").split("/", 1)[0] if metrics else "val"
+
+            def write_images() -> None:
+                for name, image in images.items():
+                    pixels = to_uint8_hwc(image, name=str(name)).numpy()
+                    writer.add_image(f"{prefix}/{name}", pixels, step, dataformats="HWC")
+
+            self._guard("write images", write_images)
+
+    def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        state = trainer.state
+        hparams: dict[str, Any] = {"max_epochs": state.max_epochs, "iterations_per_epoch": state.iterations_per_epoch}
+        hparams.update(_flat_scalars(trainer.config or {}))
+        # under hparam/: add_hparams also writes these as scalars, which must not repeat the val/* time series
+        final = {f"hparam/{k}": v for k, v in _numbers(state.metrics).items() if k.startswith(("val/", "best/"))}
+        final["hparam/iterations"] = float(state.iteration)
+
+        def finish() -> None:
+            try:
+                writer.add_hparams(hparams, final, run_name=".", global_step=state.iteration)
+                writer.add_text("status", str(status), state.iteration)
+            finally:
+                writer.close()
+
+        self._guard("write the final hyper-parameters and close", finish)
+
+    # ------------------------------------------------------------------ helpers
+    def _scalars(self, values: Mapping[str, float], step: int) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+
+        def write() -> None:
+            for tag, value in values.items():
+                writer.add_scalar(tag, value, step)
+
+        self._guard("write scalars", write)
+
+    def _guard(self, what: str, action: Callable[[], None]) -> None:
+        if self.disabled:
+            return
+        try:
+            action()
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise
+            self.failures += 1
+            where = f"TensorBoardLogger {self.state_key!r} could not {what} in {self.directory}"
+            if self.on_error == "warn":
+                _log.warning("%s: %s: %s; training goes on", where, type(exc).__name__, exc)
+                return
+            self.disabled = True
+            self._writer = None
+            _log.warning("%s: %s: %s; the logger is disabled, training goes on", where, type(exc).__name__, exc)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"failures": self.failures}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.failures = int(state.get("failures", 0))
+
+
+def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    """The plain finite-or-not numbers of ``values`` (tensors are left out: converting them would sync)."""
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def _published(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """What callbacks published between validations (``lr``, ``grad_norm``, ``prune/*`` ...)."""
+    return {k: v for k, v in _numbers(metrics).items() if not k.startswith(("val/", "best/")) and math.isfinite(v)}
+
+
+def _flat_scalars(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flat_scalars(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+    return flat
+
+
+def _as_markdown(config: Mapping[str, Any]) -> str:
+    lines = [f"    {key}: {value!r}" for key, value in sorted(_flat_scalars(config).items())]
+    return "\n".join(lines) or "    (empty)"
