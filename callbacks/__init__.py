@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from callbacks.grid_pruning import GridPruning
     from callbacks.lr_decay import LRDecay
     from callbacks.metrics import mse, psnr
+    from callbacks.progress import ProgressBar
     from callbacks.tensorboard_logger import TensorBoardLogger
     from callbacks.validator import Validator
 
@@ -30,6 +31,7 @@ __all__ = [
     "HandlerSpec",
     "LRDecay",
     "NonFiniteError",
+    "ProgressBar",
     "TensorBoardLogger",
     "Validator",
     "mse",
@@ -43,6 +45,7 @@ _WHERE = {
     "NonFiniteError": "callbacks.gradient_guard",
     "GridPruning": "callbacks.grid_pruning",
     "LRDecay": "callbacks.lr_decay",
+    "ProgressBar": "callbacks.progress",
     "TensorBoardLogger": "callbacks.tensorboard_logger",
     "Validator": "callbacks.validator",
     "mse": "callbacks.metrics",

@@ -123,6 +123,7 @@ class Checkpointer(Callback):
         self._refused = False
         self._warned_monitor = False
         self._unserve: list[Any] = []
+        self._trainer_metrics: dict[str, Any] | None = None
         #: the newest checkpoint written and the best-scoring one, once there are such files
         self.last_path: Path | None = None
         self.best_path: Path | None = None
@@ -144,6 +145,7 @@ class Checkpointer(Callback):
         yield Event.EXCEPTION, self.exception, None
 
     def setup(self, trainer: BaseTrainer) -> None:
+        self._trainer_metrics = trainer.state.metrics
         if self.directory is None:
             if trainer.run_dir is None:
                 raise ValueError(
@@ -309,6 +311,12 @@ class Checkpointer(Callback):
         ranked = self._ranked() if self.keep_best else []
         if ranked:
             self.best_path = self._link(directory, "best.pt", ranked[0].name)
+        # for progress displays and summaries (callbacks cooperate through state.metrics)
+        metrics = self._trainer_metrics
+        if metrics is not None:
+            metrics["checkpoint/last"] = str(self.last_path)
+            if self.best_path is not None:
+                metrics["checkpoint/best"] = str(self.best_path)
 
     def _link(self, directory: Path, link: str, target: str) -> Path:
         path = directory / link

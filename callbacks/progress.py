@@ -1,0 +1,190 @@
+"""``ProgressBar``: a rich progress display (overall and per epoch), validation tables and a final summary.
+
+Events used: ``pre_training`` (starts the display), ``pre_epoch`` (resets the epoch bar), ``post_step`` (every step,
+but throttled: the display is refreshed at most ``refresh_per_second`` times a second whatever the step rate, and
+only a refresh reads the loss back -- one host copy from ``trainer.metric_flow``), ``post_epoch`` (a line per epoch),
+``post_validation`` (a small table) and ``post_training`` (stops the display and prints the summary: status,
+iterations, time, the ``best/*`` metrics and the checkpoint files the checkpointer published).
+
+On a terminal it draws ``rich.progress`` bars with iterations, it/s, ETA, the window's mean loss and any
+``state.metrics`` keys listed in ``metrics``. When the console is not a terminal (CI, a log file) it prints a plain
+line at most every ``plain_every`` seconds plus one per epoch instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from callbacks.base import Callback
+from lifecycle import Priority, Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Mapping
+
+    from trainers.base import BaseTrainer
+    from trainers.metric_flow import Window
+
+__all__ = ["ProgressBar"]
+
+
+class ProgressBar(Callback):
+    """Progress on the console (see the module docstring).
+
+    Args:
+        metrics: extra ``state.metrics`` keys to show next to the loss (e.g. ``["lr", "val/psnr"]``).
+        refresh_per_second: the most display refreshes per second (> 0).
+        plain_every: seconds between plain lines when the console is not a terminal (> 0).
+        console: where to draw; a new ``rich.console.Console()`` (stdout) by default.
+    """
+
+    priority = Priority.PROGRESS
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = (),
+        *,
+        refresh_per_second: float = 10.0,
+        plain_every: float = 10.0,
+        console: Console | None = None,
+        priority: int | None = None,
+        state_key: str | None = None,
+    ) -> None:
+        super().__init__(priority=priority, state_key=state_key)
+        name = f"ProgressBar {self.state_key!r}"
+        if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
+            raise ValueError(f"{name}: metrics must be a list of metric names, got {metrics!r}")
+        for label, value in (("refresh_per_second", refresh_per_second), ("plain_every", plain_every)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name}: {label} must be a number > 0, got {value!r}")
+        self.metrics = tuple(metrics)
+        self.interval = 1.0 / float(refresh_per_second)
+        self.plain_every = float(plain_every)
+        self.console = console or Console()
+        self.refreshes = 0  #: how often the display was refreshed (throttled)
+        self._progress: Progress | None = None
+        self._overall: TaskID | None = None
+        self._epoch: TaskID | None = None
+        self._window: Window | None = None
+        self._next = 0.0
+        self._started = 0.0
+        self._loss: float | None = None
+
+    # ------------------------------------------------------------------ events
+    def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self._window = trainer.metric_flow.window()
+        self._started = time.perf_counter()
+        self._next = self._started + (self.interval if self.console.is_terminal else self.plain_every)
+        if not self.console.is_terminal:
+            return
+        state = trainer.state
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            auto_refresh=False,
+            transient=False,
+        )
+        self._overall = self._progress.add_task(
+            "training", total=state.max_iterations, completed=state.iteration, rate="", info=""
+        )
+        self._epoch = self._progress.add_task("epoch", total=state.iterations_per_epoch, rate="", info="")
+        self._progress.start()
+
+    def pre_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
+        if self._progress is not None and self._epoch is not None:
+            state = trainer.state
+            self._progress.update(
+                self._epoch,
+                description=f"epoch {state.epoch}/{state.max_epochs}",
+                completed=state.epoch_iteration,
+                total=state.iterations_per_epoch,
+            )
+
+    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        now = time.perf_counter()
+        if now < self._next:
+            return  # the hot path: one clock read and one comparison
+        self._next = now + (self.interval if self._progress is not None else self.plain_every)
+        self._refresh(trainer)
+
+    def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self._refresh(trainer)
+        if self._progress is None:
+            state = trainer.state
+            epoch = trainer.metric_flow.epoch_means()
+            loss = epoch.get("epoch/loss")
+            shown = f"  epoch/loss {loss:.5g}" if loss is not None else ""
+            self.console.print(f"epoch {state.epoch}/{state.max_epochs} done at iteration {state.iteration}{shown}")
+
+    def post_validation(self, trainer: BaseTrainer, *, metrics: Mapping[str, float], **payload: Any) -> None:
+        self.console.print(f"validation at iteration {trainer.state.iteration}")
+        table = Table(show_edge=False)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_column("best", justify="right")
+        for key, value in metrics.items():
+            best = trainer.state.metrics.get("best/" + key.split("/", 1)[-1])
+            table.add_row(key, _fmt(value), _fmt(best) if best is not None else "")
+        self.console.print(table)
+
+    def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.refresh()
+            progress.stop()
+        state = trainer.state
+        seconds = time.perf_counter() - self._started
+        table = Table(title=f"training {status}", show_header=False, show_edge=False)
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        table.add_row("iterations", f"{state.iteration}/{state.max_iterations}")
+        table.add_row("epochs", f"{state.epoch}/{state.max_epochs}")
+        table.add_row("time", f"{seconds:.1f} s")
+        for key, value in sorted(state.metrics.items()):
+            if isinstance(key, str) and key.startswith("best/"):
+                table.add_row(key, _fmt(value))
+        for key in ("checkpoint/last", "checkpoint/best"):
+            if isinstance(state.metrics.get(key), str):
+                table.add_row(key, str(state.metrics[key]))
+        self.console.print(table)
+
+    # ------------------------------------------------------------------ drawing
+    def _refresh(self, trainer: BaseTrainer) -> None:
+        self.refreshes += 1
+        state = trainer.state
+        means = self._window.take() if self._window is not None else {}
+        loss = means.get("train/loss")
+        if loss is not None:
+            self._loss = loss
+        parts = [f"loss {self._loss:.5g}"] if self._loss is not None else []
+        parts += [f"{key} {_fmt(state.metrics[key])}" for key in self.metrics if key in state.metrics]
+        info = "  ".join(parts)
+        rate = means.get("time/iter_ms")
+        rate_text = f"{1000.0 / rate:,.0f} it/s" if rate else ""
+        progress = self._progress
+        if progress is not None and self._overall is not None and self._epoch is not None:
+            progress.update(self._overall, completed=state.iteration, rate=rate_text, info=info)
+            progress.update(self._epoch, completed=state.epoch_iteration)
+            progress.refresh()
+        elif means:
+            self.console.print(
+                f"epoch {state.epoch}/{state.max_epochs}  iteration {state.iteration}/{state.max_iterations}  "
+                f"{rate_text}  {info}".rstrip()
+            )
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.5g}" if math.isfinite(value) else str(value)
+    return str(value)

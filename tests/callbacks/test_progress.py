@@ -1,0 +1,107 @@
+"""``ProgressBar`` on a real training, its output captured from rich consoles: plain lines when the console is not
+a terminal, bars on a terminal, validation tables, the final summary, and the refresh throttle."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from callbacks import Checkpointer, ProgressBar, Validator
+from lifecycle import Status
+from trainers import BaseTrainer
+
+
+def run(tmp_path: Path, *, terminal: bool, **options: Any) -> tuple[str, ProgressBar, list[float], float]:
+    x = torch.randn(400, 3, generator=torch.Generator().manual_seed(0))
+    y = x.sum(1, keepdim=True)
+    losses: list[torch.Tensor] = []
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        loss = nn.functional.mse_loss(model(batch[0]), batch[1])
+        losses.append(loss.detach().clone())
+        return loss
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=terminal, width=120, color_system=None)
+    progress = ProgressBar(console=console, **options)
+    torch.manual_seed(0)
+    trainer = BaseTrainer(
+        nn.Linear(3, 1),
+        TensorDataset(x, y),
+        max_epochs=2,
+        batch_size=4,
+        device="cpu",
+        run_dir=tmp_path,
+        loss_fn=loss_fn,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.01),
+        callbacks=[Validator(lambda t: {"mse": nn.functional.mse_loss(t.pipeline(x), y)}), progress, Checkpointer()],
+    )
+    start = time.perf_counter()
+    assert trainer.train() is Status.COMPLETED
+    elapsed = time.perf_counter() - start
+    return buffer.getvalue(), progress, [float(v) for v in losses], elapsed
+
+
+def test_plain_lines_when_the_console_is_not_a_terminal(tmp_path: Path) -> None:
+    out, progress, losses, _ = run(tmp_path, terminal=False, plain_every=3600)
+    lines = out.splitlines()
+    assert "\x1b" not in out  # no cursor movement, no bar
+    epoch_lines = [line for line in lines if line.startswith("epoch ") and " done at " in line]
+    assert [line.rsplit(" ", 1)[0] for line in epoch_lines] == [
+        "epoch 1/2 done at iteration 100  epoch/loss",
+        "epoch 2/2 done at iteration 200  epoch/loss",
+    ]
+    # the epoch means (summed in float32 on the device), printed with 5 significant digits
+    shown = [float(line.rsplit(" ", 1)[1]) for line in epoch_lines]
+    assert shown == pytest.approx([sum(losses[:100]) / 100, sum(losses[100:]) / 100], rel=1e-4)
+    assert [line for line in lines if line.startswith("validation at iteration")] == [
+        "validation at iteration 100",
+        "validation at iteration 200",
+    ]
+    assert sum(1 for line in lines if re.match(r"^ val/mse\s+│\s+[\d.]+\s+│\s+[\d.]+\s*$", line)) == 2
+    summary = out[out.index("training completed") :]
+    assert re.search(r"iterations\s+│\s+200/200", summary)
+    assert re.search(r"epochs\s+│\s+2/2", summary)
+    assert re.search(r"best/mse\s+│\s+[\d.]+", summary)
+    assert str(tmp_path / "checkpoints" / "step-00000200.pt") in summary
+    assert progress.refreshes == 2  # one per epoch end: the plain interval never elapsed
+
+
+def test_plain_lines_every_interval_carry_the_window_loss(tmp_path: Path) -> None:
+    out, progress, _, _ = run(tmp_path, terminal=False, plain_every=1e-9)
+    periodic = [line for line in out.splitlines() if re.match(r"^epoch \d/2  iteration \d+/200", line)]
+    assert len(periodic) == 200  # a line after every step: nothing was throttled away
+    assert progress.refreshes == 202  # and the two epoch ends, whose windows were already empty
+    assert all(re.search(r"it/s  loss [\d.e+-]+$", line) for line in periodic)
+
+
+def test_bars_on_a_terminal_refresh_at_most_ten_times_a_second(tmp_path: Path) -> None:
+    out, progress, _, elapsed = run(tmp_path, terminal=True)
+    assert "training" in out
+    assert "200/200" in out
+    assert "━" in out  # the bar itself
+    assert "training completed" in out
+    # throttled: at most one refresh per 0.1 s of training, plus the two epoch ends
+    assert 2 <= progress.refreshes <= int(elapsed / 0.1) + 1 + 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"metrics": "lr"}, "metrics must be a list of metric names, got 'lr'"),
+        ({"refresh_per_second": 0}, "refresh_per_second must be a number > 0, got 0"),
+        ({"plain_every": -1}, "plain_every must be a number > 0, got -1"),
+    ],
+)
+def test_constructor_errors_name_the_parameter(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ProgressBar(**options)
