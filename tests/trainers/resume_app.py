@@ -192,7 +192,11 @@ def snapshot(trainer: BaseTrainer, *, steps_run: int | None = None) -> dict[str,
         "optimizer": trainer.optimizer.state_dict(),
         "trainer": trainer.state_dict(),
         "status": None if trainer.status is None else str(trainer.status),
-        "metrics": dict(trainer.state.metrics),
+        # the checkpointer publishes its files' paths: relative to the run, like its directory above
+        "metrics": {
+            k: os.path.relpath(v, trainer.run_dir) if k.startswith("checkpoint/") and trainer.run_dir else v
+            for k, v in trainer.state.metrics.items()
+        },
         "callbacks": callbacks,
         "steps_run": steps_run,
         "resumed_from": None if trainer.resumed_from is None else str(trainer.resumed_from),
