@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,9 +28,19 @@ from typing import Any
 
 import blinker
 import torch
+from rich.console import Console
 from torch import nn
 
-from callbacks import Callback, EarlyStopping, GradientGuard, GridPruning, LRDecay, Validator
+from callbacks import (
+    Callback,
+    EarlyStopping,
+    GradientGuard,
+    GridPruning,
+    LRDecay,
+    ProgressBar,
+    TensorBoardLogger,
+    Validator,
+)
 from lifecycle import Status
 from trainers.base import BaseTrainer
 
@@ -131,7 +144,9 @@ def _raw(batches: list[Batch], epochs: int) -> float:
     return (time.perf_counter_ns() - start) / 1e3
 
 
-def _stepbus(batches: list[Batch], epochs: int, callbacks: Callable[[], list[Callback]]) -> float:
+def _stepbus(
+    batches: list[Batch], epochs: int, callbacks: Callable[[], list[Callback]], run_dir: Path | None = None
+) -> float:
     model = _model(0)
     trainer = BaseTrainer(
         model,
@@ -143,6 +158,7 @@ def _stepbus(batches: list[Batch], epochs: int, callbacks: Callable[[], list[Cal
         loss_fn=_mse,
         optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
         callbacks=callbacks(),
+        run_dir=None if run_dir is None else Path(tempfile.mkdtemp(dir=run_dir)),
     )
     start = time.perf_counter_ns()
     status = trainer.train()
@@ -192,6 +208,31 @@ def _raw_scheduled(batches: list[Batch], epochs: int) -> float:
         model.train()
         best, wait = (value, 0) if value < best else (best, wait + 1)
     return (time.perf_counter_ns() - start) / 1e3
+
+
+class _FlowReader(Callback):
+    """What a logger does with the metric flow: a window read every 50 iterations."""
+
+    every = "50it"
+
+    def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self.window = trainer.metric_flow.window()
+
+    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self.window.take()
+
+
+def _flow() -> list[Callback]:
+    return [_FlowReader()]
+
+
+def _progress() -> list[Callback]:
+    console = Console(file=io.StringIO(), force_terminal=True, width=120, color_system=None)
+    return [ProgressBar(console=console)]
+
+
+def _tensorboard() -> list[Callback]:
+    return [TensorBoardLogger(every="50it")]
 
 
 def _no_prune(pipeline: nn.Module) -> None:
@@ -247,6 +288,7 @@ def run(iterations: int, repeats: int, batches_per_epoch: int = 100) -> list[dic
     epochs = max(1, iterations // batches_per_epoch)
     total = epochs * batches_per_epoch
     batches = _batches(batches_per_epoch)
+    tmp = Path(tempfile.mkdtemp(prefix="stepbus-bench-"))
     variants: list[tuple[str, str, Callable[[], float]]] = [
         ("train", "raw PyTorch loop", lambda: _raw(batches, epochs)),
         ("train", "stepbus, 0 callbacks", lambda: _stepbus(batches, epochs, list)),
@@ -261,9 +303,18 @@ def run(iterations: int, repeats: int, batches_per_epoch: int = 100) -> list[dic
             "stepbus + LRDecay, GradientGuard, GridPruning, Validator, EarlyStopping",
             lambda: _stepbus(batches, epochs, lambda: scheduled_callbacks(batches[0])),
         ),
+        ("logging", "stepbus, 0 callbacks (again, the baseline here)", lambda: _stepbus(batches, epochs, list)),
+        ("logging", "stepbus + metric flow (a window read every 50 it)", lambda: _stepbus(batches, epochs, _flow)),
+        ("logging", "stepbus + ProgressBar (terminal, 10 Hz)", lambda: _stepbus(batches, epochs, _progress)),
+        (
+            "logging",
+            "stepbus + TensorBoardLogger every 50 it",
+            lambda: _stepbus(batches, epochs, _tensorboard, run_dir=tmp),
+        ),
         ("engine", "raw Python loop over the batches", lambda: _raw_null(batches, epochs)),
         ("engine", "stepbus engine, 0 callbacks", lambda: _stepbus_null(batches, epochs, list)),
         ("engine", "stepbus engine, 10 no-op callbacks", lambda: _stepbus_null(batches, epochs, ten_noop_callbacks)),
+        ("engine", "stepbus engine + ProgressBar (terminal, 10 Hz)", lambda: _stepbus_null(batches, epochs, _progress)),
     ]
     for _, _, fn in variants:  # warm-up: allocator, autograd graph caches, imports
         fn()
@@ -278,6 +329,7 @@ def run(iterations: int, repeats: int, batches_per_epoch: int = 100) -> list[dic
     finally:
         if gc_was_enabled:
             gc.enable()
+        shutil.rmtree(tmp, ignore_errors=True)
     rows: list[dict[str, Any]] = []
     baseline: dict[str, tuple[float, float]] = {}
     for group, name, _ in variants:

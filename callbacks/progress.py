@@ -1,8 +1,9 @@
 """``ProgressBar``: a rich progress display (overall and per epoch), validation tables and a final summary.
 
 Events used: ``pre_training`` (starts the display), ``pre_epoch`` (resets the epoch bar), ``post_step`` (every step,
-but throttled: the display is refreshed at most ``refresh_per_second`` times a second whatever the step rate, and
-only a refresh reads the loss back -- one host copy from ``trainer.metric_flow``), ``post_epoch`` (a line per epoch),
+but throttled: the display is refreshed at most ``refresh_per_second`` times a second whatever the step or epoch
+rate, and only a refresh reads the loss back -- one host copy from ``trainer.metric_flow``), ``post_epoch`` (a line
+per epoch on a plain console),
 ``post_validation`` (a small table) and ``post_training`` (stops the display and prints the summary: status,
 iterations, time, the ``best/*`` metrics and the checkpoint files the checkpointer published).
 
@@ -119,6 +120,12 @@ class ProgressBar(Callback):
         self._refresh(trainer)
 
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
+        if self._progress is not None:
+            now = time.perf_counter()
+            if now >= self._next:  # throttled like the steps: short epochs must not redraw the bars each time
+                self._next = now + self.interval
+                self._refresh(trainer)
+            return
         self._refresh(trainer)
         if self._progress is None:
             state = trainer.state
@@ -139,9 +146,10 @@ class ProgressBar(Callback):
         self.console.print(table)
 
     def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
+        if self._progress is not None:
+            self._refresh(trainer)  # the bars' final state (200/200), whatever the throttle said
         progress, self._progress = self._progress, None
         if progress is not None:
-            progress.refresh()
             progress.stop()
         state = trainer.state
         seconds = time.perf_counter() - self._started

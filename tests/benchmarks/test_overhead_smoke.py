@@ -14,7 +14,7 @@ def test_overhead_benchmark_smoke(tmp_path: Path, capsys: object) -> None:
     variants = [
         row.split("|")[2].strip()
         for row in report.splitlines()
-        if row.startswith(("| train", "| scheduled", "| engine"))
+        if row.startswith(("| train", "| scheduled", "| logging", "| engine"))
     ]
     assert variants == [
         "raw PyTorch loop",
@@ -22,9 +22,14 @@ def test_overhead_benchmark_smoke(tmp_path: Path, capsys: object) -> None:
         "stepbus, 10 no-op callbacks",
         "raw loop + LR decay, clip, finite check, prune hook, validation",
         "stepbus + LRDecay, GradientGuard, GridPruning, Validator, EarlyStopping",
+        "stepbus, 0 callbacks (again, the baseline here)",
+        "stepbus + metric flow (a window read every 50 it)",
+        "stepbus + ProgressBar (terminal, 10 Hz)",
+        "stepbus + TensorBoardLogger every 50 it",
         "raw Python loop over the batches",
         "stepbus engine, 0 callbacks",
         "stepbus engine, 10 no-op callbacks",
+        "stepbus engine + ProgressBar (terminal, 10 Hz)",
     ]
 
 
