@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lifecycle import Event, Priority, Schedule, ScheduleSpec
@@ -10,7 +11,7 @@ from lifecycle import Event, Priority, Schedule, ScheduleSpec
 if TYPE_CHECKING:  # pragma: no cover - typing only; callbacks never need torch to be imported here
     from trainers.base import BaseTrainer
 
-__all__ = ["Callback", "HandlerSpec", "parse_schedule", "periodic_event"]
+__all__ = ["Callback", "HandlerSpec", "output_dir", "parse_schedule", "periodic_event"]
 
 #: (event, bound method, schedule or None) -- one handler a callback asks the trainer to connect.
 HandlerSpec = tuple[Event, Callable[..., Any], Schedule | None]
@@ -30,6 +31,20 @@ def parse_schedule(spec: ScheduleSpec, owner: str, **bounds: Any) -> Schedule:
         return Schedule.parse(spec, **bounds)
     except ValueError as exc:
         raise ValueError(f"callback {owner}: {exc}") from None
+
+
+def output_dir(callback: Callback, given: Path | None, trainer: BaseTrainer, sub: str) -> Path:
+    """Where a file-writing callback writes: the ``dir`` it was given, else ``<trainer.run_dir>/<sub>``; a
+    ``ValueError`` naming the callback when there is neither (raised from ``setup``, so at construction)."""
+    if given is not None:
+        return given
+    if trainer.run_dir is None:
+        kind = type(callback).__name__
+        raise ValueError(
+            f"{kind} {callback.state_key!r} needs a directory: pass {kind}(dir=...) or give the trainer run_dir=... "
+            f"(it then writes to <run_dir>/{sub})"
+        )
+    return trainer.run_dir / sub
 
 
 class Callback:

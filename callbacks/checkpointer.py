@@ -24,15 +24,15 @@ import logging
 import math
 import os
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from callbacks.base import Callback, HandlerSpec, parse_schedule, periodic_event
+from callbacks.base import Callback, HandlerSpec, output_dir, parse_schedule, periodic_event
 from callbacks.metrics import Mode, as_scalar, monitor_mode
-from lifecycle import Event, Phase, Priority, Schedule, ScheduleSpec, Status
-from trainers.checkpoint import CheckpointError, fsync_directory, list_checkpoints
+from lifecycle import Event, Priority, Schedule, ScheduleSpec, Status
+from trainers.atomic import fsync_directory, temporary_name
+from trainers.checkpoint import CheckpointError, list_checkpoints
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.base import BaseTrainer
@@ -146,13 +146,7 @@ class Checkpointer(Callback):
 
     def setup(self, trainer: BaseTrainer) -> None:
         self._trainer_metrics = trainer.state.metrics
-        if self.directory is None:
-            if trainer.run_dir is None:
-                raise ValueError(
-                    f"Checkpointer {self.state_key!r} needs a directory: pass Checkpointer(dir=...) or give the "
-                    "trainer run_dir=... (checkpoints then go to <run_dir>/checkpoints)"
-                )
-            self.directory = trainer.run_dir / "checkpoints"
+        self.directory = output_dir(self, self.directory, trainer, "checkpoints")
         name = f"{self.state_key}.request"
         self._unserve = [trainer.serve("checkpoint", self._on_request, name=name)]
         if self.on_interrupt:
@@ -195,8 +189,7 @@ class Checkpointer(Callback):
         self._refresh_links(directory)
 
     def _on_schedule(self, trainer: BaseTrainer, **payload: Any) -> None:
-        state = trainer.state
-        if trainer.phase is Phase.IN_EPOCH and state.epoch_iteration >= state.iterations_per_epoch:
+        if trainer.post_epoch_pending:
             self._due = True  # post_epoch is pending: the resumable point is after it
             return
         self._save(trainer, "schedule")
@@ -325,7 +318,7 @@ class Checkpointer(Callback):
                 return directory / target
         except OSError:
             pass
-        tmp = directory / f".{link}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp = temporary_name(path)
         try:
             try:
                 os.symlink(target, tmp)

@@ -7,12 +7,13 @@ row that is all a valid 8-bit file needs, so stepbus does not depend on Pillow f
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 import zlib
 from pathlib import Path
 
 import torch
+
+from trainers.atomic import atomic_write
 
 __all__ = ["to_uint8_hwc", "write_png"]
 
@@ -66,14 +67,5 @@ def write_png(path: str | os.PathLike[str], image: torch.Tensor, *, name: str = 
     target = Path(path)
     data = encode_png(image, name=name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 honours the umask, like a plain write (mkstemp would force 0600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda handle: handle.write(data), durable=False)
     return target

@@ -113,26 +113,17 @@ class ProgressBar(Callback):
             )
 
     def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        now = time.perf_counter()
-        if now < self._next:
-            return  # the hot path: one clock read and one comparison
-        self._next = now + (self.interval if self._progress is not None else self.plain_every)
-        self._refresh(trainer)
+        self._throttled_refresh(trainer)
 
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
         if self._progress is not None:
-            now = time.perf_counter()
-            if now >= self._next:  # throttled like the steps: short epochs must not redraw the bars each time
-                self._next = now + self.interval
-                self._refresh(trainer)
+            self._throttled_refresh(trainer)  # short epochs must not redraw the bars each time
             return
         self._refresh(trainer)
-        if self._progress is None:
-            state = trainer.state
-            epoch = trainer.metric_flow.epoch_means()
-            loss = epoch.get("epoch/loss")
-            shown = f"  epoch/loss {loss:.5g}" if loss is not None else ""
-            self.console.print(f"epoch {state.epoch}/{state.max_epochs} done at iteration {state.iteration}{shown}")
+        state = trainer.state
+        loss = trainer.metric_flow.epoch_means().get("epoch/loss")
+        shown = f"  epoch/loss {loss:.5g}" if loss is not None else ""
+        self.console.print(f"epoch {state.epoch}/{state.max_epochs} done at iteration {state.iteration}{shown}")
 
     def post_validation(self, trainer: BaseTrainer, *, metrics: Mapping[str, float], **payload: Any) -> None:
         self.console.print(f"validation at iteration {trainer.state.iteration}")
@@ -168,6 +159,13 @@ class ProgressBar(Callback):
         self.console.print(table)
 
     # ------------------------------------------------------------------ drawing
+    def _throttled_refresh(self, trainer: BaseTrainer) -> None:
+        now = time.perf_counter()
+        if now < self._next:
+            return  # the hot path: one clock read and one comparison
+        self._next = now + (self.interval if self._progress is not None else self.plain_every)
+        self._refresh(trainer)
+
     def _refresh(self, trainer: BaseTrainer) -> None:
         self.refreshes += 1
         state = trainer.state

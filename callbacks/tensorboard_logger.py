@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from callbacks.base import Callback, HandlerSpec, parse_schedule
+from callbacks.base import Callback, HandlerSpec, output_dir, parse_schedule
 from callbacks.images import to_uint8_hwc
 from lifecycle import Event, Priority, ScheduleSpec, Status
 
@@ -94,13 +94,7 @@ class TensorBoardLogger(Callback):
                 f"TensorBoardLogger {self.state_key!r} needs the tensorboard package: "
                 'pip install "stepbus[tensorboard]"'
             )
-        if self.directory is None:
-            if trainer.run_dir is None:
-                raise ValueError(
-                    f"TensorBoardLogger {self.state_key!r} needs a directory: pass TensorBoardLogger(dir=...) or "
-                    "give the trainer run_dir=... (events then go to <run_dir>/tb)"
-                )
-            self.directory = trainer.run_dir / "tb"
+        self.directory = output_dir(self, self.directory, trainer, "tb")
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:

@@ -191,11 +191,11 @@ class Loop:
             self.stop_status = status
         self.stop_requested = True
 
-    def stop(self, host: Host, status: Status = Status.STOPPED) -> None:
+    def stop(self, host: Host) -> None:
         """Request a stop. Inside ``iterate()`` it is honoured at the next boundary; outside it finishes now."""
         if self.phase is Phase.DONE or self.phase is Phase.FINISHING:
             return
-        self.request_stop(status)
+        self.request_stop(Status.STOPPED)
         if self._in_iterate:
             return
         if self.phase is Phase.IDLE:  # never started: nothing to balance, nothing emitted

@@ -91,7 +91,7 @@ class _Host:
         outputs = t.step(batch)
         t._stepping = False
         t.post_step(outputs)
-        if t._requests.pending and t.state.epoch_iteration < t.state.iterations_per_epoch:
+        if t._requests.pending and not t.post_epoch_pending:
             t._requests.drain()  # requested during a step: served now (at an epoch's last step, after post_epoch)
 
     def end_epoch(self) -> None:
@@ -539,16 +539,12 @@ class BaseTrainer:
         A callback asks for one with :meth:`request_checkpoint` instead, which is always served at a resumable point.
         """
         state = self.state
-        if resumable:
-            loop = self._loop
-            if self._stepping or (
-                loop.in_iterate and loop.phase is Phase.IN_EPOCH and state.epoch_iteration >= state.iterations_per_epoch
-            ):
-                where = "inside a step" if self._stepping else "before this epoch's post_epoch"
-                raise RuntimeError(
-                    f"no resumable checkpoint can be taken {where} (iteration {state.iteration}, {state}); take it "
-                    "from post_step, post_epoch or between iterate() calls, or call trainer.request_checkpoint()"
-                )
+        if resumable and (self._stepping or self.post_epoch_pending):
+            where = "inside a step" if self._stepping else "before this epoch's post_epoch"
+            raise RuntimeError(
+                f"no resumable checkpoint can be taken {where} (iteration {state.iteration}, {state}); take it "
+                "from post_step, post_epoch or between iterate() calls, or call trainer.request_checkpoint()"
+            )
         meta: dict[str, Any] = {
             "format": FORMAT,
             "version": stepbus_version(),
@@ -595,7 +591,7 @@ class BaseTrainer:
     def request_checkpoint(self) -> None:
         """Ask the checkpointer(s) to save: at once between steps, or at the next resumable point of the running
         ``iterate()`` (after ``post_step``; at an epoch's last step, after ``post_epoch``)."""
-        self._requests.request("checkpoint", defer=self._loop.in_iterate)
+        self.request("checkpoint")
 
     def stop(self) -> None:
         """End the run: from a handler, after the current step (``post_epoch`` and ``post_training(status=
@@ -606,7 +602,7 @@ class BaseTrainer:
         """Ask every registered validator to run: at once when called between steps (a GUI button), or at the
         next safe point of the running ``iterate()`` when called from a handler (see ``trainers.requests``).
         Raises ``RuntimeError`` when no callback serves validation requests."""
-        self._requests.request("validation", defer=self._loop.in_iterate)
+        self.request("validation")
 
     def request(self, kind: str) -> None:
         """Ask for an on-demand action by name (``"validation"``, or whatever a callback serves)."""
@@ -630,6 +626,13 @@ class BaseTrainer:
     def phase(self) -> Phase:
         """Where the loop stands: idle, in or between epochs, finishing, done."""
         return self._loop.phase
+
+    @property
+    def post_epoch_pending(self) -> bool:
+        """True from the end of an epoch's last step until its ``post_epoch``: not a resumable point, so a checkpoint
+        (or any request) asked for there waits until after that ``post_epoch``."""
+        state, loop = self.state, self._loop
+        return loop.in_iterate and loop.phase is Phase.IN_EPOCH and state.epoch_iteration >= state.iterations_per_epoch
 
     @property
     def metric_flow(self) -> MetricFlow:

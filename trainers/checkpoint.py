@@ -33,7 +33,6 @@ import logging
 import os
 import pickle
 import re
-import secrets
 import time
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,6 +44,8 @@ from typing import Any
 
 import torch
 
+from trainers.atomic import atomic_write
+
 __all__ = [
     "FORMAT",
     "CheckpointError",
@@ -52,7 +53,6 @@ __all__ = [
     "check_model_fits",
     "check_optimizer_fits",
     "check_plain",
-    "fsync_directory",
     "list_checkpoints",
     "load_checkpoint",
     "load_newest",
@@ -119,20 +119,6 @@ def check_plain(value: Any, where: str = "checkpoint") -> None:
         )
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
     """Write ``payload`` to ``path`` atomically and durably; returns the path.
 
@@ -145,28 +131,16 @@ def write_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -
         check_plain(dict(payload))
     except TypeError as exc:
         raise CheckpointError(target, f"not saved: {exc}") from None
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise CheckpointError(target, f"could not be written: {blocker} is a file, not a directory")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        # 0o666 honours the umask like any other file the run writes (mkstemp would force 0600)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(dict(payload), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write(target, lambda handle: torch.save(dict(payload), handle), durable=True)
     except OSError as exc:
         raise CheckpointError(target, f"could not be written ({_os_reason(exc)}); any previous file is intact") from exc
     except RuntimeError as exc:  # torch's writer reports a failed write (e.g. a full disk) as RuntimeError
         raise CheckpointError(target, f"could not be written ({exc}); any previous file is intact") from exc
-    fsync_directory(target.parent)
     return target
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from trainers.signals import exit_code
+
 __all__ = ["main", "resolve_run_dir"]
 
 DEMO_NAME = "demo"
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args)
     except KeyboardInterrupt:  # a Ctrl-C outside train()'s graceful handling (setup, or after it returned)
         Console(stderr=True).print("[red]aborted[/red] by SIGINT")
-        return 128 + int(signal.SIGINT)
+        return exit_code(signal.SIGINT)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -86,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
     from lifecycle import Status
     from trainers.checkpoint import CheckpointError
     from trainers.demo import make_demo_trainer
-    from trainers.signals import TrainingInterrupted, exit_code
+    from trainers.signals import TrainingInterrupted
 
     run_dir, resume = resolve_run_dir(args.run_dir, args.resume)
     console.print(

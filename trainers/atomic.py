@@ -1,0 +1,56 @@
+"""Replacing a file atomically: a temporary file in the same folder, then ``os.replace``.
+
+A reader -- or a process started after a crash -- sees the old file or the new one, complete, never a mix. With
+``durable=True`` the bytes are flushed and fsynced before the rename and the folder is fsynced after it, so the
+rename itself survives a power loss (checkpoints); without it the write costs what a plain write costs (images).
+Temporary names are ``.<name>.<pid>.<8 hex>.tmp``: hidden, unique, and recognisable as left over by a dead process.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["atomic_write", "fsync_directory", "temporary_name"]
+
+
+def temporary_name(target: Path) -> Path:
+    """A fresh temporary path beside ``target``."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(target: Path, write: Callable[[BinaryIO], object], *, durable: bool) -> None:
+    """Replace ``target`` with what ``write(file)`` writes. On any failure the temporary file is removed, the
+    error propagates, and whatever was at ``target`` is untouched. The folder must exist."""
+    tmp = temporary_name(target)
+    # os.open with 0o666 honours the umask like a plain write (mkstemp would force 0600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_directory(target.parent)
