@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from callbacks.progress import ProgressBar
     from callbacks.tensorboard_logger import TensorBoardLogger
     from callbacks.validator import Validator
+    from callbacks.wandb_logger import WandbLogger
 
 __all__ = [
     "Callback",
@@ -34,6 +35,7 @@ __all__ = [
     "ProgressBar",
     "TensorBoardLogger",
     "Validator",
+    "WandbLogger",
     "mse",
     "psnr",
 ]
@@ -48,6 +50,7 @@ _WHERE = {
     "ProgressBar": "callbacks.progress",
     "TensorBoardLogger": "callbacks.tensorboard_logger",
     "Validator": "callbacks.validator",
+    "WandbLogger": "callbacks.wandb_logger",
     "mse": "callbacks.metrics",
     "psnr": "callbacks.metrics",
 }

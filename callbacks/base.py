@@ -136,6 +136,13 @@ class Callback:
             event = Event(name)
             yield event, method, (schedule if event in filtered and not schedule.always else None)
 
+    def priority_of(self, event: Event) -> int:
+        """The priority of this callback's handler for ``event``: :attr:`priority` for every event by default.
+
+        Override it for one handler that belongs in another band, e.g. a logger whose ``post_training`` uploads the
+        final checkpoint returns ``Priority.FINAL`` there, so it runs after the checkpointer's end save."""
+        return self.priority
+
     def setup(self, trainer: BaseTrainer) -> None:
         """Called by ``trainer.add_callback(self)`` before any handler is connected."""
 

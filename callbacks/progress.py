@@ -5,7 +5,8 @@ but throttled: the display is refreshed at most ``refresh_per_second`` times a s
 rate, and only a refresh reads the loss back -- one host copy from ``trainer.metric_flow``), ``post_epoch`` (a line
 per epoch on a plain console),
 ``post_validation`` (a small table) and ``post_training`` (stops the display and prints the summary: status,
-iterations, time, the ``best/*`` metrics and the checkpoint files the checkpointer published).
+iterations, time, the ``best/*`` metrics and the checkpoint files the checkpointer published). The summary runs at
+priority ``FINAL``, after the checkpointer's end save, so the paths it shows are the final ones.
 
 On a terminal it draws ``rich.progress`` bars with iterations, it/s, ETA, the window's mean loss and any
 ``state.metrics`` keys listed in ``metrics``. When the console is not a terminal (CI, a log file) it prints a plain
@@ -24,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from callbacks.base import Callback
-from lifecycle import Priority, Status
+from lifecycle import Event, Priority, Status
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping
@@ -76,6 +77,10 @@ class ProgressBar(Callback):
         self._next = 0.0
         self._started = 0.0
         self._loss: float | None = None
+
+    def priority_of(self, event: Event) -> int:
+        # the summary names the final checkpoint, written by the checkpointer's post_training
+        return Priority.FINAL if event is Event.POST_TRAINING else self.priority
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:

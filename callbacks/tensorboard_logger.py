@@ -14,17 +14,17 @@ warn once, stop logging, keep training), ``"warn"`` (warn at each failure and ke
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from callbacks.backend import BackendGuard, OnError, require_package
 from callbacks.base import Callback, HandlerSpec, output_dir, parse_schedule
 from callbacks.images import to_uint8_hwc
+from callbacks.log_values import as_markdown, flat_scalars, numbers, published, validation_numbers
 from lifecycle import Event, Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +38,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["TensorBoardLogger"]
 
 _log = logging.getLogger("stepbus.tensorboard")
-OnError = Literal["disable", "warn", "raise"]
 
 
 class TensorBoardLogger(Callback):
@@ -68,14 +67,11 @@ class TensorBoardLogger(Callback):
         self._schedule = parse_schedule(every, name)
         if self._schedule.unit == "ep":
             raise ValueError(f"{name}: every={every!r} counts epochs; step scalars need an iteration or time schedule")
-        if on_error not in ("disable", "warn", "raise"):
-            raise ValueError(f"{name}: on_error must be 'disable', 'warn' or 'raise', got {on_error!r}")
         if not isinstance(log_images, bool):
             raise ValueError(f"{name}: log_images must be true or false, got {log_images!r}")
         self.directory = Path(dir) if dir is not None else None
         self.log_images, self.on_error = log_images, on_error
-        self.disabled = False  #: set once a failure disabled the logger
-        self.failures = 0
+        self._guard = BackendGuard(name, on_error, _log, lambda: self.directory)
         self._writer: SummaryWriter | None = None
         self._window: Window | None = None
         self._epoch_start = 0.0
@@ -89,11 +85,7 @@ class TensorBoardLogger(Callback):
         yield Event.POST_TRAINING, self.post_training, None
 
     def setup(self, trainer: BaseTrainer) -> None:
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ModuleNotFoundError(
-                f"TensorBoardLogger {self.state_key!r} needs the tensorboard package: "
-                'pip install "stepbus[tensorboard]"'
-            )
+        require_package("tensorboard", "tensorboard", f"TensorBoardLogger {self.state_key!r}")
         self.directory = output_dir(self, self.directory, trainer, "tb")
 
     # ------------------------------------------------------------------ events
@@ -107,9 +99,9 @@ class TensorBoardLogger(Callback):
             # after a resume, events at or beyond the next iteration (written after the checkpoint) are dropped
             self._writer = SummaryWriter(str(self.directory), purge_step=step + 1 if resumed else None)
             if trainer.config is not None:
-                self._writer.add_text("config", _as_markdown(trainer.config), step)
+                self._writer.add_text("config", as_markdown(trainer.config), step)
 
-        self._guard("open the event file", open_writer)
+        self._run("open the event file", open_writer)
 
     def pre_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
         self._epoch_start = time.perf_counter()
@@ -118,7 +110,7 @@ class TensorBoardLogger(Callback):
         if self._writer is None or self._window is None:
             return
         values = self._window.take()
-        values.update(_published(trainer.state.metrics))
+        values.update(published(trainer.state.metrics))
         self._scalars(values, trainer.state.iteration)
 
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
@@ -128,7 +120,7 @@ class TensorBoardLogger(Callback):
         values["time/epoch_s"] = time.perf_counter() - self._epoch_start
         self._scalars(values, trainer.state.iteration)
         writer = self._writer
-        self._guard("flush", writer.flush)
+        self._run("flush", writer.flush)
 
     def post_validation(
         self,
@@ -141,8 +133,7 @@ class TensorBoardLogger(Callback):
         if self._writer is None:
             return
         step = trainer.state.iteration
-        published = {k: v for k, v in trainer.state.metrics.items() if k.startswith(("val/", "best/"))}
-        self._scalars({**_numbers(published), **_numbers(metrics)}, step)
+        self._scalars({**validation_numbers(trainer.state.metrics), **numbers(metrics)}, step)
         if self.log_images and images:
             writer = self._writer
             prefix = next(iter(metrics), "val/").split("/", 1)[0] if metrics else "val"
@@ -152,7 +143,7 @@ class TensorBoardLogger(Callback):
                     pixels = to_uint8_hwc(image, name=str(name)).numpy()
                     writer.add_image(f"{prefix}/{name}", pixels, step, dataformats="HWC")
 
-            self._guard("write images", write_images)
+            self._run("write images", write_images)
 
     def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
         writer, self._writer = self._writer, None
@@ -160,9 +151,9 @@ class TensorBoardLogger(Callback):
             return
         state = trainer.state
         hparams: dict[str, Any] = {"max_epochs": state.max_epochs, "iterations_per_epoch": state.iterations_per_epoch}
-        hparams.update(_flat_scalars(trainer.config or {}))
+        hparams.update(flat_scalars(trainer.config or {}))
         # under hparam/: add_hparams also writes these as scalars, which must not repeat the val/* time series
-        final = {f"hparam/{k}": v for k, v in _numbers(state.metrics).items() if k.startswith(("val/", "best/"))}
+        final = {f"hparam/{k}": v for k, v in validation_numbers(state.metrics).items()}
         final["hparam/iterations"] = float(state.iteration)
 
         def finish() -> None:
@@ -172,7 +163,7 @@ class TensorBoardLogger(Callback):
             finally:
                 writer.close()
 
-        self._guard("write the final hyper-parameters and close", finish)
+        self._run("write the final hyper-parameters and close", finish)
 
     # ------------------------------------------------------------------ helpers
     def _scalars(self, values: Mapping[str, float], step: int) -> None:
@@ -184,57 +175,24 @@ class TensorBoardLogger(Callback):
             for tag, value in values.items():
                 writer.add_scalar(tag, value, step)
 
-        self._guard("write scalars", write)
+        self._run("write scalars", write)
 
-    def _guard(self, what: str, action: Callable[[], None]) -> None:
-        if self.disabled:
-            return
-        try:
-            action()
-        except Exception as exc:
-            if self.on_error == "raise":
-                raise
-            self.failures += 1
-            where = f"TensorBoardLogger {self.state_key!r} could not {what} in {self.directory}"
-            if self.on_error == "warn":
-                _log.warning("%s: %s: %s; training goes on", where, type(exc).__name__, exc)
-                return
-            self.disabled = True
+    def _run(self, what: str, action: Callable[[], None]) -> None:
+        if not self._guard.run(what, action) and self._guard.disabled:
             self._writer = None
-            _log.warning("%s: %s: %s; the logger is disabled, training goes on", where, type(exc).__name__, exc)
+
+    @property
+    def disabled(self) -> bool:
+        """True once a failure disabled the logger (``on_error="disable"``)."""
+        return self._guard.disabled
+
+    @property
+    def failures(self) -> int:
+        """Backend failures so far (carried across a resume)."""
+        return self._guard.failures
 
     def state_dict(self) -> dict[str, Any]:
         return {"failures": self.failures}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.failures = int(state.get("failures", 0))
-
-
-def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
-    """The plain finite-or-not numbers of ``values`` (tensors are left out: converting them would sync)."""
-    return {
-        k: float(v)
-        for k, v in values.items()
-        if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-
-
-def _published(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """What callbacks published between validations (``lr``, ``grad_norm``, ``prune/*`` ...)."""
-    return {k: v for k, v in _numbers(metrics).items() if not k.startswith(("val/", "best/")) and math.isfinite(v)}
-
-
-def _flat_scalars(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flat_scalars(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-    return flat
-
-
-def _as_markdown(config: Mapping[str, Any]) -> str:
-    lines = [f"    {key}: {value!r}" for key, value in sorted(_flat_scalars(config).items())]
-    return "\n".join(lines) or "    (empty)"
+        self._guard.failures = int(state.get("failures", 0))

@@ -21,4 +21,5 @@ class Priority(IntEnum):
     DEFAULT = 0  #: user handlers
     LOGGING = -100  #: TensorBoard, W&B
     PROGRESS = -200  #: progress bars, console
-    CHECKPOINT = -1000  #: the checkpointer, always last
+    CHECKPOINT = -1000  #: the checkpointer
+    FINAL = -2000  #: after the checkpointer's final save: a summary or upload that names the last checkpoint

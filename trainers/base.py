@@ -663,9 +663,9 @@ class BaseTrainer:
         return tuple(cb for cb, _ in self._callbacks.values())
 
     def add_callback(self, callback: Callback) -> Callback:
-        """Register ``callback``: :meth:`Callback.setup` runs, then its event methods are connected with its
-        priority and schedule. Errors (a class instead of an instance, a duplicate ``state_key``, a bad schedule,
-        a refusal from ``setup``) are raised now and leave nothing registered."""
+        """Register ``callback``: :meth:`Callback.setup` runs, then its event methods are connected with their
+        priorities (:meth:`Callback.priority_of`) and schedule. Errors (a class instead of an instance, a duplicate
+        ``state_key``, a bad schedule, a refusal from ``setup``) are raised now and leave nothing registered."""
         if isinstance(callback, type):
             raise TypeError(
                 f"add_callback needs an instance, got the class {callback.__name__}; write {callback.__name__}(...)"
@@ -691,7 +691,11 @@ class BaseTrainer:
             for event, method, schedule in specs:
                 handles.append(
                     self.bus.connect(
-                        event, method, priority=callback.priority, every=schedule, name=f"{key}.{event.value}"
+                        event,
+                        method,
+                        priority=callback.priority_of(event),
+                        every=schedule,
+                        name=f"{key}.{event.value}",
                     )
                 )
         except BaseException:

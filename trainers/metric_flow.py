@@ -10,7 +10,9 @@ schedules never disturb one another.
 
 Names: a step output ``"loss"`` is ``"train/loss"`` in a window's result and ``"epoch/loss"`` in
 :meth:`MetricFlow.epoch_means`; timing comes as ``"time/iter_ms"`` (wall time per step over the window) and
-``"time/samples_per_s"`` (samples are counted from the first dimension of each batch's first tensor).
+``"time/samples_per_s"`` (samples are counted from the first dimension of each batch's first tensor). The wall
+time is the window's: validation or a checkpoint save that falls inside a window counts; the set-up before the run's
+first step does not.
 
 A step adds into a float32 vector (one ``add_`` when the loss is the only output); every 1024 steps that vector is
 folded into float64 totals (float32 on devices without float64), so a window's mean -- the difference of two totals
@@ -57,14 +59,23 @@ class MetricFlow:
         self.samples = 0  #: samples counted from the batches
         self._batch_samples = 0
         self._epoch_mark: Window | None = None
+        # when the run's first step began: a window opened in pre_training times steps from here, so the set-up
+        # that follows it (a W&B run starting, event files opening ...) is not charged to the first row's time/iter_ms
+        self._first_step_at: float | None = None
         bus = trainer.bus
         bus.connect(Event.PRE_STEP, self._pre_step, priority=FLOW_PRIORITY, name="metric_flow.pre_step")
         bus.connect(Event.POST_STEP, self._post_step, priority=FLOW_PRIORITY, name="metric_flow.post_step")
         bus.connect(Event.PRE_EPOCH, self._pre_epoch, priority=FLOW_PRIORITY, name="metric_flow.pre_epoch")
+        bus.connect(Event.PRE_TRAINING, self._pre_training, priority=FLOW_PRIORITY, name="metric_flow.pre_training")
 
     # ------------------------------------------------------------------ the per-step part (no host sync)
     def _pre_step(self, trainer: BaseTrainer, *, batch: Any = None, **payload: Any) -> None:
         self._batch_samples = _batch_size(batch)
+        if self._first_step_at is None:
+            self._first_step_at = time.perf_counter()
+
+    def _pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self._first_step_at = None  # a new run (or a resumed one) in this process: timing restarts at its first step
 
     def _post_step(self, trainer: BaseTrainer, *, outputs: Mapping[str, Any], **payload: Any) -> None:
         values: list[torch.Tensor] = []
@@ -160,7 +171,8 @@ class Window:
         steps = flow.steps - self._steps
         if steps <= 0:
             return {}
-        seconds = time.perf_counter() - self._time
+        started = flow._first_step_at
+        seconds = time.perf_counter() - (self._time if started is None or started < self._time else started)
         old = self._totals
         totals = flow._totals()
         if old.numel() < totals.numel():

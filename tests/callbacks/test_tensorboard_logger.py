@@ -156,7 +156,7 @@ def test_on_error_raise_fails_the_run_naming_the_logger(tmp_path: Path) -> None:
 def test_constructor_errors_name_the_parameter(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"every='1ep' counts epochs"):
         TensorBoardLogger(every="1ep")
-    with pytest.raises(ValueError, match=r"on_error must be 'disable', 'warn' or 'raise', got 'ignore'"):
+    with pytest.raises(ValueError, match=r"on_error must be one of 'disable', 'warn', 'raise', got 'ignore'"):
         TensorBoardLogger(on_error="ignore")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"needs a directory"):
         BaseTrainer(

@@ -74,7 +74,7 @@ def test_step_and_epoch_event_groups() -> None:
 
 def test_priority_bands_order_state_changers_first_and_checkpointer_last() -> None:
     bands = [Priority.STATE, Priority.VALIDATION, Priority.METRICS, Priority.DEFAULT]
-    bands += [Priority.LOGGING, Priority.PROGRESS, Priority.CHECKPOINT]
-    assert [int(b) for b in bands] == [300, 200, 100, 0, -100, -200, -1000]
+    bands += [Priority.LOGGING, Priority.PROGRESS, Priority.CHECKPOINT, Priority.FINAL]
+    assert [int(b) for b in bands] == [300, 200, 100, 0, -100, -200, -1000, -2000]
     assert sorted(Priority, reverse=True) == bands
     assert Priority.DEFAULT == 0  # type: ignore[comparison-overlap]

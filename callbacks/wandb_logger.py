@@ -1,0 +1,350 @@
+"""``WandbLogger``: the same metrics as the TensorBoard logger, as a Weights & Biases run -- offline by default.
+
+Events used: ``pre_training`` (``wandb.init`` with the resolved config; a resumed run continues the same run id with
+``resume="allow"``), ``post_step`` on its schedule (the window means of the step outputs from
+``trainer.metric_flow`` -- one host copy per row -- plus the numbers callbacks published, e.g. ``lr``),
+``post_epoch`` (``epoch/*``, ``time/epoch_s``), ``post_validation`` (``val/*``, ``best/*`` and the images as
+``wandb.Image``), ``exception`` (a failure inside ``post_training`` still finishes the run) and ``post_training`` at
+priority ``FINAL`` -- after the checkpointer's end save, so the final checkpoint can be logged as an artifact --
+which writes the summary and calls ``finish`` with an exit code that reflects the status (0 completed or stopped,
+``128 + signal`` interrupted, 1 failed). Every row's step is ``state.iteration``; the rows written at one iteration
+(step values, epoch means, validation) merge into one.
+
+It never prompts and never blocks: ``mode`` defaults to ``"offline"`` (upload later with ``wandb sync``), and
+``mode="online"`` without credentials is refused when the logger is added, with what to do, instead of the login
+prompt ``wandb.init`` would show on a terminal. A backend failure follows ``on_error`` like the TensorBoard logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import string
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from callbacks.backend import BackendGuard, OnError, require_package
+from callbacks.base import Callback, HandlerSpec, output_dir, parse_schedule
+from callbacks.images import to_uint8_hwc
+from callbacks.log_values import numbers, published, validation_numbers
+from lifecycle import Event, Phase, Priority, ScheduleSpec, Status
+from trainers.signals import exit_code as signal_exit_code
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterator
+
+    from wandb import Run
+
+    from trainers.base import BaseTrainer
+    from trainers.metric_flow import Window
+
+__all__ = ["WandbLogger"]
+
+_log = logging.getLogger("stepbus.wandb")
+Mode = Literal["offline", "online", "disabled"]
+_MODES: tuple[str, ...] = ("offline", "online", "disabled")
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+class WandbLogger(Callback):
+    """Log to a W&B run (see the module docstring).
+
+    Args:
+        project: the W&B project.
+        name: the run's display name; W&B picks one when ``None``.
+        dir: where W&B writes (it adds ``wandb/``); ``None`` for ``trainer.run_dir``.
+        mode: ``"offline"`` (default), ``"online"`` (only when asked; needs ``wandb login`` or ``WANDB_API_KEY``)
+            or ``"disabled"`` (W&B's no-op mode).
+        every: the schedule of the step rows (``"50it"``); epoch and validation values come at their events.
+        log_images: log validation images as ``wandb.Image``.
+        log_checkpoint: log the run's final checkpoint (``state.metrics["checkpoint/last"]``, published by the
+            checkpointer) as a ``model`` artifact at the end, plus the best one (alias ``best``) when it differs.
+        id: the run id; ``None`` for a new random one, or the id saved in the checkpoint when resuming.
+        entity, group, tags, notes: passed to ``wandb.init``.
+        settings: extra ``wandb.Settings`` fields (``silent=True`` and ``console="off"`` are the defaults here, so
+            W&B does not write over the progress display).
+        on_error: ``"disable"`` (default), ``"warn"`` or ``"raise"`` for a backend failure during the run.
+    """
+
+    priority = Priority.LOGGING
+
+    def __init__(
+        self,
+        project: str = "stepbus",
+        *,
+        name: str | None = None,
+        dir: str | os.PathLike[str] | None = None,
+        mode: Mode = "offline",
+        every: ScheduleSpec = "50it",
+        log_images: bool = True,
+        log_checkpoint: bool = False,
+        id: str | None = None,
+        entity: str | None = None,
+        group: str | None = None,
+        tags: Sequence[str] = (),
+        notes: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        on_error: OnError = "disable",
+        priority: int | None = None,
+        state_key: str | None = None,
+    ) -> None:
+        super().__init__(priority=priority, state_key=state_key)
+        owner = f"WandbLogger {self.state_key!r}"
+        self._schedule = parse_schedule(every, owner)
+        if self._schedule.unit == "ep":
+            raise ValueError(f"{owner}: every={every!r} counts epochs; step rows need an iteration or time schedule")
+        if mode not in _MODES:
+            raise ValueError(f"{owner}: mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
+        for label, flag in (("log_images", log_images), ("log_checkpoint", log_checkpoint)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{owner}: {label} must be true or false, got {flag!r}")
+        for label, text in (("project", project), ("name", name), ("entity", entity), ("group", group)):
+            if text is not None and (not isinstance(text, str) or not text.strip()):
+                raise ValueError(f"{owner}: {label} must be a non-empty string, got {text!r}")
+        if id is not None and (not isinstance(id, str) or not id or any(c in id for c in "/\\:?#%")):
+            raise ValueError(f"{owner}: id must be a non-empty string without / \\ : ? # %, got {id!r}")
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            raise ValueError(f"{owner}: tags must be a list of strings, got {tags!r}")
+        if settings is not None and not isinstance(settings, Mapping):
+            raise ValueError(f"{owner}: settings must be a mapping of wandb.Settings fields, got {settings!r}")
+        self.project, self.name, self.mode = project, name, mode
+        self.directory = Path(dir) if dir is not None else None
+        self.log_images, self.log_checkpoint = log_images, log_checkpoint
+        self.entity, self.group, self.tags, self.notes = entity, group, tuple(tags), notes
+        self.settings = dict(settings or {})
+        self.on_error = on_error
+        self._guard = BackendGuard(owner, on_error, _log, lambda: self.directory)
+        self._given_id = id
+        self.run_id: str | None = id  #: the W&B run id (kept in the checkpoint, so a resume continues the run)
+        self.run: Run | None = None  #: the open ``wandb`` run, between ``pre_training`` and ``post_training``
+        self.sync_dir: Path | None = None  #: the last run's local directory (``<dir>/wandb/offline-run-...``)
+        self._window: Window | None = None
+        self._epoch_start = 0.0
+
+    def handlers(self) -> Iterator[HandlerSpec]:
+        yield Event.PRE_TRAINING, self.pre_training, None
+        yield Event.PRE_EPOCH, self.pre_epoch, None
+        yield Event.POST_STEP, self.post_step, self._schedule
+        yield Event.POST_EPOCH, self.post_epoch, None
+        yield Event.POST_VALIDATION, self.post_validation, None
+        yield Event.EXCEPTION, self.exception, None
+        yield Event.POST_TRAINING, self.post_training, None
+
+    def priority_of(self, event: Event) -> int:
+        # the end: after the checkpointer's final save (the artifact) and the other loggers
+        return Priority.FINAL if event is Event.POST_TRAINING else self.priority
+
+    def setup(self, trainer: BaseTrainer) -> None:
+        owner = f"WandbLogger {self.state_key!r}"
+        require_package("wandb", "wandb", owner)
+        self.directory = output_dir(self, self.directory, trainer, "")
+        if self.mode == "online":
+            _check_credentials(owner)
+
+    def teardown(self, trainer: BaseTrainer) -> None:
+        self._finish(None, exit_code=0)  # removed mid-run: the run ends here rather than at interpreter exit
+
+    # ------------------------------------------------------------------ events
+    def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
+        self._window = trainer.metric_flow.window()
+        if self.run_id is None:
+            self.run_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+        state = trainer.state
+        config: dict[str, Any] = dict(trainer.config or {})
+        config.setdefault("max_epochs", state.max_epochs)
+        config.setdefault("iterations_per_epoch", state.iterations_per_epoch)
+
+        def start() -> None:
+            import wandb
+
+            directory = self.directory
+            assert directory is not None  # set by setup
+            directory.mkdir(parents=True, exist_ok=True)  # wandb warns about a git root that does not exist yet
+            settings: dict[str, Any] = {"silent": True, "console": "off", **self.settings}
+            self.run = wandb.init(
+                project=self.project,
+                name=self.name,
+                dir=str(directory),
+                mode=self.mode,
+                id=self.run_id,
+                resume="allow",
+                config=config,
+                entity=self.entity,
+                group=self.group,
+                tags=list(self.tags) or None,
+                notes=self.notes,
+                reinit="create_new",  # two trainers, two runs; never the global wandb.run of someone else
+                settings=wandb.Settings(**settings),
+            )
+            sync_dir = getattr(self.run.settings, "sync_dir", None)
+            self.sync_dir = Path(sync_dir) if sync_dir else None
+            where = self.run.url if self.mode == "online" else self.sync_dir  # .url warns when offline
+            _log.info("W&B run %s (%s%s): %s", self.run_id, self.mode, ", resumed" if resumed else "", where)
+
+        self._run("start the run", start)
+
+    def pre_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        if self.run is None or self._window is None:
+            return
+        values: dict[str, Any] = self._window.take()
+        values.update(published(trainer.state.metrics))
+        self._row(values, trainer.state.iteration)
+
+    def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
+        if self.run is None:
+            return
+        values: dict[str, Any] = trainer.metric_flow.epoch_means()
+        values["time/epoch_s"] = time.perf_counter() - self._epoch_start
+        self._row(values, trainer.state.iteration)
+
+    def post_validation(
+        self,
+        trainer: BaseTrainer,
+        *,
+        metrics: Mapping[str, float],
+        images: Mapping[str, Any] | None = None,
+        **payload: Any,
+    ) -> None:
+        run = self.run
+        if run is None:
+            return
+        step = trainer.state.iteration
+        values: dict[str, Any] = {**validation_numbers(trainer.state.metrics), **numbers(metrics)}
+        if self.log_images and images:
+            import wandb
+
+            prefix = next(iter(metrics), "val/").split("/", 1)[0] if metrics else "val"
+
+            def convert() -> None:
+                for name, image in images.items():
+                    pixels = to_uint8_hwc(image, name=str(name)).numpy()
+                    values[f"{prefix}/{name}"] = wandb.Image(pixels, caption=f"iteration {step}")
+
+            self._run("convert images", convert)
+        self._row(values, step)
+
+    def exception(self, trainer: BaseTrainer, **payload: Any) -> None:
+        # a failure inside post_training: no post_training follows, so this is the last chance to end the run
+        if trainer.phase is Phase.FINISHING:
+            self._finish(trainer, exit_code=1, status=Status.FAILED)
+
+    def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
+        self._finish(trainer, exit_code=_exit_code(status, trainer.interrupted_by), status=status)
+
+    # ------------------------------------------------------------------ helpers
+    def _finish(self, trainer: BaseTrainer | None, *, exit_code: int, status: Status | None = None) -> None:
+        run, self.run = self.run, None
+        if run is None:
+            return
+
+        def end() -> None:
+            try:
+                if trainer is not None:
+                    state = trainer.state
+                    summary: dict[str, Any] = {**validation_numbers(state.metrics)}
+                    summary.update(iterations=state.iteration, epochs=state.epoch, exit_code=exit_code)
+                    if status is not None:
+                        summary["status"] = str(status)
+                    for key in ("checkpoint/last", "checkpoint/best"):
+                        if isinstance(state.metrics.get(key), str):
+                            summary[key] = state.metrics[key]
+                    run.summary.update(summary)
+                    if self.log_checkpoint:
+                        self._log_checkpoints(run, trainer, status)
+            finally:
+                run.finish(exit_code=exit_code)
+
+        self._run("finish the run", end)
+
+    def _log_checkpoints(self, run: Run, trainer: BaseTrainer, status: Status | None) -> None:
+        import wandb
+
+        metrics, state = trainer.state.metrics, trainer.state
+        last, best = metrics.get("checkpoint/last"), metrics.get("checkpoint/best")
+        if not isinstance(last, str):
+            _log.warning(
+                "WandbLogger %r: log_checkpoint=True but no checkpoint was published (add a Checkpointer); "
+                "no artifact logged",
+                self.state_key,
+            )
+            return
+        files = {"last": Path(last).resolve()}
+        if isinstance(best, str):
+            files["best"] = Path(best).resolve()
+        same = files.get("best") == files["last"]
+        for role, path in files.items():
+            if role == "best" and same:
+                continue
+            aliases = ["latest", "last", "best"] if same else (["latest", "last"] if role == "last" else ["best"])
+            artifact = wandb.Artifact(
+                f"checkpoint-{run.id}",
+                type="model",
+                metadata={"iteration": state.iteration, "epoch": state.epoch, "status": str(status), "role": role},
+            )
+            artifact.add_file(str(path), name=path.name)
+            run.log_artifact(artifact, aliases=aliases)
+
+    def _row(self, values: Mapping[str, Any], step: int) -> None:
+        run = self.run
+        if run is None or not values:
+            return
+        self._run("log", lambda: run.log(dict(values), step=step))
+
+    def _run(self, what: str, action: Callable[[], None]) -> None:
+        if not self._guard.run(what, action) and self._guard.disabled and self.run is not None:
+            run, self.run = self.run, None
+            try:
+                run.finish(exit_code=1)
+            except Exception as exc:  # noqa: BLE001 - the failure that disabled the logger was already reported
+                _log.debug("WandbLogger %r: finish after a failure also failed: %s", self.state_key, exc)
+
+    @property
+    def disabled(self) -> bool:
+        """True once a failure disabled the logger (``on_error="disable"``)."""
+        return self._guard.disabled
+
+    @property
+    def failures(self) -> int:
+        """Backend failures so far (carried across a resume)."""
+        return self._guard.failures
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "failures": self.failures}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("run_id")
+        if self._given_id is None and isinstance(saved, str):
+            self.run_id = saved  # an explicit id= wins over the checkpoint's
+        self._guard.failures = int(state.get("failures", 0))
+
+
+def _exit_code(status: Status, signum: int | None) -> int:
+    if status in (Status.COMPLETED, Status.STOPPED):
+        return 0
+    if status is Status.INTERRUPTED:
+        return signal_exit_code(signum if signum is not None else signal.SIGINT)  # no signal: a KeyboardInterrupt
+    return 1
+
+
+def _check_credentials(owner: str) -> None:
+    """Refuse ``mode="online"`` without W&B credentials: ``wandb.init`` would prompt for them on a terminal."""
+    import wandb
+
+    active = wandb.run
+    if active is not None and not active.offline:
+        return  # an online run in this process already authenticated
+    if wandb.login(prompt=False, verify=False):
+        return
+    raise ValueError(
+        f"{owner}: mode='online' needs W&B credentials and none were found (WANDB_API_KEY, ~/.netrc, wandb's "
+        "settings; WANDB_MODE=offline in the environment also prevents the check). Run `wandb login` or set "
+        "WANDB_API_KEY, or log with mode='offline' and upload later with `wandb sync <dir>/wandb/offline-run-*`. "
+        "stepbus never shows W&B's login prompt."
+    )
