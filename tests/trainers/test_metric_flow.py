@@ -178,3 +178,33 @@ def test_totals_stay_on_the_device_in_float64() -> None:
     assert flow._totals().dtype == torch.float64
     assert flow._totals().device == trainer.device
     assert flow._totals().shape == (2,)  # loss, aux
+
+
+def test_a_window_opened_in_pre_training_times_steps_from_the_first_step_not_the_set_up() -> None:
+    """A logger opens its window in ``pre_training``; whatever set-up follows it in that event (a W&B run starting,
+    event files opening: here a 1 s sleep) must not be charged to the first row's ``time/iter_ms``."""
+    import time
+
+    trainer = make_trainer(items=ITEMS, batch_size=BATCH, max_epochs=1)
+    rows: list[dict[str, float]] = []
+    window: list[Any] = []
+
+    @trainer.on(Event.PRE_TRAINING, priority=10)
+    def open_window(t: BaseTrainer, **_: Any) -> None:
+        window.append(t.metric_flow.window())
+
+    @trainer.on(Event.PRE_TRAINING, priority=5)
+    def slow_set_up(t: BaseTrainer, **_: Any) -> None:
+        time.sleep(1.0)
+
+    @trainer.on(Event.POST_TRAINING)
+    def read(t: BaseTrainer, **_: Any) -> None:
+        rows.append(window[0].take())
+
+    before = time.perf_counter()
+    assert trainer.train() is Status.COMPLETED
+    total_ms = (time.perf_counter() - before) * 1000.0
+    (row,) = rows
+    assert total_ms > 1000.0  # the sleep happened inside the run
+    # 3 steps: with the sleep charged, each would be > 333 ms; the steps themselves take a few ms at most
+    assert row["time/iter_ms"] * 3 < total_ms - 1000.0 + 1.0
