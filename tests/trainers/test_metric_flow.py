@@ -158,8 +158,9 @@ def test_one_host_copy_per_log_point_and_none_per_step() -> None:
 
 def test_the_flow_costs_nothing_until_a_logger_asks_for_it() -> None:
     trainer = make_trainer(items=ITEMS, batch_size=BATCH)
-    before = {event: len(trainer.bus.handles(event)) for event in (Event.PRE_STEP, Event.POST_STEP, Event.PRE_EPOCH)}
-    assert before == {Event.PRE_STEP: 0, Event.POST_STEP: 0, Event.PRE_EPOCH: 0}
+    events = (Event.PRE_STEP, Event.POST_STEP, Event.PRE_EPOCH, Event.PRE_TRAINING)
+    before = {event: len(trainer.bus.handles(event)) for event in events}
+    assert before == {Event.PRE_STEP: 0, Event.POST_STEP: 0, Event.PRE_EPOCH: 0, Event.PRE_TRAINING: 0}
     flow = trainer.metric_flow
     assert trainer.metric_flow is flow  # one per trainer, shared by every logger
     after = {event: [h.name for h in trainer.bus.handles(event)] for event in before}
@@ -167,6 +168,7 @@ def test_the_flow_costs_nothing_until_a_logger_asks_for_it() -> None:
         Event.PRE_STEP: ["metric_flow.pre_step"],
         Event.POST_STEP: ["metric_flow.post_step"],
         Event.PRE_EPOCH: ["metric_flow.pre_epoch"],
+        Event.PRE_TRAINING: ["metric_flow.pre_training"],
     }
 
 
