@@ -1,4 +1,5 @@
-"""Trainers: ``BaseTrainer`` (torch: model, optimizer, data, one step), the demo, and the ``stepbus`` CLI.
+"""Trainers: ``BaseTrainer`` (torch: model, optimizer, data, one step), configs (``build``, ``load_config``,
+``Registry``, ``ConfigError``), the demo, and the ``stepbus`` CLI.
 
 Names are imported lazily, so ``stepbus --help`` and argument errors answer without importing torch.
 """
@@ -10,10 +11,27 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.base import BaseTrainer, LossFn, OptimizerSpec
+    from trainers.build import build, load_config
+    from trainers.config import RunConfig
+    from trainers.config_error import ConfigError
     from trainers.data import BatchPlan, mix_seed
     from trainers.optim_groups import param_groups
+    from trainers.registry import Registry, RegistryError
 
-__all__ = ["BaseTrainer", "BatchPlan", "LossFn", "OptimizerSpec", "mix_seed", "param_groups"]
+__all__ = [
+    "BaseTrainer",
+    "BatchPlan",
+    "ConfigError",
+    "LossFn",
+    "OptimizerSpec",
+    "Registry",
+    "RegistryError",
+    "RunConfig",
+    "build",
+    "load_config",
+    "mix_seed",
+    "param_groups",
+]
 
 _WHERE = {
     "BaseTrainer": "trainers.base",
@@ -22,6 +40,12 @@ _WHERE = {
     "BatchPlan": "trainers.data",
     "mix_seed": "trainers.data",
     "param_groups": "trainers.optim_groups",
+    "build": "trainers.build",
+    "load_config": "trainers.build",
+    "RunConfig": "trainers.config",
+    "ConfigError": "trainers.config_error",
+    "Registry": "trainers.registry",
+    "RegistryError": "trainers.registry",
 }
 
 

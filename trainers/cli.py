@@ -1,8 +1,20 @@
 """The ``stepbus`` command line (also ``python -m trainers``).
 
+Commands::
+
+    stepbus train [--config FILE] [--set KEY=VALUE ...] [--resume PATH|auto] [--run-dir DIR] [--dry-run]
+                  [--epochs N] [--seed S]
+    stepbus callbacks                       # every registered callback (built-in and plugins), its parameters
+    stepbus config show [FILE] [--set ...]  # the resolved config (defaults filled in)
+    stepbus config validate FILE [--set ...]
+
+Without ``--config`` the built-in default (``trainers/configs/demo.yaml``) runs; ``--epochs N`` and ``--seed S`` are
+short for ``--set trainer.max_epochs=N`` and ``--set run.seed=S``. ``--resume`` reuses the config saved in the
+checkpoint (``--config``/``--set`` still override it).
+
 Exit codes: 0 when the run completed or was stopped by a callback (early stopping), 128 + the signal number when
-SIGINT/SIGTERM interrupted it (130 for Ctrl-C; a checkpoint was saved first), 2 for bad arguments or an unusable
-checkpoint (nothing was trained), 1 when training failed.
+SIGINT/SIGTERM interrupted it (130 for Ctrl-C; a checkpoint was saved first), 2 for a bad config, bad arguments or an
+unusable checkpoint (nothing was trained), 1 when training failed.
 """
 
 from __future__ import annotations
@@ -13,43 +25,79 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 
+from trainers.config_error import ConfigError
 from trainers.signals import exit_code
 
-__all__ = ["main", "resolve_run_dir"]
+if TYPE_CHECKING:  # pragma: no cover
+    from trainers.base import BaseTrainer
+    from trainers.config import RunConfig
+    from trainers.registry import Registry
 
-DEMO_NAME = "demo"
+__all__ = ["main", "resolve_run_dir"]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepbus", description="stepbus: a PyTorch training loop built on events.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser("train", help="run a training (for now: the built-in demo)")
-    train.add_argument("--epochs", type=int, default=5, help="number of epochs (default 5)")
-    train.add_argument("--seed", type=int, default=0, help="seed for data order and initialisation (default 0)")
+    train = commands.add_parser("train", help="train from a config (default: the built-in demo config)")
+    _config_options(train, file_flag=True)
+    train.add_argument("--epochs", type=int, default=None, help="short for --set trainer.max_epochs=N")
+    train.add_argument("--seed", type=int, default=None, help="short for --set run.seed=S")
     train.add_argument(
         "--run-dir",
         type=Path,
         default=None,
-        help="where checkpoints and outputs go (default: runs/demo-<timestamp>, or the resumed run's directory)",
+        help="where checkpoints and outputs go (default: <run.dir>/<run.name>-<timestamp>, or the resumed run's)",
     )
     train.add_argument(
         "--resume",
         metavar="PATH|auto",
         default=None,
         help="continue from a checkpoint file, a checkpoints directory, or 'auto': the newest loadable checkpoint "
-        "of --run-dir, or of the newest runs/demo-* run",
+        "of --run-dir, or of the newest <run.dir>/<run.name>-* run",
     )
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and the callbacks with their events, priorities and schedules; do not train",
+    )
+    commands.add_parser("callbacks", help="list the registered callbacks (built-in and plugins) and their parameters")
+    config = commands.add_parser("config", help="show or validate a config")
+    actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="print the resolved config (defaults filled in)")
+    show.add_argument("file", nargs="?", type=Path, default=None, help="a YAML config (default: the built-in one)")
+    _config_options(show, file_flag=False)
+    validate = actions.add_parser("validate", help="check a config; exit 0 when valid, 2 otherwise")
+    validate.add_argument("file", type=Path, help="a YAML config")
+    _config_options(validate, file_flag=False)
     return parser
 
 
-def resolve_run_dir(run_dir: Path | None, resume: str | None, *, runs: Path = Path("runs")) -> tuple[Path, str | None]:
+def _config_options(parser: argparse.ArgumentParser, *, file_flag: bool) -> None:
+    if file_flag:
+        parser.add_argument("--config", type=Path, default=None, help="a YAML config (default: the built-in one)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable), e.g. --set trainer.max_epochs=5 --set "
+        "callbacks.wandb.enabled=true; values are YAML scalars",
+    )
+
+
+def resolve_run_dir(
+    run_dir: Path | None, resume: str | None, *, runs: Path = Path("runs"), name: str = "demo"
+) -> tuple[Path, str | None]:
     """The run directory and what to resume from. A resumed checkpoint file's run is continued in place
     (``<run>/checkpoints/step-N.pt`` -> ``<run>``); ``auto`` without ``--run-dir`` picks the newest
-    ``runs/demo-*`` that has checkpoints (or starts a new run when there is none)."""
+    ``<runs>/<name>-*`` that has checkpoints (or starts a new run when there is none)."""
     if resume is not None and resume != "auto":
         source = Path(resume)
         if run_dir is None:
@@ -57,28 +105,52 @@ def resolve_run_dir(run_dir: Path | None, resume: str | None, *, runs: Path = Pa
             run_dir = folder.parent if folder.name == "checkpoints" else folder
         return run_dir, resume
     if run_dir is None and resume == "auto":
-        previous = sorted(p for p in runs.glob(f"{DEMO_NAME}-*") if (p / "checkpoints").is_dir())
+        previous = sorted(p for p in runs.glob(f"{name}-*") if (p / "checkpoints").is_dir())
         if previous:
             return previous[-1], "auto"
     if run_dir is None:
-        run_dir = runs / f"{DEMO_NAME}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        run_dir = runs / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return run_dir, resume
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (see the module docstring)."""
     args = _parser().parse_args(argv)
+    errors = Console(stderr=True)
     try:
-        return _train(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "callbacks":
+            return _callbacks()
+        return _config(args)
+    except ConfigError as exc:
+        _print_config_error(errors, exc)
+        return 2
     except KeyboardInterrupt:  # a Ctrl-C outside train()'s graceful handling (setup, or after it returned)
-        Console(stderr=True).print("[red]aborted[/red] by SIGINT")
+        errors.print("[red]aborted[/red] by SIGINT")
         return exit_code(signal.SIGINT)
+
+
+def _print_config_error(console: Console, error: ConfigError) -> None:
+    where = f" in {error.source}" if error.source else ""
+    console.print(f"[red]config error[/red]{escape(where)}:", highlight=False)
+    for problem in error.problems:
+        console.print(f"  {escape(str(problem))}", highlight=False, soft_wrap=True)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if getattr(args, "epochs", None) is not None:
+        overrides.append(f"trainer.max_epochs={args.epochs}")
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"run.seed={args.seed}")
+    return overrides
 
 
 def _train(args: argparse.Namespace) -> int:
     console = Console()
     errors = Console(stderr=True)
-    if args.epochs < 1:
+    if args.epochs is not None and args.epochs < 1:
         errors.print(f"[red]error:[/red] --epochs must be >= 1, got {args.epochs}")
         return 2
     if args.resume is not None and args.resume != "auto" and not Path(args.resume).exists():
@@ -86,16 +158,32 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     # torch is imported only when a command needs it
     from lifecycle import Status
+    from trainers.build import build, load_config
     from trainers.checkpoint import CheckpointError
-    from trainers.demo import make_demo_trainer
+    from trainers.registry import Registry
     from trainers.signals import TrainingInterrupted
 
-    run_dir, resume = resolve_run_dir(args.run_dir, args.resume)
-    console.print(
-        "[bold]stepbus demo[/bold]: an MLP fits sin(x)cos(y) + 0.1xy with LR decay, validation and checkpoints "
-        f"in {escape(str(run_dir))}"
+    registry = Registry.default()
+    overrides = _overrides(args)
+    config = load_config(args.config, overrides=overrides, registry=registry)
+    run_dir, resume = resolve_run_dir(
+        args.run_dir, args.resume, runs=Path(config.run["dir"]), name=str(config.run["name"])
     )
-    trainer = make_demo_trainer(max_epochs=args.epochs, seed=args.seed, console=console, run_dir=run_dir)
+    if resume is not None and args.config is None:
+        saved = _checkpoint_config(resume, run_dir)
+        if saved is not None:  # the resumed run's own config, with this command's --set on top
+            data, source = saved
+            config = load_config(data, overrides=overrides, registry=registry)
+            config = _with_source(config, source)
+    if args.dry_run:
+        trainer = build(config, run_dir=run_dir, registry=registry, objects={"console": console})
+        try:
+            _print_dry_run(console, config, trainer, run_dir)
+        finally:
+            trainer.close()
+        return 0
+    trainer = build(config, run_dir=run_dir, registry=registry, objects={"console": console})
+    console.print(f"[bold]stepbus[/bold] {escape(config.trainer.name)} run in {escape(str(run_dir))}", highlight=False)
     try:
         if resume is not None:
             try:
@@ -116,12 +204,112 @@ def _train(args: argparse.Namespace) -> int:
         trainer.close()
     if status is Status.INTERRUPTED:
         signum = trainer.interrupted_by or signal.SIGINT
+        epochs = f"--epochs {trainer.state.max_epochs} "
         errors.print(
             f"interrupted by {signal.Signals(signum).name} at {trainer.state}; continue with: "
-            f"stepbus train --epochs {args.epochs} --resume auto --run-dir {escape(str(run_dir))}"
+            f"stepbus train {epochs}--resume auto --run-dir {escape(str(run_dir))}"
         )
         return exit_code(signum)
     return 0 if status in (Status.COMPLETED, Status.STOPPED) else 1
+
+
+def _checkpoint_config(resume: str, run_dir: Path) -> tuple[dict[str, Any], str] | None:
+    """The config saved in the checkpoint ``--resume`` points at (newest first for a directory or ``auto``), or
+    None when there is none to read (the resume itself then reports what is wrong)."""
+    from trainers.checkpoint import CheckpointError, list_checkpoints, read_metadata
+
+    source = Path(resume) if resume != "auto" else run_dir / "checkpoints"
+    files = [source] if source.is_file() else [c.path for c in list_checkpoints(source)] if source.is_dir() else []
+    for path in files:
+        try:
+            config = read_metadata(path).get("config")
+        except (CheckpointError, OSError):
+            continue
+        return (config, f"the config saved in {path}") if isinstance(config, dict) else None
+    return None
+
+
+def _with_source(config: RunConfig, source: str) -> RunConfig:
+    from dataclasses import replace
+
+    return replace(config, source=source)
+
+
+def _print_dry_run(console: Console, config: RunConfig, trainer: BaseTrainer, run_dir: Path) -> None:
+    from rich.table import Table
+
+    from lifecycle import Event
+    from trainers.config import dump_yaml
+
+    console.print(f"# resolved config ({escape(config.source)}); run directory {escape(str(run_dir))}", highlight=False)
+    console.print(escape(dump_yaml(config.data)), highlight=False, end="")
+    table = Table(title="handlers, in the order each event calls them", title_justify="left")
+    for column in ("event", "handler", "priority", "schedule", "enabled"):
+        table.add_column(column, overflow="fold")
+    for event in Event:
+        for handle in trainer.bus.handles(event):
+            schedule = handle.schedule
+            table.add_row(
+                event.value,
+                handle.name,
+                str(int(handle.priority)),
+                "every time" if schedule is None else str(schedule),
+                "yes" if handle.enabled else "no",
+            )
+    console.print(table)
+    console.print("dry run: nothing was trained", highlight=False)
+
+
+def _callbacks() -> int:
+    from rich.table import Table
+
+    from trainers.registry import Registry
+
+    registry = Registry.default()
+    console = Console()
+    table = Table(title="callbacks (config: callbacks.<name>: {...}; code-only parameters are not listed)")
+    for column in ("name", "class", "source", "parameters (default)", "summary"):
+        table.add_column(column, overflow="fold")
+    for entry in registry.entries("callback"):
+        cls = entry.load()
+        params = "\n".join(
+            f"{p.name}={p.default!r}" if p.default is not _required() else f"{p.name} (required)"
+            for p in entry.params().values()
+            if not p.code_only and p.name not in ("priority", "state_key")
+        )
+        table.add_row(entry.name, cls.__name__, entry.source, params, entry.summary())
+    console.print(table)
+    _print_trainers(console, registry)
+    return 0
+
+
+def _print_trainers(console: Console, registry: Registry) -> None:
+    names = ", ".join(f"{e.name} ({e.source})" for e in registry.entries("trainer"))
+    console.print(f"trainers (config: trainer.name): {escape(names)}", highlight=False)
+
+
+def _required() -> Any:
+    from trainers.params import REQUIRED
+
+    return REQUIRED
+
+
+def _config(args: argparse.Namespace) -> int:
+    from trainers.build import load_config
+    from trainers.config import dump_yaml
+
+    config = load_config(args.file, overrides=args.overrides)
+    console = Console()
+    if args.action == "show":
+        console.print(escape(dump_yaml(config.data)), highlight=False, end="")
+        return 0
+    enabled = [spec.key for spec in config.callbacks if spec.enabled]
+    console.print(
+        f"{escape(config.source)}: valid; trainer {escape(config.trainer.name)}, callbacks: "
+        f"{escape(', '.join(enabled) or 'none')}",
+        highlight=False,
+    )
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,9 @@
 """A small example training (until the reference app lands): an MLP fits a 2-D function, callbacks do the rest.
 
-It shows the whole surface in a few lines: a ``loss_fn`` instead of a subclass, built-in callbacks (Wisp's LR
-decay, validation on held-out points every epoch), a callback on a schedule that reads the loss only when it
-reports (one ``.item()`` per report, never per step), and ``trainer.train()``.
+``demo_trainer`` is the factory behind ``trainer: {name: demo}`` in a config (the built-in default config is
+``trainers/configs/demo.yaml``): a ``loss_fn`` instead of a training subclass, ``validate()`` on held-out points, and
+one app-specific callback, :class:`ReportProgress`, that reads the loss only when it reports (one ``.item()`` per
+report, never per step). The config adds the built-in callbacks: LR decay, validation, checkpoints.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from callbacks import Callback, Checkpointer, LRDecay, Validator
+from callbacks import Callback
 from lifecycle import Priority, Status
-from trainers.base import BaseTrainer
+from trainers.base import BaseTrainer, OptimizerSpec
 
-__all__ = ["ReportProgress", "make_demo_trainer", "run_demo"]
+__all__ = ["ReportProgress", "demo_trainer"]
 
 
 class ReportProgress(Callback):
@@ -84,59 +85,49 @@ def _mse(pipeline: nn.Module, batch: Any) -> torch.Tensor:
     return nn.functional.mse_loss(pipeline(x), y)
 
 
-def make_demo_trainer(
+def demo_trainer(
     *,
-    max_epochs: int = 5,
-    seed: int = 0,
-    console: Console | None = None,
-    samples: int = 8192,
-    batch_size: int = 64,
     run_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    max_epochs: int = 5,
+    batch_size: int = 64,
+    samples: int = 8192,
+    optimizer: OptimizerSpec | None = None,
+    report_every: str = "128it",
+    console: Console | None = None,
 ) -> BaseTrainer:
-    """The demo's trainer: a 2-32-32-1 MLP regressing a smooth 2-D function on ``samples`` random points. With a
-    ``run_dir`` it also checkpoints every epoch (the last 3 and the best by ``val/mse``) and on interrupt."""
+    """The demo: an MLP fits sin(x)cos(y) + 0.1xy on random points, with a progress report every ``report_every``.
+
+    The trainer factory behind ``trainer: {name: demo}``; the config's callbacks are added by ``trainers.build``.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
     generator = torch.Generator().manual_seed(seed)
     xy = torch.rand(samples, 2, generator=generator) * 2 * math.pi - math.pi
-    dataset = TensorDataset(xy, _target(xy))
     held_out = torch.rand(1024, 2, generator=generator) * 2 * math.pi - math.pi
-    held_out_target = _target(held_out)
-
-    def validate(trainer: BaseTrainer) -> dict[str, Any]:
-        return {"mse": nn.functional.mse_loss(trainer.pipeline(held_out), held_out_target)}
-
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
-    callbacks: list[Callback] = [LRDecay(), Validator(validate), ReportProgress(console or Console(), every="128it")]
-    if run_dir is not None:
-        callbacks.append(Checkpointer(every="1ep", keep_last=3, monitor="val/mse"))
-    trainer = BaseTrainer(
+    return _DemoTrainer(
         model,
-        dataset,
+        TensorDataset(xy, _target(xy)),
+        held_out=held_out,
         max_epochs=max_epochs,
         batch_size=batch_size,
         seed=seed,
         device="cpu",
-        optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
+        optimizer=optimizer or (lambda params: torch.optim.Adam(params, lr=1e-2)),
         loss_fn=_mse,
-        callbacks=callbacks,
+        callbacks=[ReportProgress(console or Console(), every=report_every)],
         run_dir=run_dir,
     )
-    trainer.config = {"demo": {"max_epochs": max_epochs, "seed": seed, "samples": samples, "batch_size": batch_size}}
-    return trainer
 
 
-def run_demo(
-    *,
-    max_epochs: int = 5,
-    seed: int = 0,
-    console: Console | None = None,
-    run_dir: str | os.PathLike[str] | None = None,
-) -> Status | None:
-    """Train the demo and print its progress; returns the run's status."""
-    console = console or Console()
-    console.print("[bold]stepbus demo[/bold]: an MLP fits sin(x)cos(y) + 0.1xy with LR decay and validation")
-    trainer = make_demo_trainer(max_epochs=max_epochs, seed=seed, console=console, run_dir=run_dir)
-    try:
-        return trainer.train()
-    finally:
-        trainer.close()
+class _DemoTrainer(BaseTrainer):
+    """The demo's trainer: ``validate()`` is the mean squared error on 1024 held-out points."""
+
+    def __init__(self, *args: Any, held_out: torch.Tensor, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held_out, self._held_out_target = held_out, _target(held_out)
+
+    def validate(self) -> dict[str, Any]:
+        return {"mse": nn.functional.mse_loss(self.pipeline(self._held_out), self._held_out_target)}

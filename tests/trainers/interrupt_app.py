@@ -7,12 +7,13 @@ signal lands known instead of a matter of timing:
 * ``--hold-finishing``: in ``post_training`` of an interrupted run it prints ``HOLD finishing`` and waits (at most
   60 s) for a second signal, which then aborts the run from inside the finishing events.
 
-Nothing of the library is replaced: the demo trainer is built by ``trainers.demo.make_demo_trainer`` and gets the
-callback added, and the CLI's ``main`` runs unchanged.
+Nothing of the library is replaced: the demo trainer is built by ``trainers.demo.demo_trainer`` (the factory the
+config names) and gets the callback added, and the CLI's ``main`` runs unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -60,14 +61,15 @@ def run(argv: list[str]) -> int:
             finishing = True
         else:
             raise SystemExit(f"unknown option {option}")
-    make = trainers.demo.make_demo_trainer
+    make = trainers.demo.demo_trainer
 
+    @functools.wraps(make)  # the same signature: the config's trainer keys stay valid
     def make_held(**kwargs: Any) -> BaseTrainer:
         trainer = make(**kwargs)
         trainer.add_callback(Hold(at, finishing))
         return trainer
 
-    trainers.demo.make_demo_trainer = make_held  # main() imports it from trainers.demo when it runs
+    trainers.demo.demo_trainer = make_held  # the registry looks it up in trainers.demo when main() builds
     return main(argv)
 
 

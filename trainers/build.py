@@ -1,0 +1,124 @@
+"""``build(config) -> trainer``: what ``stepbus train`` runs, for a notebook or a GUI to build exactly the same.
+
+The trainer factory named in ``trainer.name`` builds the trainer (model, data, optimizer); then each enabled
+callback block becomes an instance added with ``trainer.add_callback`` in config order, so a refusal from a
+callback's ``setup`` (``mode='online'`` without W&B credentials, a run directory holding another run's checkpoints)
+is reported as a :class:`ConfigError` at that block's key. The resolved config becomes ``trainer.config`` (saved in
+every checkpoint) and is written to ``<run_dir>/config.yaml`` when training starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainers.config import RunConfig, default_config_path, dump_yaml, load_yaml, resolve
+from trainers.config_error import ConfigError, Problem
+from trainers.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainers.base import BaseTrainer
+
+__all__ = ["build", "load_config", "new_run_dir"]
+
+
+def load_config(
+    config: RunConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    overrides: tuple[str, ...] | list[str] = (),
+    registry: Registry | None = None,
+) -> RunConfig:
+    """A checked :class:`RunConfig` from a file path, a mapping or ``None`` (the built-in default), with
+    ``overrides`` (``"trainer.max_epochs=5"``) applied first."""
+    from trainers.config import apply_overrides
+
+    if isinstance(config, RunConfig):
+        if not overrides:
+            return config
+        data: Mapping[str, Any] = config.data
+        source = config.source
+    elif config is None or isinstance(config, (str, os.PathLike)):
+        path = default_config_path() if config is None else Path(config)
+        data, source = load_yaml(path), str(path)
+    else:
+        data, source = config, "<dict>"
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{source} with --set"
+    return resolve(data, registry or Registry.default(), source)
+
+
+def new_run_dir(config: RunConfig, *, now: datetime | None = None) -> Path:
+    """``<run.dir>/<run.name>-<YYYYmmdd-HHMMSS>``."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return Path(config.run["dir"]) / f"{config.run['name']}-{stamp}"
+
+
+def build(
+    config: RunConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    overrides: tuple[str, ...] | list[str] = (),
+    registry: Registry | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    objects: Mapping[str, Any] | None = None,
+) -> BaseTrainer:
+    """Build the trainer a config describes (see the module docstring).
+
+    Args:
+        config: a :class:`RunConfig`, a config mapping, a YAML file path, or ``None`` for the built-in default.
+        overrides: ``KEY=VALUE`` strings applied before checking (``--set``).
+        registry: names to resolve; ``Registry.default()`` (built-ins and installed plugins) when ``None``.
+        run_dir: where the run writes; ``<run.dir>/<run.name>-<timestamp>`` when ``None``.
+        objects: code-only parameters to pass where a callback or the trainer factory accepts them by name
+            (e.g. ``{"console": Console()}``).
+    """
+    resolved = load_config(config, overrides=overrides, registry=registry)
+    directory = Path(run_dir) if run_dir is not None else new_run_dir(resolved)
+    objects = dict(objects or {})
+    factory = resolved.trainer.load()
+    kwargs = dict(resolved.trainer_kwargs)
+    if "optimizer" in kwargs:
+        from trainers.optimizer_config import optimizer_factory
+
+        kwargs["optimizer"] = optimizer_factory(kwargs["optimizer"])
+    accepted = inspect.signature(factory).parameters
+    extra = {k: v for k, v in objects.items() if k in accepted and k not in kwargs}
+    try:
+        trainer: BaseTrainer = factory(run_dir=directory, seed=int(resolved.run["seed"]), **kwargs, **extra)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            Problem("trainer", f"{resolved.trainer.name!r} refused the config: {exc}"), resolved.source
+        ) from exc
+    for spec in resolved.callbacks:
+        if not spec.enabled:
+            continue
+        cls = spec.entry.load()
+        accepted = inspect.signature(cls).parameters
+        extra = {k: v for k, v in objects.items() if k in accepted and k not in spec.kwargs}
+        try:
+            trainer.add_callback(cls(**spec.kwargs, **extra))
+        except (ValueError, TypeError, ModuleNotFoundError) as exc:
+            trainer.close()
+            raise ConfigError(Problem(f"callbacks.{spec.key}", str(exc)), resolved.source) from exc
+    trainer.config = resolved.data
+    _write_config_at_start(trainer, resolved)
+    return trainer
+
+
+def _write_config_at_start(trainer: BaseTrainer, resolved: RunConfig) -> None:
+    """``<run_dir>/config.yaml`` (atomically) at each ``pre_training``: the config this process runs with."""
+    from lifecycle import Event
+    from trainers.atomic import atomic_write
+
+    def write(t: BaseTrainer, **payload: Any) -> None:
+        if t.run_dir is None:
+            return
+        t.run_dir.mkdir(parents=True, exist_ok=True)
+        text = dump_yaml(t.config or resolved.data).encode("utf-8")
+        atomic_write(t.run_dir / "config.yaml", lambda f: f.write(text), durable=True)
+
+    trainer.bus.connect(Event.PRE_TRAINING, write, priority=10_000, name="build.write_config")
