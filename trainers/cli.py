@@ -267,25 +267,34 @@ def _callbacks() -> int:
 
     registry = Registry.default()
     console = Console()
-    table = Table(title="callbacks (config: callbacks.<name>: {...}; code-only parameters are not listed)")
-    for column in ("name", "class", "source", "parameters (default)", "summary"):
-        table.add_column(column, overflow="fold")
+    console.print(
+        "Callbacks, by config name (callbacks.<name>: {key: value}); also every callback takes enabled, priority "
+        "and state_key. Code-only parameters (callables, objects) are left out.",
+        highlight=False,
+    )
     for entry in registry.entries("callback"):
         cls = entry.load()
-        params = "\n".join(
-            f"{p.name}={p.default!r}" if p.default is not _required() else f"{p.name} (required)"
-            for p in entry.params().values()
-            if not p.code_only and p.name not in ("priority", "state_key")
+        console.print(
+            f"\n[bold]{escape(entry.name)}[/bold]: {escape(cls.__name__)} ({escape(entry.source)}) "
+            f"{escape(entry.summary())}",
+            highlight=False,
         )
-        table.add_row(entry.name, cls.__name__, entry.source, params, entry.summary())
-    console.print(table)
+        table = Table(show_header=True, box=None, padding=(0, 2, 0, 2))
+        for column in ("key", "default", "accepts"):
+            table.add_column(column, overflow="fold")
+        for param in entry.params().values():
+            if param.code_only or param.name in ("priority", "state_key"):
+                continue
+            default = "(required)" if param.default is _required() else repr(param.default)
+            table.add_row(param.name, default, param.expected)
+        console.print(table)
     _print_trainers(console, registry)
     return 0
 
 
 def _print_trainers(console: Console, registry: Registry) -> None:
     names = ", ".join(f"{e.name} ({e.source})" for e in registry.entries("trainer"))
-    console.print(f"trainers (config: trainer.name): {escape(names)}", highlight=False)
+    console.print(f"\nTrainers (config: trainer.name): {escape(names)}", highlight=False)
 
 
 def _required() -> Any:

@@ -237,7 +237,10 @@ def test_run_record_names_the_run_and_carries_the_config(tmp_path: Path) -> None
     assert logger.sync_dir.name.endswith(logger.run_id)
     path = run_file(logger)
     assert run_files(tmp_path) == [path]
-    assert path.stat().st_size > 2 * 32768
+    data = path.read_bytes()
+    assert len(data) > 2 * 32768
+    # the physical records opening blocks 2 and 3 continue the run record: MIDDLE (3), then LAST (4)
+    assert (data[32768 + 6], data[65536 + 6]) == (3, 4)
     record = run_record(path)
     assert record.run_id == logger.run_id
     assert (record.project, record.display_name, record.run_group, record.notes) == (

@@ -7,6 +7,8 @@ CRC is ``zlib.crc32(type byte + payload)``. Fewer than 7 bytes left in a block a
 file. Each logical record is a ``wandb_internal_pb2.Record`` protobuf.
 
 Every malformed byte is a ``ValueError`` naming the file, so a test reading a damaged file fails with the reason.
+W&B's service may still be writing a run file when ``run.finish()`` has returned: read a finished run's file once
+it holds its exit record (``complete()`` in the logger's tests).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from wandb.proto import wandb_internal_pb2 as pb
+from wandb.proto import wandb_internal_pb2
+
+pb: Any = wandb_internal_pb2  # chosen at import time by the protobuf major version; no stubs for type checkers
 
 __all__ = [
     "artifacts",
@@ -69,7 +73,9 @@ def _payloads(path: Path) -> list[bytes]:
         payload = data[start:end]
         actual = zlib.crc32(bytes([kind]) + payload) & 0xFFFFFFFF
         if actual != crc:
-            raise ValueError(f"{path}: CRC mismatch in the record at byte {pos} (stored {crc:#010x}, {actual:#010x})")
+            raise ValueError(
+                f"{path}: CRC mismatch in the record at byte {pos} (stored {crc:#010x}, computed {actual:#010x})"
+            )
         if kind == FULL:
             if pending is not None:
                 raise ValueError(f"{path}: a FULL record at byte {pos} inside a fragmented record")
@@ -95,7 +101,7 @@ def _payloads(path: Path) -> list[bytes]:
     return records
 
 
-def read_records(path: str | Path) -> list[pb.Record]:
+def read_records(path: str | Path) -> list[Any]:
     """Every record of the run file, in order."""
     path = Path(path)
     records = []
@@ -123,7 +129,7 @@ def history(path: str | Path) -> list[dict[str, Any]]:
     return [{_key(item): json.loads(item.value_json) for item in h.item} for h in _of(path, "history")]
 
 
-def run_record(path: str | Path) -> pb.RunRecord:
+def run_record(path: str | Path) -> Any:
     """The file's run record (the first one)."""
     runs = _of(path, "run")
     if not runs:
@@ -131,13 +137,13 @@ def run_record(path: str | Path) -> pb.RunRecord:
     return runs[0]
 
 
-def exit_record(path: str | Path) -> pb.RunExitRecord | None:
+def exit_record(path: str | Path) -> Any | None:
     """The exit record (``exit_code``), or ``None`` when the run never finished (a killed process)."""
     exits = _of(path, "exit")
     return exits[-1] if exits else None
 
 
-def artifacts(path: str | Path) -> list[pb.ArtifactRecord]:
+def artifacts(path: str | Path) -> list[Any]:
     """The artifact records, in order."""
     return _of(path, "artifact")
 
