@@ -1,7 +1,8 @@
-"""The README's example runs as written and prints what it promises."""
+"""The README's example runs as written and prints what it promises; its config example and error block are real."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -42,3 +43,51 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     ]
     losses = [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("iteration ")]
     assert losses[0] > losses[-1], f"the example's loss did not decrease: {losses}"
+
+
+def _section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_config_example_is_a_valid_config() -> None:
+    """The YAML shown under "Configuration and the CLI" loads as written, with the callbacks it shows enabled."""
+    import yaml
+
+    from trainers import load_config
+
+    match = re.search(r"```yaml\n(.*?)```", _section("Configuration and the CLI"), re.S)
+    assert match is not None
+    config = load_config(yaml.safe_load(match.group(1)))
+    enabled = [spec.key for spec in config.callbacks if spec.enabled]
+    assert enabled == ["lr_decay", "validator", "validator@holdout", "checkpointer"]
+    assert config.data["callbacks"]["validator@holdout"]["prefix"] == "holdout"
+    assert config.data["trainer"]["optimizer"] == {"name": "adam", "lr": 0.01}
+
+
+def test_readme_config_error_example_is_what_the_cli_prints(tmp_path: Path) -> None:
+    """The error block shown in the README is the CLI's real output for that file (long lines shortened there)."""
+    section = _section("Configuration and the CLI")
+    shown = re.search(r"```text\n\$ stepbus config validate bad.yaml\n(.*?)```", section, re.S)
+    assert shown is not None
+    (tmp_path / "bad.yaml").write_text(
+        "trainer: {name: demo, max_epochs: 5, optimizer: {name: adamm, lr: 0.01}}\n"
+        "callbacks:\n"
+        "  checkpointer: {every: 1ep, keep_last: three, monitr: val/mse}\n"
+        "  tensorbord: {every: 50it}\n"
+        "  validator@holdout: {prefix: holdout}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers", "config", "validate", "bad.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000", "NO_COLOR": "1"},
+    )
+    assert result.returncode == 2
+    printed = result.stderr.splitlines()
+    expected = shown.group(1).splitlines()
+    assert len(printed) == len(expected)
+    for real, doc in zip(printed, expected, strict=True):
+        assert real.startswith(doc.removesuffix("...")), (real, doc)
