@@ -120,7 +120,8 @@ class TensorBoardLogger(Callback):
         values["time/epoch_s"] = time.perf_counter() - self._epoch_start
         self._scalars(values, trainer.state.iteration)
         writer = self._writer
-        self._run("flush", writer.flush)
+        if writer is not None:  # None: writing the scalars just failed and disabled the logger
+            self._run("flush", writer.flush)
 
     def post_validation(
         self,
