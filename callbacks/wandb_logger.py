@@ -180,8 +180,8 @@ class WandbLogger(Callback):
                 reinit="create_new",  # two trainers, two runs; never the global wandb.run of someone else
                 settings=wandb.Settings(**settings),
             )
-            sync_dir = getattr(self.run.settings, "sync_dir", None)
-            self.sync_dir = Path(sync_dir) if sync_dir else None
+            sync_dir = getattr(self.run.settings, "sync_dir", None) if self.mode != "disabled" else None
+            self.sync_dir = Path(sync_dir) if sync_dir else None  # "disabled": W&B writes nothing
             where = self.run.url if self.mode == "online" else self.sync_dir  # .url warns when offline
             _log.info("W&B run %s (%s%s): %s", self.run_id, self.mode, ", resumed" if resumed else "", where)
 
@@ -275,9 +275,10 @@ class WandbLogger(Callback):
                 self.state_key,
             )
             return
-        files = {"last": Path(last).resolve()}
+        files: dict[str, Path] = {}
         if isinstance(best, str):
             files["best"] = Path(best).resolve()
+        files["last"] = Path(last).resolve()  # logged last: W&B gives "latest" to the newest version logged
         same = files.get("best") == files["last"]
         for role, path in files.items():
             if role == "best" and same:

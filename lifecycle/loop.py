@@ -45,7 +45,8 @@ class Phase(str, Enum):
     IDLE = "idle"  #: nothing emitted yet (or a restored run not yet restarted)
     BETWEEN_EPOCHS = "between_epochs"  #: training started, no epoch open
     IN_EPOCH = "in_epoch"  #: an epoch is open
-    FINISHING = "finishing"  #: post_training is being emitted
+    FAILING = "failing"  #: an error is being handled (the exception event); post_training(failed) follows
+    FINISHING = "finishing"  #: post_training is being emitted (also while an error raised in it is handled)
     DONE = "done"  #: post_training was emitted (or the run was stopped before it started)
 
 
@@ -182,10 +183,15 @@ class Loop:
         finally:
             self._in_iterate = False
 
+    @property
+    def ending(self) -> bool:
+        """True once the run is ending: an error being handled, ``post_training`` under way, or done."""
+        return self.phase is Phase.DONE or self.phase is Phase.FINISHING or self.phase is Phase.FAILING
+
     def request_stop(self, status: Status = Status.STOPPED) -> None:
         """Ask the run to end with ``status`` at the next boundary; emits nothing (safe from a signal handler).
         An interrupt outranks a stop already requested, never the other way round."""
-        if self.phase is Phase.DONE or self.phase is Phase.FINISHING:
+        if self.ending:
             return
         if not self.stop_requested or status is Status.INTERRUPTED:
             self.stop_status = status
@@ -193,7 +199,7 @@ class Loop:
 
     def stop(self, host: Host) -> None:
         """Request a stop. Inside ``iterate()`` it is honoured at the next boundary; outside it finishes now."""
-        if self.phase is Phase.DONE or self.phase is Phase.FINISHING:
+        if self.ending:
             return
         self.request_stop(Status.STOPPED)
         if self._in_iterate:
@@ -238,12 +244,14 @@ class Loop:
         if self.state.iteration:
             _note(error, f"stepbus: raised at iteration {self.state.iteration} ({self.state})")
         status = Status.INTERRUPTED if isinstance(error, KeyboardInterrupt) else Status.FAILED
-        self.phase, self.status = Phase.FINISHING, status
+        # while `exception` handlers run, FAILING says post_training follows; FINISHING that it was under way
+        self.phase, self.status = (Phase.FINISHING if already_finishing else Phase.FAILING), status
         try:
             try:
                 host.fail(error)
             except BaseException as secondary:  # noqa: BLE001 - reported on the original, which must win
                 _attach(error, "an 'exception' handler", secondary)
+            self.phase = Phase.FINISHING
             if not already_finishing:
                 try:
                     host.end_training(status)

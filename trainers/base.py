@@ -356,7 +356,7 @@ class BaseTrainer:
         if self.interrupted_by is not None:
             raise TrainingInterrupted(signum)
         self.interrupted_by = signum
-        if self._loop.phase is Phase.FINISHING or self._loop.phase is Phase.DONE:
+        if self._loop.ending:
             return  # the run is ending anyway: let post_training finish (a second signal still aborts it)
         self._loop.request_stop(Status.INTERRUPTED)
         if self._requests.servers("interrupt"):

@@ -752,3 +752,44 @@ def test_on_rejects_a_schedule_that_cannot_filter_the_event() -> None:
     with pytest.raises(ValueError, match="unknown event 'post_stpe'"):
         trainer.on("post_stpe")(lambda t, **kw: None)
     assert trainer.bus.handles() == ()
+
+
+@pytest.mark.parametrize(
+    ("where", "phase_seen", "post_training_after"),
+    [
+        (Event.POST_STEP, Phase.FAILING, True),
+        (Event.POST_TRAINING, Phase.FINISHING, False),
+    ],
+)
+def test_exception_handlers_see_whether_post_training_follows(
+    where: Event, phase_seen: Phase, post_training_after: bool
+) -> None:
+    """While ``exception`` handlers run, ``FAILING`` means ``post_training(failed)`` follows and ``FINISHING`` that
+    the error came from ``post_training`` itself (so a logger must end its run there); a stop asked for then is
+    ignored."""
+    trainer = make_trainer(items=6, batch_size=2, max_epochs=1)
+    seen: list[Any] = []
+
+    @trainer.on(where)
+    def boom(t: BaseTrainer, **_: Any) -> None:
+        if t.state.iteration == 2 or where is Event.POST_TRAINING:
+            raise RuntimeError("boom")
+
+    @trainer.on(Event.EXCEPTION)
+    def on_error(t: BaseTrainer, **_: Any) -> None:
+        seen.append(("exception", t.phase, t.status))
+        t.stop()  # ignored: the run is already ending
+
+    @trainer.on(Event.POST_TRAINING, priority=100)
+    def ended(t: BaseTrainer, *, status: Status, **_: Any) -> None:
+        seen.append(("post_training", t.phase, status))
+
+    with pytest.raises(CallbackError, match="boom"):
+        trainer.train()
+    expected: list[Any] = [("exception", phase_seen, Status.FAILED)]
+    if post_training_after:
+        expected.append(("post_training", Phase.FINISHING, Status.FAILED))
+    else:
+        expected.insert(0, ("post_training", Phase.FINISHING, Status.COMPLETED))
+    assert seen == expected
+    assert (trainer.phase, trainer.status) == (Phase.DONE, Status.FAILED)
