@@ -239,10 +239,9 @@ def _print_dry_run(console: Console, config: RunConfig, trainer: BaseTrainer, ru
     from rich.table import Table
 
     from lifecycle import Event
-    from trainers.config import dump_yaml
 
     console.print(f"# resolved config ({escape(config.source)}); run directory {escape(str(run_dir))}", highlight=False)
-    console.print(escape(dump_yaml(config.data)), highlight=False, end="")
+    _print_yaml(console, config.data)
     table = Table(title="handlers, in the order each event calls them", title_justify="left")
     for column in ("event", "handler", "priority", "schedule", "enabled"):
         table.add_column(column, overflow="fold")
@@ -258,6 +257,14 @@ def _print_dry_run(console: Console, config: RunConfig, trainer: BaseTrainer, ru
             )
     console.print(table)
     console.print("dry run: nothing was trained", highlight=False)
+
+
+def _print_yaml(console: Console, data: dict[str, Any]) -> None:
+    """YAML as is: never wrapped at the console's width, so ``stepbus config show > run.yaml`` is valid YAML."""
+    from trainers.config import dump_yaml
+
+    console.file.write(dump_yaml(data))
+    console.file.flush()
 
 
 def _callbacks() -> int:
@@ -305,12 +312,11 @@ def _required() -> Any:
 
 def _config(args: argparse.Namespace) -> int:
     from trainers.build import load_config
-    from trainers.config import dump_yaml
 
     config = load_config(args.file, overrides=args.overrides)
     console = Console()
     if args.action == "show":
-        console.print(escape(dump_yaml(config.data)), highlight=False, end="")
+        _print_yaml(console, config.data)
         return 0
     enabled = [spec.key for spec in config.callbacks if spec.enabled]
     console.print(

@@ -236,7 +236,8 @@ def _trainer_section(
         except ConfigError as exc:
             problems.extend(exc.problems)
     plain = {k: p for k, p in params.items() if k != "optimizer"}
-    checked, found = _check(plain, values, "trainer", f"trainer {name!r}")
+    handled = ("optimizer",) if "optimizer" in params else ()
+    checked, found = _check(params, values, "trainer", f"trainer {name!r}", handled=handled)
     problems.extend(found)
     kwargs.update(checked)
     data: dict[str, Any] = {"name": name}
@@ -305,11 +306,11 @@ def _callbacks_section(
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def _check(
-    params: Mapping[str, Any], values: Mapping[str, Any], path: str, owner: str
+    params: Mapping[str, Any], values: Mapping[str, Any], path: str, owner: str, handled: Sequence[str] = ()
 ) -> tuple[dict[str, Any], list[Problem]]:
     from trainers.params import check_values
 
-    return check_values(params, values, path, owner)
+    return check_values(params, values, path, owner, handled=handled)
 
 
 def _try_construct(entry: Entry, kwargs: Mapping[str, Any], where: str) -> Problem | None:

@@ -68,9 +68,9 @@ class ReportProgress(Callback):
     def post_validation(self, trainer: BaseTrainer, *, metrics: dict[str, float], **payload: Any) -> None:
         best = {k: v for k, v in trainer.state.metrics.items() if k.startswith("best/")}
         shown = "  ".join(f"{k} {v:.5f}" for k, v in {**metrics, **best}.items())
-        self.console.print(
-            f"validation at iteration {trainer.state.iteration}: {shown}  lr {trainer.state.metrics['lr']:.2e}"
-        )
+        rate = trainer.state.metrics.get("lr")  # published by LRDecay, when the config has one
+        lr = f"  lr {rate:.2e}" if isinstance(rate, float) else ""
+        self.console.print(f"validation at iteration {trainer.state.iteration}: {shown}{lr}")
 
     def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
         self.console.print(f"training {status}: {trainer.state.iteration} iterations")

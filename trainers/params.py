@@ -101,20 +101,28 @@ def params_of(obj: Callable[..., Any], *, skip: Sequence[str] = ()) -> dict[str,
 
 
 def check_values(
-    params: Mapping[str, Param], values: Mapping[str, Any], path: str, owner: str
+    params: Mapping[str, Param],
+    values: Mapping[str, Any],
+    path: str,
+    owner: str,
+    *,
+    handled: Sequence[str] = (),
 ) -> tuple[dict[str, Any], list[Problem]]:
     """Check ``values`` (from a config) against ``params``: unknown keys (with a did-you-mean), code-only keys,
     missing required ones and bad values are problems at ``<path>.<key>``. Returns the checked values and the
-    problems (the values are only meaningful without problems)."""
+    problems (the values are only meaningful without problems). Keys in ``handled`` are checked by the caller:
+    valid here (and listed among the valid keys), but neither validated nor returned."""
     from trainers.config_error import did_you_mean
 
     checked: dict[str, Any] = {}
     problems: list[Problem] = []
     for key, value in values.items():
         where = f"{path}.{key}"
+        if key in handled:
+            continue
         param = params.get(key) if isinstance(key, str) else None
         if param is None:
-            valid = [name for name, p in params.items() if not p.code_only]
+            valid = [name for name, p in params.items() if not p.code_only or name in handled]
             hint = did_you_mean(str(key), valid)
             problems.append(Problem(where, f"unknown key for {owner}{hint}; valid keys: {', '.join(valid) or 'none'}"))
             continue
@@ -128,7 +136,7 @@ def check_values(
         except ValueError as exc:
             problems.append(Problem(where, str(exc)))
     for name, param in params.items():
-        if param.default is REQUIRED and name not in values and not param.code_only:
+        if param.default is REQUIRED and name not in values and not param.code_only and name not in handled:
             problems.append(Problem(f"{path}.{name}", f"{owner} needs {name} ({param.expected})"))
     return checked, problems
 

@@ -121,7 +121,10 @@ class Registry:
         for kind, group in _GROUPS.items():
             for point in entry_points(group=group):
                 dist = point.dist.name if point.dist is not None else "unknown distribution"
-                self._add(Entry(point.name, kind, f"plugin {dist} ({point.value})", point.value))
+                try:
+                    self._add(Entry(point.name, kind, f"plugin {dist} ({point.value})", point.value))
+                except RegistryError as exc:
+                    raise RegistryError(exc.problems, f"the installed plugins (entry points {group})") from None
 
     def register_callback(self, name: str, cls: type) -> None:
         """Make ``cls`` (a ``Callback`` subclass) available as ``name`` in configs."""
