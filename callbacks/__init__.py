@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from callbacks.grid_pruning import GridPruning
     from callbacks.lr_decay import LRDecay
     from callbacks.metrics import mse, psnr
+    from callbacks.metrics_file import MetricsFile
     from callbacks.progress import ProgressBar
     from callbacks.tensorboard_logger import TensorBoardLogger
     from callbacks.validator import Validator
@@ -31,6 +32,7 @@ __all__ = [
     "GridPruning",
     "HandlerSpec",
     "LRDecay",
+    "MetricsFile",
     "NonFiniteError",
     "ProgressBar",
     "TensorBoardLogger",
@@ -47,6 +49,7 @@ _WHERE = {
     "NonFiniteError": "callbacks.gradient_guard",
     "GridPruning": "callbacks.grid_pruning",
     "LRDecay": "callbacks.lr_decay",
+    "MetricsFile": "callbacks.metrics_file",
     "ProgressBar": "callbacks.progress",
     "TensorBoardLogger": "callbacks.tensorboard_logger",
     "Validator": "callbacks.validator",

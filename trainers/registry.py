@@ -40,11 +40,13 @@ BUILTIN_CALLBACKS: dict[str, str] = {
     "wandb": "callbacks.wandb_logger:WandbLogger",
     "progress": "callbacks.progress:ProgressBar",
     "checkpointer": "callbacks.checkpointer:Checkpointer",
+    "metrics_file": "callbacks.metrics_file:MetricsFile",
 }
 
 #: config name -> "module:attribute" of the built-in trainer factories
 BUILTIN_TRAINERS: dict[str, str] = {
     "demo": "trainers.demo:demo_trainer",
+    "image_field": "trainers.image_field.trainer:image_field_trainer",
 }
 
 #: parameters of a trainer factory that the builder supplies (not config keys of the ``trainer:`` block)

@@ -1,0 +1,96 @@
+"""``MetricsFile``: the run's outcome as one JSON file, for scripts and CI (``<run_dir>/metrics.json``).
+
+Events used: ``pre_training`` (starts the clock) and ``post_training`` at priority ``FINAL`` -- after the
+checkpointer's end save, so the checkpoint paths are the final ones -- whatever the status. The file is written
+atomically::
+
+    {"status": "completed", "iterations": 3000, "epochs": 10, "seconds": 58.2, "seconds_total": 58.2,
+     "final": {"val/psnr": 33.1, ...}, "best": {"best/psnr": 33.4, ...},
+     "metrics": {every number in state.metrics}, "checkpoints": {"last": "...", "best": "..."}}
+
+``seconds`` is this process's training time; ``seconds_total`` adds the time of the runs it resumed from (kept in
+the checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from callbacks.base import Callback, output_dir
+from lifecycle import Priority, Status
+from trainers.atomic import atomic_write
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainers.base import BaseTrainer
+
+__all__ = ["MetricsFile"]
+
+
+class MetricsFile(Callback):
+    """Write the run's final and best metrics, time and checkpoint paths to a JSON file.
+
+    Args:
+        path: the file; relative paths are under ``trainer.run_dir`` (default ``metrics.json``).
+    """
+
+    priority = Priority.FINAL
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "metrics.json",
+        *,
+        priority: int | None = None,
+        state_key: str | None = None,
+    ) -> None:
+        super().__init__(priority=priority, state_key=state_key)
+        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+            raise ValueError(f"MetricsFile {self.state_key!r}: path must be a file name, got {path!r}")
+        self.path = Path(path)
+        self._started = 0.0
+        self._before = 0.0  # seconds of the runs this one resumed from
+
+    def setup(self, trainer: BaseTrainer) -> None:
+        if not self.path.is_absolute():
+            self.path = output_dir(self, None, trainer, "") / self.path
+
+    def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self._started = time.perf_counter()
+
+    def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
+        state = trainer.state
+        seconds = time.perf_counter() - self._started
+        numbers = {
+            k: (v if math.isfinite(v) else None)
+            for k, v in ((k, float(v)) for k, v in state.metrics.items() if _is_number(v))
+        }
+        paths = {k.split("/", 1)[1]: v for k, v in state.metrics.items() if k.startswith("checkpoint/")}
+        report = {
+            "status": str(status),
+            "iterations": state.iteration,
+            "epochs": state.epoch,
+            "seconds": round(seconds, 3),
+            "seconds_total": round(seconds + self._before, 3),
+            "final": {k: v for k, v in numbers.items() if k.startswith("val/")},
+            "best": {k: v for k, v in numbers.items() if k.startswith("best/")},
+            "metrics": numbers,
+            "checkpoints": {k: str(v) for k, v in paths.items() if isinstance(v, str)},
+        }
+        text = (json.dumps(report, indent=2, sort_keys=False) + "\n").encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, lambda f: f.write(text), durable=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self._started if self._started else 0.0
+        return {"seconds": self._before + elapsed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._before = float(state.get("seconds", 0.0))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
