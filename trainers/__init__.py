@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.base import BaseTrainer, LossFn, OptimizerSpec
-    from trainers.build import build, load_config
+    from trainers.builder import build, load_config
     from trainers.config import RunConfig
     from trainers.config_error import ConfigError
     from trainers.data import BatchPlan, mix_seed
@@ -40,8 +40,8 @@ _WHERE = {
     "BatchPlan": "trainers.data",
     "mix_seed": "trainers.data",
     "param_groups": "trainers.optim_groups",
-    "build": "trainers.build",
-    "load_config": "trainers.build",
+    "build": "trainers.builder",
+    "load_config": "trainers.builder",
     "RunConfig": "trainers.config",
     "ConfigError": "trainers.config_error",
     "Registry": "trainers.registry",

@@ -158,7 +158,7 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     # torch is imported only when a command needs it
     from lifecycle import Status
-    from trainers.build import build, load_config
+    from trainers.builder import build, load_config
     from trainers.checkpoint import CheckpointError
     from trainers.registry import Registry
     from trainers.signals import TrainingInterrupted
@@ -311,7 +311,7 @@ def _required() -> Any:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from trainers.build import load_config
+    from trainers.builder import load_config
 
     config = load_config(args.file, overrides=args.overrides)
     console = Console()

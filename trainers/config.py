@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _SECTIONS = ("run", "trainer", "callbacks")
+_TOO_DEEP = "nested too deeply (or a YAML anchor that contains itself): a config is a few levels of mappings"
 _RUN_KEYS = {"name": "a string", "dir": "a path", "seed": "an integer"}
 
 
@@ -98,6 +99,10 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}not valid YAML: {problem}", source) from None
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP, source) from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise ConfigError(f"not a usable YAML value: {exc}", source) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -121,14 +126,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         )
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or an int beyond the digit limit): text
         value = raw
     return [p.strip() for p in parts], value
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of ``data`` with each ``KEY=VALUE`` of ``overrides`` applied in order (missing mappings created)."""
-    result: dict[str, Any] = _copy(data)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"the config must be a mapping to apply --set to, got {show_value(data)}", "--set")
+    try:
+        result: dict[str, Any] = _copy(data)
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP, "--set") from None
     problems: list[Problem] = []
     for text in overrides:
         try:
@@ -159,6 +169,13 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 
 def resolve(data: Mapping[str, Any], registry: Registry, source: str = "<config>") -> RunConfig:
     """Check ``data`` against the registry and fill in the defaults (see the module docstring)."""
+    try:
+        return _resolve(data, registry, source)
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP, source) from None
+
+
+def _resolve(data: Mapping[str, Any], registry: Registry, source: str) -> RunConfig:
     problems: list[Problem] = []
     if not isinstance(data, Mapping):
         raise ConfigError(f"the config must be a mapping, got {show_value(data)}", source)

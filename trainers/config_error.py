@@ -21,7 +21,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        path = self.path if self.path.isprintable() else repr(self.path)  # one line per problem, always
+        return f"{path}: {self.message}" if path else self.message
 
 
 class ConfigError(ValueError):
@@ -58,7 +59,10 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 def show_value(value: object, limit: int = 60) -> str:
     """``value`` as it appears in a message: its repr, shortened, with its type for non-obvious cases."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int beyond Python's digit limit, a structure that contains itself
+        text = f"<{type(value).__name__} too large to show>"
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     if isinstance(value, (bool, int, float, str)) or value is None:

@@ -98,7 +98,7 @@ def demo_trainer(
 ) -> BaseTrainer:
     """The demo: an MLP fits sin(x)cos(y) + 0.1xy on random points, with a progress report every ``report_every``.
 
-    The trainer factory behind ``trainer: {name: demo}``; the config's callbacks are added by ``trainers.build``.
+    The trainer factory behind ``trainer: {name: demo}``; the config's callbacks are added by ``trainers.build()``.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")

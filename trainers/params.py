@@ -211,7 +211,9 @@ def _resolve(raw: Any, namespace: _Namespace) -> Any:
 
 
 def _clean(tp: Any, namespace: _Namespace) -> Any:
-    """Forward references inside unions (``Union[None, "Schedule"]``) resolved, or replaced by CodeOnly."""
+    """Forward references inside unions (``Union[None, "Schedule"]``) resolved; every type no config value can be
+    (a class such as ``Schedule``, a callable) replaced by :class:`CodeOnly` -- otherwise pydantic would build a
+    ``Schedule`` dataclass out of a mapping meant for the callback's own parser."""
     if isinstance(tp, str):
         return _resolve(tp, namespace)
     if isinstance(tp, ForwardRef):
@@ -219,7 +221,7 @@ def _clean(tp: Any, namespace: _Namespace) -> Any:
     origin = typing.get_origin(tp)
     if origin is Union or origin is types.UnionType:
         return Union[tuple(_clean(a, namespace) for a in typing.get_args(tp))]
-    return tp
+    return CodeOnly if _code_only(tp) else tp
 
 
 def _code_only(annotation: Any) -> bool:

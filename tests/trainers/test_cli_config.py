@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trainers.build import load_config
+from trainers.builder import load_config
 from trainers.checkpoint import read_metadata
 from trainers.cli import main
 from trainers.config import default_config_path
