@@ -26,6 +26,7 @@ def test_overhead_benchmark_smoke(tmp_path: Path, capsys: object) -> None:
         "stepbus + metric flow (a window read every 50 it)",
         "stepbus + ProgressBar (terminal, 10 Hz)",
         "stepbus + TensorBoardLogger every 50 it",
+        "stepbus + WandbLogger every 50 it (offline; its ~0.5 s start and finish excluded)",
         "raw Python loop over the batches",
         "stepbus engine, 0 callbacks",
         "stepbus engine, 10 no-op callbacks",

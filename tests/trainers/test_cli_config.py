@@ -36,7 +36,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 CLI = "trainers"  # python -m trainers: the stepbus command
 APP = "tests.trainers.interrupt_app"  # the same command with a Hold callback (--hold-at N stops at iteration N)
 BUILT_IN: tuple[str, ...] = ("lr_decay", "grid_pruning", "gradient_guard", "validator", "early_stopping")
-BUILT_IN += ("tensorboard", "wandb", "progress", "checkpointer")
+BUILT_IN += ("tensorboard", "wandb", "progress", "checkpointer", "metrics_file")
 SAMPLE = "plugin stepbus-plugin-example (stepbus_plugin_example:SampleLogger)"
 TINY = "plugin stepbus-plugin-example (stepbus_plugin_example:tiny_trainer)"
 CLASH = "plugin stepbus-plugin-clash (stepbus_plugin_clash:OtherLogger)"
@@ -163,7 +163,10 @@ def test_callbacks_lists_the_built_ins_and_the_plugin_with_its_source_and_parame
         f"every | '10it' | {SCHEDULE}",
         "label | 'step' | a string",
     ]
-    assert result.stdout.rstrip().splitlines()[-1] == f"Trainers (config: trainer.name): demo (built-in), tiny ({TINY})"
+    assert (
+        result.stdout.rstrip().splitlines()[-1]
+        == f"Trainers (config: trainer.name): demo (built-in), image_field (built-in), tiny ({TINY})"
+    )
 
     # installed into its own folder only: this process (the venv) does not see the plugin
     with pytest.raises(ConfigError) as info:
@@ -417,7 +420,7 @@ def test_a_bad_config_exits_2_with_every_problem_on_stderr_and_nothing_on_stdout
         "priority, state_key",
         "callbacks.validator: " + _constructor_error("validator", every="often"),
         "callbacks.chekpointer: unknown callback 'chekpointer' (did you mean 'checkpointer'?); known: checkpointer, "
-        "early_stopping, gradient_guard, grid_pruning, lr_decay, progress, tensorboard, validator, wandb",
+        "early_stopping, gradient_guard, grid_pruning, lr_decay, metrics_file, progress, tensorboard, validator, wandb",
         "callbacks.tensorboard: " + _constructor_error("tensorboard", every="1ep"),
     )
     assert not (tmp_path / "run").exists()
