@@ -10,7 +10,9 @@ of climbing to 60.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn import functional
@@ -63,13 +65,37 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     source = Path(path)
     try:
         with Image.open(source) as opened:
-            rgba = opened.convert("RGBA")
+            opened.load()
+            mode, size = opened.mode, opened.size
+            wide = _wide_gray(opened) if mode.startswith(("I", "F")) else None
+            rgba = opened.convert("RGBA") if wide is None else None
     except FileNotFoundError:
         raise ValueError(f"trainer.image: {source}: no such file") from None
     except OSError as exc:
         raise ValueError(f"trainer.image: {source}: not an image Pillow can read ({exc})") from None
-    pixels = torch.frombuffer(bytearray(rgba.tobytes()), dtype=torch.uint8).view(rgba.height, rgba.width, 4)
+    width, height = size
+    if min(height, width) < 8:
+        raise ValueError(f"trainer.image: {source}: {width}x{height} is too small (at least 8x8)")
+    if wide is not None:  # 16-bit, 32-bit integer or float greyscale: scaled, not clipped to 8 bits
+        return wide.view(1, height, width).expand(3, height, width).contiguous()
+    assert rgba is not None
+    pixels = torch.frombuffer(bytearray(rgba.tobytes()), dtype=torch.uint8).view(height, width, 4)
     rgb = pixels[..., :3].float() / 255.0 * (pixels[..., 3:].float() / 255.0)
-    if min(rgba.height, rgba.width) < 8:
-        raise ValueError(f"trainer.image: {source}: {rgba.width}x{rgba.height} is too small (at least 8x8)")
     return rgb.permute(2, 0, 1).contiguous()
+
+
+def _wide_gray(image: Any) -> torch.Tensor | None:
+    """A greyscale image wider than 8 bits as float in [0, 1]: ``I;16*`` and ``I`` scaled by 65535 (how Pillow
+    opens 16-bit PNGs), ``F`` clamped; ``None`` for a mode this does not know."""
+    mode = image.mode
+    raw = bytearray(image.tobytes())
+    if mode in ("I;16", "I;16L", "I;16B"):
+        values = torch.frombuffer(raw, dtype=torch.int16).view(torch.uint16)
+        if (mode == "I;16B") != (sys.byteorder == "big"):  # stored order differs from this machine's
+            values = values.view(torch.uint8).view(-1, 2).flip(1).reshape(-1).view(torch.uint16)
+        return values.to(torch.float32) / 65535.0
+    if mode == "I":
+        return torch.frombuffer(raw, dtype=torch.int32).to(torch.float32).div(65535.0).clamp(0, 1)
+    if mode == "F":
+        return torch.frombuffer(raw, dtype=torch.float32).clone().clamp(0, 1)
+    return None

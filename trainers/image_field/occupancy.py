@@ -1,7 +1,9 @@
 """The coarse occupancy grid over the image that pruning updates (Wisp's pruning, in 2-D).
 
 The image is split into ``cells x cells`` blocks. Each prune measures every block's content -- the largest colour
-value the field predicts at a few fixed points in it -- and smooths it over prunes (``density = max(content,
+value the field predicts in it: at every pixel centre of an occupied block (so no detail, however thin, is missed
+there), at a few fixed probe points of an unoccupied one (enough to notice content coming back) -- and smooths it
+over prunes (``density = max(content,
 decay * density)``, starting at 1), so a block is dropped only after it has looked empty for several prunes in a
 row, and comes back if the field ever predicts content there again. Blocks whose density is below ``threshold`` are
 unoccupied: training draws no samples there and rendering paints them black without evaluating the field.
@@ -64,6 +66,14 @@ class Occupancy(nn.Module):
         if self._pixels is None:
             self._pixels = self.pixel_mask().reshape(-1).nonzero().squeeze(1)
         return self._pixels
+
+    def block_of(self, pixel: torch.Tensor) -> torch.Tensor:
+        """The block index (``row * cells_x + column``) of each pixel index (``y * width + x``)."""
+        y = torch.div(pixel, self.width, rounding_mode="floor")
+        x = pixel - y * self.width
+        return torch.div(y, self.cell_h, rounding_mode="floor") * self.cells_x + torch.div(
+            x, self.cell_w, rounding_mode="floor"
+        )
 
     def probe_points(self, per_side: int = 4) -> torch.Tensor:
         """``(cells_y * cells_x * per_side**2, 2)`` fixed points (x, y) in [0, 1]^2, block by block."""
