@@ -135,6 +135,8 @@ def run(target_db: float, repeats: int, epochs: int, batches: int, batch_size: i
             lambda: _stepbus(target_db, epochs, batches, batch_size, size, True, tmp),
         ),
     ]
+    for _, fn in variants:  # warm-up: thread pools, allocator, lazy imports (tensorboard, PNG writer)
+        fn()
     samples: dict[str, list[float]] = {name: [] for name, _ in variants}
     for _ in range(repeats):
         for name, fn in variants:

@@ -6,6 +6,7 @@ row that is all a valid 8-bit file needs, so stepbus does not depend on Pillow f
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 import zlib
@@ -46,6 +47,14 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A contiguous CPU uint8 tensor's bytes in one copy (``bytes(storage)`` goes element by element in Python:
+    2 s for a 512x512 RGB image, against ~1 ms here; and numpy is not a dependency)."""
+    if not (tensor.is_contiguous() and tensor.dtype == torch.uint8 and tensor.device.type == "cpu"):
+        raise ValueError(f"expected a contiguous CPU uint8 tensor, got {tensor.dtype} on {tensor.device}")
+    return ctypes.string_at(tensor.data_ptr(), tensor.numel())
+
+
 def encode_png(image: torch.Tensor, *, name: str = "image") -> bytes:
     """The bytes of a PNG file holding ``image`` (see :func:`to_uint8_hwc` for what is accepted)."""
     pixels = to_uint8_hwc(image, name=name)
@@ -56,7 +65,7 @@ def encode_png(image: torch.Tensor, *, name: str = "image") -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n"
         + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(bytes(raw.untyped_storage()), 6))
+        + _chunk(b"IDAT", zlib.compress(_tensor_bytes(raw), 6))
         + _chunk(b"IEND", b"")
     )
 
