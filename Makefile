@@ -36,6 +36,7 @@ test: lint typecheck unit
 bench: setup
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.checkpoint
+	$(BIN)/python -m benchmarks.image_field
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -15,8 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.trainers.live_process import LiveProcess
 from trainers.builder import load_config
 from trainers.checkpoint import read_metadata
 from trainers.cli import main
@@ -548,82 +547,11 @@ def test_config_show_piped_without_columns_is_valid_yaml_for_long_values(tmp_pat
 # ---------------------------------------------------------------------------------------------- SIGINT and --resume
 
 
-def _default_signals() -> None:
-    # a test runner started in the background may have SIGINT ignored, and children inherit that
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-class Stepbus:
-    """``python -m MODULE ARGS`` with its output read as it comes; killed on exit whatever happened (the pattern of
-    tests/trainers/test_interrupt.py)."""
+class Stepbus(LiveProcess):
+    """``python -m MODULE ARGS`` with this file's environment (see live_process.py)."""
 
     def __init__(self, cwd: Path, module: str, *args: str) -> None:
-        self.args = (module, *args)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=cwd,
-            env=_env(),
-            preexec_fn=_default_signals,
-        )
-        self._out: list[str] = []
-        self._err: list[str] = []
-        self._changed = threading.Condition()
-        self._pumps = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self._out), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self._err), daemon=True),
-        ]
-        for pump in self._pumps:
-            pump.start()
-
-    def _pump(self, stream: Any, sink: list[str]) -> None:
-        for line in stream:
-            with self._changed:
-                sink.append(line)
-                self._changed.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = 90) -> None:
-        regex = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while regex.search("".join(self._out)) is None:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None:
-                    break
-                self._changed.wait(min(left, 0.5))
-            else:
-                return
-        self.proc.kill()
-        self.proc.wait()
-        pytest.fail(f"{pattern!r} never appeared in the output of {self.args}:\n{self.output()}")
-
-    def finish(self, timeout: float = 90) -> tuple[int, str, str]:
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail(f"{self.args} still ran after {timeout} s:\n{self.output()}")
-        for pump in self._pumps:
-            pump.join(timeout=30)
-        return code, "".join(self._out), "".join(self._err)
-
-    def output(self) -> str:
-        return "stdout:\n" + "".join(self._out) + "\nstderr:\n" + "".join(self._err)
-
-    def __enter__(self) -> Stepbus:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        super().__init__(cwd, module, *args, env=_env())
 
 
 RESUME_CONFIG = """\
