@@ -12,9 +12,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-__all__ = ["ON_ERROR", "BackendGuard", "OnError", "check_on_error", "require_package"]
+from callbacks.base import Callback
+
+__all__ = ["ON_ERROR", "BackendGuard", "BackendLogger", "OnError", "check_on_error", "require_package"]
 
 OnError = Literal["disable", "warn", "raise"]
 ON_ERROR: tuple[str, ...] = get_args(OnError)
@@ -74,3 +76,26 @@ class BackendGuard:
             self._log.warning("%s: %s: %s; the logger is disabled, training goes on", where, type(exc).__name__, exc)
             return False
         return True
+
+
+class BackendLogger(Callback):
+    """Base of the loggers: they set ``self._guard`` (a :class:`BackendGuard`) in ``__init__`` and run every
+    backend call through it; this exposes its state and carries the failure count across a resume."""
+
+    _guard: BackendGuard
+
+    @property
+    def disabled(self) -> bool:
+        """True once a failure disabled the logger (``on_error="disable"``)."""
+        return self._guard.disabled
+
+    @property
+    def failures(self) -> int:
+        """Backend failures so far (carried across a resume)."""
+        return self._guard.failures
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"failures": self.failures}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._guard.failures = int(state.get("failures", 0))

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from callbacks.backend import BackendGuard, OnError, require_package
-from callbacks.base import Callback, HandlerSpec, output_dir, parse_schedule
+from callbacks.backend import BackendGuard, BackendLogger, OnError, require_package
+from callbacks.base import HandlerSpec, output_dir, parse_schedule
 from callbacks.images import to_uint8_hwc
 from callbacks.log_values import as_markdown, flat_scalars, numbers, published, validation_numbers
 from lifecycle import Event, Priority, ScheduleSpec, Status
@@ -40,7 +40,7 @@ __all__ = ["TensorBoardLogger"]
 _log = logging.getLogger("stepbus.tensorboard")
 
 
-class TensorBoardLogger(Callback):
+class TensorBoardLogger(BackendLogger):
     """Write TensorBoard event files (see the module docstring).
 
     Args:
@@ -181,19 +181,3 @@ class TensorBoardLogger(Callback):
     def _run(self, what: str, action: Callable[[], None]) -> None:
         if not self._guard.run(what, action) and self._guard.disabled:
             self._writer = None
-
-    @property
-    def disabled(self) -> bool:
-        """True once a failure disabled the logger (``on_error="disable"``)."""
-        return self._guard.disabled
-
-    @property
-    def failures(self) -> int:
-        """Backend failures so far (carried across a resume)."""
-        return self._guard.failures
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"failures": self.failures}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._guard.failures = int(state.get("failures", 0))

@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from callbacks.backend import BackendGuard, OnError, require_package
-from callbacks.base import Callback, HandlerSpec, output_dir, parse_schedule
+from callbacks.backend import BackendGuard, BackendLogger, OnError, require_package
+from callbacks.base import HandlerSpec, output_dir, parse_schedule
 from callbacks.images import to_uint8_hwc
 from callbacks.log_values import numbers, published, validation_numbers
 from lifecycle import Event, Phase, Priority, ScheduleSpec, Status
@@ -50,7 +50,7 @@ _MODES: tuple[str, ...] = ("offline", "online", "disabled")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
-class WandbLogger(Callback):
+class WandbLogger(BackendLogger):
     """Log to a W&B run (see the module docstring).
 
     Args:
@@ -306,24 +306,14 @@ class WandbLogger(Callback):
             except Exception as exc:  # noqa: BLE001 - the failure that disabled the logger was already reported
                 _log.debug("WandbLogger %r: finish after a failure also failed: %s", self.state_key, exc)
 
-    @property
-    def disabled(self) -> bool:
-        """True once a failure disabled the logger (``on_error="disable"``)."""
-        return self._guard.disabled
-
-    @property
-    def failures(self) -> int:
-        """Backend failures so far (carried across a resume)."""
-        return self._guard.failures
-
     def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "failures": self.failures}
+        return {**super().state_dict(), "run_id": self.run_id}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("run_id")
         if self._given_id is None and isinstance(saved, str):
             self.run_id = saved  # an explicit id= wins over the checkpoint's
-        self._guard.failures = int(state.get("failures", 0))
+        super().load_state_dict(state)
 
 
 def _exit_code(status: Status, signum: int | None) -> int:
