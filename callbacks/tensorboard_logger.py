@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from callbacks.backend import BackendGuard, BackendLogger, OnError, require_package
-from callbacks.base import HandlerSpec, output_dir, parse_schedule
+from callbacks.base import output_dir, parse_schedule
 from callbacks.images import to_uint8_hwc
 from callbacks.log_values import as_markdown, flat_scalars, numbers, published, validation_numbers
-from lifecycle import Event, Priority, ScheduleSpec, Status
+from lifecycle import Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Iterator
-
     from torch.utils.tensorboard import SummaryWriter
 
     from trainers.base import BaseTrainer
@@ -51,6 +49,7 @@ class TensorBoardLogger(BackendLogger):
     """
 
     priority = Priority.LOGGING
+    scheduled = ("post_step",)  # `every` paces the step rows; the other events always run
 
     def __init__(
         self,
@@ -62,10 +61,9 @@ class TensorBoardLogger(BackendLogger):
         priority: int | None = None,
         state_key: str | None = None,
     ) -> None:
-        super().__init__(priority=priority, state_key=state_key)
+        super().__init__(priority=priority, every=every, state_key=state_key)
         name = f"TensorBoardLogger {self.state_key!r}"
-        self._schedule = parse_schedule(every, name)
-        if self._schedule.unit == "ep":
+        if parse_schedule(every, name).unit == "ep":
             raise ValueError(f"{name}: every={every!r} counts epochs; step scalars need an iteration or time schedule")
         if not isinstance(log_images, bool):
             raise ValueError(f"{name}: log_images must be true or false, got {log_images!r}")
@@ -75,14 +73,6 @@ class TensorBoardLogger(BackendLogger):
         self._writer: SummaryWriter | None = None
         self._window: Window | None = None
         self._epoch_start = 0.0
-
-    def handlers(self) -> Iterator[HandlerSpec]:
-        yield Event.PRE_TRAINING, self.pre_training, None
-        yield Event.PRE_EPOCH, self.pre_epoch, None
-        yield Event.POST_STEP, self.post_step, self._schedule
-        yield Event.POST_EPOCH, self.post_epoch, None
-        yield Event.POST_VALIDATION, self.post_validation, None
-        yield Event.POST_TRAINING, self.post_training, None
 
     def setup(self, trainer: BaseTrainer) -> None:
         require_package("tensorboard", "tensorboard", f"TensorBoardLogger {self.state_key!r}")

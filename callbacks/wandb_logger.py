@@ -28,15 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from callbacks.backend import BackendGuard, BackendLogger, OnError, require_package
-from callbacks.base import HandlerSpec, output_dir, parse_schedule
+from callbacks.base import output_dir, parse_schedule
 from callbacks.images import to_uint8_hwc
 from callbacks.log_values import numbers, published, validation_numbers
 from lifecycle import Event, Phase, Priority, ScheduleSpec, Status
 from trainers.signals import exit_code as signal_exit_code
 
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Iterator
-
     from wandb import Run
 
     from trainers.base import BaseTrainer
@@ -71,6 +69,7 @@ class WandbLogger(BackendLogger):
     """
 
     priority = Priority.LOGGING
+    scheduled = ("post_step",)  # `every` paces the step rows; the other events always run
 
     def __init__(
         self,
@@ -92,10 +91,9 @@ class WandbLogger(BackendLogger):
         priority: int | None = None,
         state_key: str | None = None,
     ) -> None:
-        super().__init__(priority=priority, state_key=state_key)
+        super().__init__(priority=priority, every=every, state_key=state_key)
         owner = f"WandbLogger {self.state_key!r}"
-        self._schedule = parse_schedule(every, owner)
-        if self._schedule.unit == "ep":
+        if parse_schedule(every, owner).unit == "ep":
             raise ValueError(f"{owner}: every={every!r} counts epochs; step rows need an iteration or time schedule")
         if mode not in _MODES:
             raise ValueError(f"{owner}: mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
@@ -124,15 +122,6 @@ class WandbLogger(BackendLogger):
         self.sync_dir: Path | None = None  #: the last run's local directory (``<dir>/wandb/offline-run-...``)
         self._window: Window | None = None
         self._epoch_start = 0.0
-
-    def handlers(self) -> Iterator[HandlerSpec]:
-        yield Event.PRE_TRAINING, self.pre_training, None
-        yield Event.PRE_EPOCH, self.pre_epoch, None
-        yield Event.POST_STEP, self.post_step, self._schedule
-        yield Event.POST_EPOCH, self.post_epoch, None
-        yield Event.POST_VALIDATION, self.post_validation, None
-        yield Event.EXCEPTION, self.exception, None
-        yield Event.POST_TRAINING, self.post_training, None
 
     def priority_of(self, event: Event) -> int:
         # the end: after the checkpointer's final save (the artifact) and the other loggers
