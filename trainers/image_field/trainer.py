@@ -23,6 +23,7 @@ from torch.utils.data import TensorDataset
 from trainers.base import BaseTrainer
 from trainers.image_field.field import ImageField
 from trainers.image_field.image import default_image, load_image
+from trainers.optim_groups import param_groups
 
 __all__ = ["ImageFieldTrainer", "image_field_trainer"]
 
@@ -120,12 +121,8 @@ def image_field_trainer(
         decay=occupancy_decay,
         threshold=occupancy_threshold,
     )
-    groups: list[dict[str, Any]] = [
-        {"params": list(field.grid.parameters()), "name": "grid"},
-        {"params": list(field.decoder.parameters()), "name": "decoder"},
-    ]
     make = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-2, eps=1e-15))
-    built = make(groups)
+    built = make(param_groups(field, {"grid": {}, "decoder": {}}))  # groups named "grid" and "decoder"
     built.param_groups[0]["lr"] *= grid_lr_weight  # before any LR scheduler records the initial LRs
     return ImageFieldTrainer(
         field,
