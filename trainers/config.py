@@ -27,6 +27,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from trainers.config_error import ConfigError, Problem, did_you_mean, show_value
+from trainers.params import REQUIRED, check_values
 from trainers.registry import Entry, Registry
 
 __all__ = [
@@ -254,7 +255,7 @@ def _trainer_section(
             problems.extend(exc.problems)
     plain = {k: p for k, p in params.items() if k != "optimizer"}
     handled = ("optimizer",) if "optimizer" in params else ()
-    checked, found = _check(params, values, "trainer", f"trainer {name!r}", handled=handled)
+    checked, found = check_values(params, values, "trainer", f"trainer {name!r}", handled=handled)
     problems.extend(found)
     kwargs.update(checked)
     data: dict[str, Any] = {"name": name}
@@ -305,7 +306,7 @@ def _callbacks_section(
         if not isinstance(enabled, bool):
             problems.append(Problem(f"{where}.enabled", f"got {show_value(enabled)}; expected true or false"))
             continue
-        checked, found = _check(params, values, where, f"{entry.name} ({_class_name(entry)})")
+        checked, found = check_values(params, values, where, f"{entry.name} ({_class_name(entry)})")
         problems.extend(found)
         if found:
             continue
@@ -322,14 +323,6 @@ def _callbacks_section(
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _check(
-    params: Mapping[str, Any], values: Mapping[str, Any], path: str, owner: str, handled: Sequence[str] = ()
-) -> tuple[dict[str, Any], list[Problem]]:
-    from trainers.params import check_values
-
-    return check_values(params, values, path, owner, handled=handled)
-
-
 def _try_construct(entry: Entry, kwargs: Mapping[str, Any], where: str) -> Problem | None:
     """Build the callback once to run its own checks (``every='1ep'`` where iterations are needed, a mode that
     contradicts the monitor ...): constructors have no side effects, and their messages name the parameter."""
@@ -344,8 +337,6 @@ def _try_construct(entry: Entry, kwargs: Mapping[str, Any], where: str) -> Probl
 
 def _with_defaults(params: Mapping[str, Any], checked: Mapping[str, Any]) -> dict[str, Any]:
     """The configurable parameters with their value: given, else the default -- as plain YAML-able data."""
-    from trainers.params import REQUIRED
-
     out: dict[str, Any] = {}
     for name, param in params.items():
         if param.code_only:
