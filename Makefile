@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.stepbus-installed
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup system demo gui test lint typecheck unit bench clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all,dev]"
 	touch $(STAMP)
 
+# system packages: Xvfb for the GUI tests (installed with apt-get when it is missing and we may)
+system:
+	.ci/setup-system
+
 demo: setup
 	$(BIN)/stepbus train
+
+gui: setup
+	$(BIN)/stepbus gui
 
 lint: setup
 	$(BIN)/ruff check .
@@ -28,7 +35,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup
+unit: setup system
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from callbacks.lr_decay import LRDecay
     from callbacks.metrics import mse, psnr
     from callbacks.metrics_file import MetricsFile
+    from callbacks.preview import Frame, Preview
     from callbacks.progress import ProgressBar
     from callbacks.tensorboard_logger import TensorBoardLogger
     from callbacks.validator import Validator
@@ -28,12 +29,14 @@ __all__ = [
     "Callback",
     "Checkpointer",
     "EarlyStopping",
+    "Frame",
     "GradientGuard",
     "GridPruning",
     "HandlerSpec",
     "LRDecay",
     "MetricsFile",
     "NonFiniteError",
+    "Preview",
     "ProgressBar",
     "TensorBoardLogger",
     "Validator",
@@ -51,6 +54,8 @@ _WHERE = {
     "LRDecay": "callbacks.lr_decay",
     "MetricsFile": "callbacks.metrics_file",
     "ProgressBar": "callbacks.progress",
+    "Preview": "callbacks.preview",
+    "Frame": "callbacks.preview",
     "TensorBoardLogger": "callbacks.tensorboard_logger",
     "Validator": "callbacks.validator",
     "WandbLogger": "callbacks.wandb_logger",

@@ -613,6 +613,11 @@ class BaseTrainer:
         (call it from ``teardown``)."""
         return self._requests.serve(kind, name, fn)
 
+    def servers(self, kind: str) -> tuple[str, ...]:
+        """The names of the callbacks serving ``kind`` requests, in the order they run (empty: :meth:`request`
+        would raise), e.g. to enable a GUI's Save button only when a checkpointer is registered."""
+        return self._requests.servers(kind)
+
     def skip_optimizer_step(self) -> None:
         """From a ``step`` handler: do not apply this step's gradients (e.g. they are not finite)."""
         self._skip_optimizer_step = True

@@ -4,6 +4,7 @@ Commands::
 
     stepbus train [--config FILE] [--set KEY=VALUE ...] [--resume PATH|auto] [--run-dir DIR] [--dry-run]
                   [--epochs N] [--seed S]
+    stepbus gui [--config FILE ...] [--set ...] [--start] [--budget-ms MS]   # train in a window (trainers.gui)
     stepbus callbacks                       # every registered callback (built-in and plugins), its parameters
     stepbus config show [FILE] [--set ...]  # the resolved config (defaults filled in)
     stepbus config validate FILE [--set ...]
@@ -66,6 +67,28 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the resolved config and the callbacks with their events, priorities and schedules; do not train",
     )
+    gui = commands.add_parser(
+        "gui", help="train in a window: live preview and curves, Start/Pause/Step/Stop/Save, callback toggles"
+    )
+    gui.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        default=None,
+        help="a YAML config (default: the built-in one); repeat it to train several runs side by side",
+    )
+    _config_options(gui, file_flag=False)
+    gui.add_argument("--epochs", type=int, default=None, help="short for --set trainer.max_epochs=N")
+    gui.add_argument("--seed", type=int, default=None, help="short for --set run.seed=S")
+    gui.add_argument("--run-dir", type=Path, default=None, help="as for train (one --config only)")
+    gui.add_argument("--resume", metavar="PATH|auto", default=None, help="as for train (one --config only)")
+    gui.add_argument("--start", action="store_true", help="start training when the window opens")
+    gui.add_argument(
+        "--budget-ms",
+        type=float,
+        default=15.0,
+        help="training time per GUI tick in ms, shared by the running trainers (default 15)",
+    )
     commands.add_parser("callbacks", help="list the registered callbacks (built-in and plugins) and their parameters")
     config = commands.add_parser("config", help="show or validate a config")
     actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -120,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "gui":
+            return _gui(args)
         if args.command == "callbacks":
             return _callbacks()
         return _config(args)
@@ -158,23 +183,13 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     # torch is imported only when a command needs it
     from lifecycle import Status
-    from trainers.builder import build, load_config
+    from trainers.builder import build
     from trainers.checkpoint import CheckpointError
     from trainers.registry import Registry
     from trainers.signals import TrainingInterrupted
 
     registry = Registry.default()
-    overrides = _overrides(args)
-    config = load_config(args.config, overrides=overrides, registry=registry)
-    run_dir, resume = resolve_run_dir(
-        args.run_dir, args.resume, runs=Path(config.run["dir"]), name=str(config.run["name"])
-    )
-    if resume is not None and args.config is None:
-        saved = _checkpoint_config(resume, run_dir)
-        if saved is not None:  # the resumed run's own config, with this command's --set on top
-            data, source = saved
-            config = load_config(data, overrides=overrides, registry=registry)
-            config = _with_source(config, source)
+    config, run_dir, resume = _prepare(args.config, _overrides(args), args.run_dir, args.resume, registry)
     if args.dry_run:
         trainer = build(config, run_dir=run_dir, registry=registry, objects={"console": console})
         try:
@@ -211,6 +226,109 @@ def _train(args: argparse.Namespace) -> int:
         )
         return exit_code(signum)
     return 0 if status in (Status.COMPLETED, Status.STOPPED) else 1
+
+
+def _gui(args: argparse.Namespace) -> int:
+    """``stepbus gui``: build each config's trainer (with a Preview), show them in one window, run Tk's loop."""
+    console = Console()
+    errors = Console(stderr=True)
+    configs: list[Path | None] = list(args.config or [None])
+    if len(configs) > 1 and (args.run_dir is not None or args.resume is not None):
+        errors.print("[red]error:[/red] --run-dir and --resume take a single --config")
+        return 2
+    if not args.budget_ms > 0:
+        errors.print(f"[red]error:[/red] --budget-ms must be > 0, got {args.budget_ms}")
+        return 2
+    if args.epochs is not None and args.epochs < 1:
+        errors.print(f"[red]error:[/red] --epochs must be >= 1, got {args.epochs}")
+        return 2
+    import tkinter as tk
+
+    from trainers.builder import build
+    from trainers.checkpoint import CheckpointError
+    from trainers.gui import TrainingWindow
+    from trainers.registry import Registry
+
+    registry = Registry.default()
+    overrides = ["callbacks.preview.enabled=true", *_overrides(args)]  # a --set may still turn it off
+    prepared = [_prepare(config, overrides, args.run_dir, args.resume, registry) for config in configs]
+    run_dirs = _distinct([run_dir for _, run_dir, _ in prepared])
+    try:
+        root = tk.Tk(className="stepbus")
+    except tk.TclError as exc:
+        errors.print(
+            f"[red]error:[/red] stepbus gui needs a display ({escape(str(exc))}); set DISPLAY, or run it on a "
+            "virtual one: xvfb-run -a stepbus gui",
+            soft_wrap=True,
+        )
+        return 2
+    trainers: list[BaseTrainer] = []
+    titles: list[str] = []
+    window: TrainingWindow | None = None
+    try:
+        for (config, _, resume), run_dir in zip(prepared, run_dirs, strict=True):
+            trainer = build(config, run_dir=run_dir, registry=registry, objects={"console": console})
+            trainers.append(trainer)
+            titles.append(f"{config.trainer.name}: {run_dir}")
+            console.print(f"[bold]stepbus[/bold] {escape(titles[-1])}", highlight=False)
+            if resume is not None:
+                try:
+                    loaded = trainer.resume(resume)
+                except (CheckpointError, ValueError) as exc:
+                    errors.print(f"[red]error:[/red] --resume {escape(resume)}: {escape(str(exc))}")
+                    root.destroy()
+                    return 2
+                if loaded is not None:
+                    console.print(f"resumed from {escape(str(loaded))} at {trainer.state}")
+        window = TrainingWindow(trainers, titles=titles, start=args.start, budget=args.budget_ms / 1000, root=root)
+
+        def close_on(signum: int, _frame: object) -> None:  # only a flag: the next tick closes the window
+            window.close_requested = signum
+
+        previous = {signum: signal.signal(signum, close_on) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            window.run()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    except BaseException:
+        if window is None or not window.closed:
+            root.destroy()
+        raise
+    finally:
+        for trainer in trainers:
+            trainer.close()
+    for title, panel in zip(titles, window.panels, strict=True):
+        outcome = f"failed: {panel.error}" if panel.error is not None else panel.trainer.status or "not started"
+        console.print(f"{escape(title)}: {escape(str(outcome))} at {panel.trainer.state}", highlight=False)
+    console.print(window.clock.text(), highlight=False)
+    if window.close_requested is not None:
+        return exit_code(window.close_requested)
+    return 1 if any(panel.error is not None for panel in window.panels) else 0
+
+
+def _distinct(run_dirs: list[Path]) -> list[Path]:
+    """Run directories made distinct: two configs with the same run name started in the same second get
+    ``-1``, ``-2`` suffixes instead of writing into one directory."""
+    if len(set(run_dirs)) == len(run_dirs):
+        return run_dirs
+    return [run_dir.with_name(f"{run_dir.name}-{index + 1}") for index, run_dir in enumerate(run_dirs)]
+
+
+def _prepare(
+    config_file: Path | None, overrides: list[str], run_dir: Path | None, resume: str | None, registry: Registry
+) -> tuple[RunConfig, Path, str | None]:
+    """The checked config, the run directory and what to resume from, for ``train`` and ``gui``."""
+    from trainers.builder import load_config
+
+    config = load_config(config_file, overrides=overrides, registry=registry)
+    run_dir, resume = resolve_run_dir(run_dir, resume, runs=Path(config.run["dir"]), name=str(config.run["name"]))
+    if resume is not None and config_file is None:
+        saved = _checkpoint_config(resume, run_dir)
+        if saved is not None:  # the resumed run's own config, with this command's --set on top
+            data, source = saved
+            config = _with_source(load_config(data, overrides=overrides, registry=registry), source)
+    return config, run_dir, resume
 
 
 def _checkpoint_config(resume: str, run_dir: Path) -> tuple[dict[str, Any], str] | None:

@@ -131,3 +131,19 @@ class _DemoTrainer(BaseTrainer):
 
     def validate(self) -> dict[str, Any]:
         return {"mse": nn.functional.mse_loss(self.pipeline(self._held_out), self._held_out_target)}
+
+    @torch.no_grad()
+    def preview(self, size: int = 128) -> dict[str, Any]:
+        """The fitted function and the target on a ``size`` x ``size`` grid over [-pi, pi]^2, as colour maps (for
+        the GUI's :class:`~callbacks.Preview`), with their mean squared error."""
+        axis = torch.linspace(-math.pi, math.pi, size)
+        xy = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+        prediction, target = self.pipeline(xy.to(self.device)).cpu(), _target(xy)
+        mse = float(nn.functional.mse_loss(prediction, target))
+        return {"image": _colour(prediction, size), "target": _colour(target, size), "mse": mse}
+
+
+def _colour(values: torch.Tensor, size: int) -> torch.Tensor:
+    """Values in about [-2, 2] -> ``(size, size, 3)`` blue (low) - green - red (high)."""
+    t = ((values.reshape(size, size) + 2.0) / 4.0).clamp(0.0, 1.0)
+    return torch.stack([t, 1.0 - (2.0 * t - 1.0).abs(), 1.0 - t], -1)

@@ -41,6 +41,7 @@ BUILTIN_CALLBACKS: dict[str, str] = {
     "progress": "callbacks.progress:ProgressBar",
     "checkpointer": "callbacks.checkpointer:Checkpointer",
     "metrics_file": "callbacks.metrics_file:MetricsFile",
+    "preview": "callbacks.preview:Preview",
 }
 
 #: config name -> "module:attribute" of the built-in trainer factories

@@ -82,13 +82,27 @@ class ImageField(nn.Module):
         return occupancy.update(content.view(occupancy.cells_y, occupancy.cells_x))
 
     @torch.no_grad()
-    def render(self, chunk: int = 65536) -> torch.Tensor:
+    def render(self, chunk: int = 65536, *, stride: int = 1) -> torch.Tensor:
         """The image the field predicts, ``(height, width, 3)`` in [0, 1]; pruned blocks are black and cost
-        nothing."""
-        pixels = self.occupancy.pixels()
-        out = torch.zeros(self.height * self.width, 3, device=pixels.device)
+        nothing. ``stride`` > 1 renders every ``stride``-th pixel of every ``stride``-th row (a preview at
+        1/stride² of the cost): ``(ceil(height / stride), ceil(width / stride), 3)``."""
+        if stride < 1:
+            raise ValueError(f"render: stride must be >= 1, got {stride}")
+        if stride == 1:
+            rows, columns = self.height, self.width
+            kept = pixels = self.occupancy.pixels()  # cached between prunes
+        else:
+            mask = self.occupancy.pixel_mask()[::stride, ::stride]
+            rows, columns = mask.shape
+            kept = mask.reshape(-1).nonzero().squeeze(1)  # indices into the strided output
+            pixels = self._strided_pixels(kept, columns, stride)
+        out = torch.zeros(rows * columns, 3, device=pixels.device)
         for start in range(0, len(pixels), chunk):
-            part = pixels[start : start + chunk]
-            out[part] = self(self.coords(part)).clamp(0, 1)
+            out[kept[start : start + chunk]] = self(self.coords(pixels[start : start + chunk])).clamp(0, 1)
         self.rendered_samples = len(pixels)
-        return out.view(self.height, self.width, 3)
+        return out.view(rows, columns, 3)
+
+    def _strided_pixels(self, kept: torch.Tensor, columns: int, stride: int) -> torch.Tensor:
+        """Indices into a strided render -> the full image's pixel indices."""
+        row = torch.div(kept, columns, rounding_mode="floor")
+        return row * stride * self.width + (kept - row * columns) * stride

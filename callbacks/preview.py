@@ -1,0 +1,163 @@
+"""``Preview``: the latest picture of a running trainer and the history of its loss, for a live display (the GUI).
+
+A display must never make training pay per step, so the preview runs on a wall-time schedule (``every="0.5s"`` by
+default: the first ``post_step`` at least half a second after the previous capture), plus once at ``post_training``.
+A capture calls ``trainer.preview()`` (or ``fn(trainer)``), which returns a mapping::
+
+    {"image": (H, W, C) tensor in [0, 1] or uint8,   # required when the trainer has a preview at all
+     "target": (H, W, C) tensor,                      # optional: shown beside it (converted once)
+     "psnr": 27.1, ...}                               # optional scalars: recorded in the history
+
+and reads the training loss from the trainer's metric flow (one device read per capture: the mean over the steps
+since the previous capture). Validation results (``val/*``) are recorded as they arrive. A trainer without a
+``preview`` method still gets the loss and validation history.
+
+The display reads :attr:`Preview.frame` (the latest :class:`Frame`, ``uint8`` pixels as bytes) and
+:attr:`Preview.history` and compares :attr:`Preview.version` to see whether anything changed; nothing here knows
+about the display, and the display keeps no training state of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from callbacks.base import Callback
+from callbacks.images import tensor_bytes, to_uint8_hwc
+from lifecycle import Priority, ScheduleSpec, Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainers.base import BaseTrainer
+    from trainers.metric_flow import Window
+
+__all__ = ["Frame", "Preview"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured picture: ``pixels`` are ``height * width * channels`` bytes, row-major, channels last."""
+
+    iteration: int
+    epoch: int
+    height: int
+    width: int
+    channels: int
+    pixels: bytes
+
+    @staticmethod
+    def of(image: torch.Tensor, iteration: int, epoch: int, *, name: str) -> Frame:
+        pixels = to_uint8_hwc(image, name=name)
+        height, width, channels = pixels.shape
+        return Frame(iteration, epoch, height, width, channels, tensor_bytes(pixels))
+
+
+class Preview(Callback):
+    """Captures ``trainer.preview()`` (or ``fn(trainer)``) and the loss every ``every`` (wall time, default
+    ``"0.5s"``) and at the end; keeps ``history`` points per series (older points are thinned, never dropped, so a
+    curve always spans the whole run).
+
+    Events: ``post_step`` (on the schedule), ``post_validation``, ``post_training``. Publishes nothing.
+    """
+
+    priority = Priority.LOGGING
+    every: ScheduleSpec = "0.5s"
+    scheduled = ("post_step",)
+
+    def __init__(
+        self,
+        *,
+        every: ScheduleSpec = "0.5s",
+        fn: Callable[[BaseTrainer], Mapping[str, Any]] | None = None,
+        history: int = 4096,
+        priority: int | None = None,
+        state_key: str | None = None,
+    ) -> None:
+        if isinstance(history, bool) or not isinstance(history, int) or history < 2:
+            raise ValueError(f"Preview: history must be an int >= 2 (points kept per series), got {history!r}")
+        super().__init__(priority=priority, every=every, state_key=state_key)
+        self.fn = fn
+        self.capacity = history
+        self.frame: Frame | None = None  #: the latest picture (None before the first capture or without a preview)
+        self.target: Frame | None = None  #: the target picture, when the preview returns one
+        self.history: dict[str, list[tuple[int, float]]] = {}  #: series name -> (iteration, value) points
+        self.version = 0  #: incremented at every capture and validation: a display redraws when it changed
+        self._source: Callable[[], Mapping[str, Any]] | None = None
+        self._window: Window | None = None
+
+    def setup(self, trainer: BaseTrainer) -> None:
+        if self.fn is not None:
+            fn = self.fn
+            self._source = lambda: fn(trainer)
+        else:
+            method = getattr(trainer, "preview", None)
+            self._source = method if callable(method) else None
+        self._window = trainer.metric_flow.window()
+
+    def teardown(self, trainer: BaseTrainer) -> None:
+        self._source = self._window = None
+
+    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self.capture(trainer)
+
+    def post_validation(self, trainer: BaseTrainer, *, metrics: Mapping[str, float], **payload: Any) -> None:
+        iteration = trainer.state.iteration
+        for key, value in metrics.items():
+            number = _number(value)
+            if number is not None:
+                self._add(key if "/" in key else f"val/{key}", iteration, number)
+        self.version += 1
+
+    def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
+        if trainer.state.iteration > 0:
+            self.capture(trainer)
+
+    def capture(self, trainer: BaseTrainer) -> None:
+        """Take a picture and the loss now (the schedule calls this; a display may call it between steps)."""
+        state = trainer.state
+        if self._window is not None:
+            for key, value in self._window.take(timing=False).items():
+                if math.isfinite(value):
+                    self._add(key, state.iteration, value)
+        if self._source is not None:
+            shown = self._source()
+            if not isinstance(shown, Mapping) or "image" not in shown:
+                got = sorted(shown) if isinstance(shown, Mapping) else type(shown).__name__
+                raise ValueError(
+                    f"Preview: {type(trainer).__name__}.preview() (or fn) must return a mapping with an 'image' "
+                    f"(H, W, C) tensor, plus an optional 'target' and scalars; got {got}"
+                )
+            self.frame = Frame.of(shown["image"], state.iteration, state.epoch, name="preview 'image'")
+            if self.target is None and shown.get("target") is not None:
+                self.target = Frame.of(shown["target"], 0, 0, name="preview 'target'")
+            for key, value in shown.items():
+                number = _number(value) if key not in ("image", "target") else None
+                if number is not None:
+                    self._add(f"preview/{key}", state.iteration, number)
+        self.version += 1
+
+    def _add(self, key: str, iteration: int, value: float) -> None:
+        points = self.history.setdefault(key, [])
+        if points and points[-1][0] == iteration:
+            points[-1] = (iteration, value)
+            return
+        points.append((iteration, value))
+        if len(points) > self.capacity:  # thin the older half: a curve keeps spanning the whole run
+            half = len(points) // 2
+            points[:half] = points[:half:2]
+
+
+def _number(value: object) -> float | None:
+    """A finite float from a Python number or a one-element tensor (one host read), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.item()
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
