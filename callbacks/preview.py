@@ -19,6 +19,7 @@ about the display, and the display keeps no training state of its own.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from trainers.metric_flow import Window
 
 __all__ = ["Frame", "Preview"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,8 @@ class Frame:
 
 class Preview(Callback):
     """Captures ``trainer.preview()`` (or ``fn(trainer)``) and the loss every ``every`` (wall time, default
-    ``"0.5s"``) and at the end; keeps ``history`` points per series (older points are thinned, never dropped, so a
-    curve always spans the whole run).
+    ``"0.5s"``) and at the end; keeps at most ``history`` points per series: every capture until full, then every
+    2nd, 4th, ... capture (the stride doubles each time), plus the newest -- evenly spread over the whole run.
 
     Events: ``post_step`` (on the schedule), ``post_validation``, ``post_training``. Publishes nothing.
     """
@@ -85,6 +88,7 @@ class Preview(Callback):
         self.target: Frame | None = None  #: the target picture, when the preview returns one
         self.history: dict[str, list[tuple[int, float]]] = {}  #: series name -> (iteration, value) points
         self.version = 0  #: incremented at every capture and validation: a display redraws when it changed
+        self._grids: dict[str, _Grid] = {}
         self._source: Callable[[], Mapping[str, Any]] | None = None
         self._window: Window | None = None
 
@@ -112,8 +116,14 @@ class Preview(Callback):
         self.version += 1
 
     def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
-        if trainer.state.iteration > 0:
+        """The final picture. Not after a failure (the preview may be what failed), and an error here is logged,
+        not raised: a display must never keep the handlers after it (checkpointer, loggers) from the run's end."""
+        if trainer.state.iteration == 0 or status is Status.FAILED:
+            return
+        try:
             self.capture(trainer)
+        except Exception:  # noqa: BLE001 - logged with its traceback; the run itself already ended
+            _log.exception("Preview: the final capture at iteration %d failed", trainer.state.iteration)
 
     def capture(self, trainer: BaseTrainer) -> None:
         """Take a picture and the loss now (the schedule calls this; a display may call it between steps)."""
@@ -126,9 +136,10 @@ class Preview(Callback):
             shown = self._source()
             if not isinstance(shown, Mapping) or "image" not in shown:
                 got = sorted(shown) if isinstance(shown, Mapping) else type(shown).__name__
+                source = "the preview function (fn)" if self.fn is not None else f"{type(trainer).__name__}.preview()"
                 raise ValueError(
-                    f"Preview: {type(trainer).__name__}.preview() (or fn) must return a mapping with an 'image' "
-                    f"(H, W, C) tensor, plus an optional 'target' and scalars; got {got}"
+                    f"Preview: {source} must return a mapping with an 'image' (H, W, C) tensor, plus an optional "
+                    f"'target' and scalars; got {got}"
                 )
             self.frame = Frame.of(shown["image"], state.iteration, state.epoch, name="preview 'image'")
             if self.target is None and shown.get("target") is not None:
@@ -141,13 +152,34 @@ class Preview(Callback):
 
     def _add(self, key: str, iteration: int, value: float) -> None:
         points = self.history.setdefault(key, [])
-        if points and points[-1][0] == iteration:
+        if points and points[-1][0] == iteration:  # the final capture at a scheduled one's iteration
             points[-1] = (iteration, value)
             return
+        grid = self._grids.setdefault(key, _Grid())
+        if grid.provisional:  # the previous newest point was off the grid: the new one replaces it
+            points.pop()
+        index, grid.seen = grid.seen, grid.seen + 1
         points.append((iteration, value))
-        if len(points) > self.capacity:  # thin the older half: a curve keeps spanning the whole run
-            half = len(points) // 2
-            points[:half] = points[:half:2]
+        grid.provisional = index % grid.stride != 0
+        if not grid.provisional and len(points) > self.capacity - 1:
+            kept = points[::2]  # points hold captures 0, s, 2s, ...: keep 0, 2s, 4s, ...
+            grid.stride *= 2
+            if kept[-1] is not points[-1]:  # the newest always stays, off the new grid until replaced
+                kept.append(points[-1])
+                grid.provisional = True
+            points[:] = kept
+
+
+class _Grid:
+    """Which captures of a series are kept: every ``stride``-th (doubling each time the series is full), plus the
+    newest, so the points stay evenly spread over the whole run."""
+
+    __slots__ = ("provisional", "seen", "stride")
+
+    def __init__(self) -> None:
+        self.seen = 0  # captures of this series so far
+        self.stride = 1
+        self.provisional = False  # the last point is the newest capture, not a grid point
 
 
 def _number(value: object) -> float | None:

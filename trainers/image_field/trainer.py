@@ -78,7 +78,6 @@ class ImageFieldTrainer(BaseTrainer):
         psnr = -10.0 * torch.log10(mse.clamp_min(1e-12))
         return {"psnr": psnr, "mse": mse, "images": {"render": image}}
 
-
     @torch.no_grad()
     def preview(self, stride: int | None = None) -> dict[str, Any]:
         """A cheap picture for a live display (the :class:`~callbacks.Preview` callback, the GUI): the field rendered
