@@ -63,7 +63,8 @@ class Preview(Callback):
     ``"0.5s"``) and at the end; keeps at most ``history`` points per series: every capture until full, then every
     2nd, 4th, ... capture (the stride doubles each time), plus the newest -- evenly spread over the whole run.
 
-    Events: ``post_step`` (on the schedule), ``post_validation``, ``post_training``. Publishes nothing.
+    Events: ``pre_training``, ``post_step`` (on the schedule), ``post_validation``, ``post_training``. Publishes
+    nothing.
     """
 
     priority = Priority.LOGGING
@@ -99,10 +100,15 @@ class Preview(Callback):
         else:
             method = getattr(trainer, "preview", None)
             self._source = method if callable(method) else None
-        self._window = trainer.metric_flow.window()
 
     def teardown(self, trainer: BaseTrainer) -> None:
         self._source = self._window = None
+
+    def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        """Open a window on the metric flow (created then, like the loggers', so a trainer that is built but never
+        run keeps no flow handlers)."""
+        if self._window is None:
+            self._window = trainer.metric_flow.window()
 
     def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
         self.capture(trainer)

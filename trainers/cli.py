@@ -9,8 +9,9 @@ Commands::
     stepbus config show [FILE] [--set ...]  # the resolved config (defaults filled in)
     stepbus config validate FILE [--set ...]
 
-Without ``--config`` the built-in default (``trainers/configs/demo.yaml``) runs; ``--epochs N`` and ``--seed S`` are
-short for ``--set trainer.max_epochs=N`` and ``--set run.seed=S``. ``--resume`` reuses the config saved in the
+Without ``--config`` the built-in default runs: the reference app, ``trainers/configs/image_field.yaml`` (the small
+MLP demo is ``--config trainers/configs/demo.yaml``). ``--epochs N`` and ``--seed S`` are short for
+``--set trainer.max_epochs=N`` and ``--set run.seed=S``. ``--resume`` reuses the config saved in the
 checkpoint (``--config``/``--set`` still override it).
 
 Exit codes: 0 when the run completed or was stopped by a callback (early stopping), 128 + the signal number when
@@ -45,7 +46,9 @@ __all__ = ["main", "resolve_run_dir"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepbus", description="stepbus: a PyTorch training loop built on events.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser("train", help="train from a config (default: the built-in demo config)")
+    train = commands.add_parser(
+        "train", help="train from a config (default: the reference app, trainers/configs/image_field.yaml)"
+    )
     _config_options(train, file_flag=True)
     train.add_argument("--epochs", type=int, default=None, help="short for --set trainer.max_epochs=N")
     train.add_argument("--seed", type=int, default=None, help="short for --set run.seed=S")

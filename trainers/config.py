@@ -77,8 +77,11 @@ class RunConfig:
 
 
 def default_config_path() -> Path:
-    """The built-in default config (what ``stepbus train`` runs with no ``--config``)."""
-    return Path(__file__).with_name("configs") / "demo.yaml"
+    """The built-in default config: ``trainers/configs/image_field.yaml``, the reference app (a neural field fit to
+    an image, see :mod:`trainers.image_field`). It is what ``stepbus train`` runs with no ``--config`` and what
+    ``stepbus config show`` prints with no file. The small, fast MLP demo is ``trainers/configs/demo.yaml``
+    (``stepbus train --config trainers/configs/demo.yaml``)."""
+    return Path(__file__).with_name("configs") / "image_field.yaml"
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

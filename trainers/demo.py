@@ -1,9 +1,10 @@
-"""A small example training (until the reference app lands): an MLP fits a 2-D function, callbacks do the rest.
+"""A small, fast example training: an MLP fits a 2-D function, callbacks do the rest.
 
-``demo_trainer`` is the factory behind ``trainer: {name: demo}`` in a config (the built-in default config is
-``trainers/configs/demo.yaml``): a ``loss_fn`` instead of a training subclass, ``validate()`` on held-out points, and
-one app-specific callback, :class:`ReportProgress`, that reads the loss only when it reports (one ``.item()`` per
-report, never per step). The config adds the built-in callbacks: LR decay, validation, checkpoints.
+``demo_trainer`` is the factory behind ``trainer: {name: demo}`` in a config (``trainers/configs/demo.yaml``; the
+built-in default is the reference app, ``image_field.yaml``): a ``loss_fn`` instead of a training subclass,
+``validate()`` on held-out points, and one app-specific callback, :class:`ReportProgress`, that reads the loss only
+when it reports (one ``.item()`` per report, never per step). The config adds the built-in callbacks: LR decay,
+validation, checkpoints.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _tkinter
 import time
 import tkinter as tk
 from collections.abc import Callable
@@ -12,44 +13,62 @@ from lifecycle import Status
 from trainers.base import BaseTrainer
 from trainers.gui import TrainingWindow
 
-__all__ = ["Recorder", "click", "press", "pump", "pump_until"]
+__all__ = ["Recorder", "click", "press", "pump", "pump_until", "run_events"]
+
+
+def run_events(window: TrainingWindow) -> None:
+    """Process one pending Tk event (a tick, a redraw, input), as ``mainloop`` does, or sleep 1 ms when none is due.
+    Not ``root.update()``: it processes events until none is pending, and a tick that reschedules itself 1 ms
+    later while redraws take longer keeps it busy until the run ends."""
+    if not window.root.tk.dooneevent(_tkinter.ALL_EVENTS | _tkinter.DONT_WAIT):
+        time.sleep(0.001)
 
 
 def pump(window: TrainingWindow, seconds: float) -> None:
     """Let Tk run (ticks, redraws, events) for ``seconds``."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not window.closed:
-        window.root.update()
-        time.sleep(0.002)
+        run_events(window)
 
 
-def pump_until(window: TrainingWindow, condition: Callable[[], bool], timeout: float = 60.0) -> None:
+def pump_until(window: TrainingWindow, condition: Callable[[], bool], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not reached within {timeout} s")
-        window.root.update()
-        time.sleep(0.002)
+        run_events(window)
+
+
+def shown(window: TrainingWindow) -> None:
+    """Wait until the window is mapped on the screen (input reaches only a viewable window)."""
+    if not window.root.winfo_viewable():
+        window.root.wait_visibility()
 
 
 def click(window: TrainingWindow, widget: tk.Misc) -> None:
     """A left click inside ``widget``: pointer enters, button press, button release (what ttk buttons and
-    checkbuttons react to), then Tk processes the events."""
-    window.root.update()
+    checkbuttons react to). ``event_generate`` handles each event at once; geometry is settled first."""
+    shown(window)
+    window.root.update_idletasks()
     x, y = widget.winfo_width() // 2, widget.winfo_height() // 2
     widget.event_generate("<Enter>", x=x, y=y)
     widget.event_generate("<ButtonPress-1>", x=x, y=y)
     widget.event_generate("<ButtonRelease-1>", x=x, y=y)
-    window.root.update()
+    if not window.closed:
+        window.root.update_idletasks()
 
 
 def press(window: TrainingWindow, key: str) -> None:
-    """A key event on the window (``"space"``, ``"s"``, ``"Control-q"``...)."""
-    window.root.update()
+    """A key event on the window (``"space"``, ``"KeyPress-s"``, ``"Control-q"``...), handled at once. Key events
+    go to the focus window, so the window takes the focus first (and Tk handles the FocusIn it causes)."""
+    shown(window)
     window.root.focus_force()
+    for _ in range(50):  # a bounded number of pending events: never livelocks on ticks
+        if not window.root.tk.dooneevent(_tkinter.ALL_EVENTS | _tkinter.DONT_WAIT):
+            break
     window.root.event_generate(f"<{key}>")
     if not window.closed:
-        window.root.update()
+        window.root.update_idletasks()
 
 
 class Recorder(Callback):

@@ -35,4 +35,5 @@ def test_gui_benchmark_smoke(tmp_path: Path) -> None:
     with Image.open(shot) as picture:  # the window: two 256-pixel pictures side by side, and more below
         assert picture.width > 2 * 256
         assert picture.height > 256
-        assert len(picture.convert("RGB").getcolors(maxcolors=1 << 24) or []) > 100  # a real rendering, not a blank rectangle
+        colours = picture.convert("RGB").getcolors(maxcolors=1 << 24) or []
+        assert len(colours) > 100  # a real rendering, not a blank rectangle

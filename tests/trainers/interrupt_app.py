@@ -8,7 +8,8 @@ signal lands known instead of a matter of timing:
   60 s) for a second signal, which then aborts the run from inside the finishing events.
 
 Nothing of the library is replaced: the demo trainer is built by ``trainers.demo.demo_trainer`` (the factory the
-config names) and gets the callback added, and the CLI's ``main`` runs unchanged.
+config names) and gets the callback added, and the CLI's ``main`` runs unchanged. Only the demo gets it: give
+``train --config trainers/configs/demo.yaml`` (the built-in default is the image-field app).
 """
 
 from __future__ import annotations

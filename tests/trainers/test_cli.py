@@ -13,6 +13,7 @@ import pytest
 from trainers.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
+DEMO = str(ROOT / "trainers" / "configs" / "demo.yaml")  # the fast MLP demo (the default is the image-field app)
 PROGRESS = re.compile(r"^epoch 1/1\s+iteration\s+128/128\s+loss (\d+\.\d{5})$", re.MULTILINE)
 
 
@@ -36,7 +37,7 @@ def _stepbus(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_train_one_epoch_completes_and_reports_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    result = _stepbus(tmp_path, "train", "--epochs", "1")
+    result = _stepbus(tmp_path, "train", "--config", DEMO, "--epochs", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "training completed: 128 iterations" in result.stdout
     progress = PROGRESS.findall(result.stdout)
@@ -45,7 +46,7 @@ def test_train_one_epoch_completes_and_reports_progress(tmp_path: Path, capsys: 
     assert "Traceback" not in result.stderr
 
     # the same command in-process prints the same loss: the run is a pure function of the seed
-    assert main(["train", "--epochs", "1", "--run-dir", str(tmp_path / "in-process")]) == 0
+    assert main(["train", "--config", DEMO, "--epochs", "1", "--run-dir", str(tmp_path / "in-process")]) == 0
     assert PROGRESS.findall(capsys.readouterr().out) == progress
 
 

@@ -27,15 +27,17 @@ from tests.trainers.live_process import LiveProcess
 from trainers.builder import load_config
 from trainers.checkpoint import read_metadata
 from trainers.cli import main
-from trainers.config import default_config_path
+from trainers.config import default_config_path, dump_yaml
 from trainers.config_error import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
+IMAGE_FIELD = ROOT / "trainers" / "configs" / "image_field.yaml"  # the built-in default: the reference app
+DEMO = str(ROOT / "trainers" / "configs" / "demo.yaml")  # the fast MLP demo, for the tests that train
 CLI = "trainers"  # python -m trainers: the stepbus command
 APP = "tests.trainers.interrupt_app"  # the same command with a Hold callback (--hold-at N stops at iteration N)
 BUILT_IN: tuple[str, ...] = ("lr_decay", "grid_pruning", "gradient_guard", "validator", "early_stopping")
-BUILT_IN += ("tensorboard", "wandb", "progress", "checkpointer", "metrics_file")
+BUILT_IN += ("tensorboard", "wandb", "progress", "checkpointer", "metrics_file", "preview")
 SAMPLE = "plugin stepbus-plugin-example (stepbus_plugin_example:SampleLogger)"
 TINY = "plugin stepbus-plugin-example (stepbus_plugin_example:tiny_trainer)"
 CLASH = "plugin stepbus-plugin-clash (stepbus_plugin_clash:OtherLogger)"
@@ -177,7 +179,7 @@ def test_callbacks_lists_the_built_ins_and_the_plugin_with_its_source_and_parame
 
 def test_a_plugin_callback_from_set_writes_its_lines_and_is_saved_in_the_config(tmp_path: Path, sites: Sites) -> None:
     run_dir = tmp_path / "run"
-    args = ["train", "--run-dir", str(run_dir), "--epochs", "1"]
+    args = ["train", "--config", DEMO, "--run-dir", str(run_dir), "--epochs", "1"]
     args += ["--set", "trainer.samples=256", "--set", "trainer.batch_size=16"]  # 16 iterations
     args += ["--set", "callbacks.sample_logger.every=2it"]
     args += ["--set", "callbacks.sample_logger@second.every=5it", "--set", "callbacks.sample_logger@second.label=other"]
@@ -419,7 +421,8 @@ def test_a_bad_config_exits_2_with_every_problem_on_stderr_and_nothing_on_stdout
         "priority, state_key",
         "callbacks.validator: " + _constructor_error("validator", every="often"),
         "callbacks.chekpointer: unknown callback 'chekpointer' (did you mean 'checkpointer'?); known: checkpointer, "
-        "early_stopping, gradient_guard, grid_pruning, lr_decay, metrics_file, progress, tensorboard, validator, wandb",
+        "early_stopping, gradient_guard, grid_pruning, lr_decay, metrics_file, preview, progress, tensorboard, "
+        "validator, wandb",
         "callbacks.tensorboard: " + _constructor_error("tensorboard", every="1ep"),
     )
     assert not (tmp_path / "run").exists()
@@ -457,7 +460,8 @@ def test_the_demo_trains_with_lr_decay_disabled(tmp_path: Path) -> None:
     """A valid config without lr_decay (the only callback that publishes metrics["lr"]) must train: the demo's
     validation report may not need the ``lr`` metric."""
     run_dir = tmp_path / "run"
-    args = ["train", "--set", "callbacks.lr_decay.enabled=false", "--set", "trainer.samples=128", "--epochs", "1"]
+    args = ["train", "--config", DEMO, "--set", "callbacks.lr_decay.enabled=false", "--set", "trainer.samples=128"]
+    args += ["--epochs", "1"]
     result = _run(tmp_path, *args, "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
@@ -490,16 +494,14 @@ def test_a_malformed_set_is_a_config_error_of_set(capsys: pytest.CaptureFixture[
     assert captured.err == _config_error(
         "--set", "--set 'trainer.max_epochs': expected KEY=VALUE with a dotted key, e.g. trainer.max_epochs=5"
     )
-    assert main(["config", "show", "--set", "trainer.max_epochs.x=1"]) == 2
+    assert main(["config", "show", DEMO, "--set", "trainer.max_epochs.x=1"]) == 2
     assert capsys.readouterr().err == _config_error(
         "--set",
         "trainer.max_epochs: --set 'trainer.max_epochs.x=1': trainer.max_epochs is 5, not a mapping to set keys in",
     )
 
 
-def test_config_show_prints_the_resolved_config_with_set_applied(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_config_show_prints_the_resolved_config_with_set_applied(tmp_path: Path) -> None:
     result = _run(
         tmp_path,
         "config",
@@ -517,20 +519,110 @@ def test_config_show_prints_the_resolved_config_with_set_applied(
         None, overrides=["callbacks.wandb.enabled=true", "callbacks.grid_pruning.enabled=false", "run.seed=5"]
     )
     assert shown == expected.data
-    assert shown["run"] == {"name": "demo", "dir": "runs", "seed": 5}
+    assert shown["run"] == {"name": "image_field", "dir": "runs", "seed": 5}
     assert shown["callbacks"]["wandb"]["enabled"] is True
     assert shown["callbacks"]["grid_pruning"] == {
         "enabled": False,
         "every": "100it",
-        "start": None,
+        "start": 300,
         "prune": "prune",
         "metric": "occupancy",
     }
-    # without --set (in this process): the built-in default, resolved
+
+
+#: the callbacks of the default app (image_field.yaml), in config order, and whether each is enabled
+DEFAULT_CALLBACKS = {
+    "lr_decay": True,
+    "grid_pruning": True,
+    "validator": True,
+    "checkpointer": True,
+    "tensorboard": True,
+    "wandb": False,
+    "progress": True,
+    "metrics_file": True,
+}
+
+
+def test_config_show_without_a_file_prints_the_image_field_app(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The built-in default is the reference app: ``stepbus config show`` prints image_field.yaml, resolved."""
+    assert default_config_path() == IMAGE_FIELD
+    result = _run(tmp_path, "config", "show")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == dump_yaml(load_config(IMAGE_FIELD).data)  # byte for byte
+    shown = yaml.safe_load(result.stdout)
+    assert shown["run"] == {"name": "image_field", "dir": "runs", "seed": 0}
+    trainer = {k: shown["trainer"][k] for k in ("name", "image", "size", "max_epochs", "batch_size")}
+    assert trainer == {"name": "image_field", "image": None, "size": 512, "max_epochs": 10, "batch_size": 16384}
+    assert (shown["trainer"]["batches_per_epoch"], shown["trainer"]["grid_lr_weight"]) == (300, 10.0)
+    assert shown["trainer"]["optimizer"] == {"name": "adam", "lr": 0.01, "eps": 1e-15}
+    assert {key: block["enabled"] for key, block in shown["callbacks"].items()} == DEFAULT_CALLBACKS
+    assert list(shown["callbacks"]) == list(DEFAULT_CALLBACKS)
+    assert shown["callbacks"]["checkpointer"]["monitor"] == "val/psnr"
+    assert (shown["callbacks"]["grid_pruning"]["every"], shown["callbacks"]["grid_pruning"]["start"]) == ("100it", 300)
+    # the same in this process
     assert main(["config", "show"]) == 0
     captured = capsys.readouterr()
-    assert captured.err == ""
-    assert yaml.safe_load(captured.out) == load_config(default_config_path()).data
+    assert (captured.out, captured.err) == (result.stdout, "")
+
+
+def test_train_dry_run_without_config_lists_the_image_field_apps_handlers(tmp_path: Path) -> None:
+    result = _run(tmp_path, "train", "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert not (tmp_path / "runs").exists()  # nothing ran, nothing was written
+    lines = [line.rstrip() for line in result.stdout.splitlines()]
+    assert re.fullmatch(
+        rf"# resolved config \({re.escape(str(IMAGE_FIELD))}\); run directory runs/image_field-\d{{8}}-\d{{6}}",
+        lines[0],
+    ), lines[0]
+    table = lines.index("handlers, in the order each event calls them")
+    shown = yaml.safe_load("\n".join(lines[1:table]))
+    assert shown == load_config(IMAGE_FIELD).data
+    assert {key: block["enabled"] for key, block in shown["callbacks"].items()} == DEFAULT_CALLBACKS
+    assert lines[-1] == "dry run: nothing was trained"
+    rows = _table_rows(result.stdout)[1:]
+    assert rows == [
+        ("pre_training", "build.write_config", "10000", "always", "yes"),
+        ("pre_training", "LRDecay.pre_training", "300", "always", "yes"),
+        ("pre_training", "GridPruning.pre_training", "300", "always", "yes"),
+        ("pre_training", "Validator.pre_training", "200", "always", "yes"),
+        ("pre_training", "TensorBoardLogger.pre_training", "-100", "always", "yes"),
+        ("pre_training", "ProgressBar.pre_training", "-200", "always", "yes"),
+        ("pre_training", "Checkpointer.pre_training", "-1000", "always", "yes"),
+        ("pre_training", "MetricsFile.pre_training", "-2000", "always", "yes"),
+        ("pre_epoch", "TensorBoardLogger.pre_epoch", "-100", "always", "yes"),
+        ("pre_epoch", "ProgressBar.pre_epoch", "-200", "always", "yes"),
+        ("pre_step", "LRDecay.pre_step", "300", "always", "yes"),
+        ("post_step", "GridPruning.post_step", "300", "100it, start=300it", "yes"),
+        ("post_step", "TensorBoardLogger.post_step", "-100", "50it", "yes"),
+        ("post_step", "ProgressBar.post_step", "-200", "always", "yes"),
+        ("post_epoch", "Validator.post_epoch", "200", "1ep", "yes"),
+        ("post_epoch", "TensorBoardLogger.post_epoch", "-100", "always", "yes"),
+        ("post_epoch", "ProgressBar.post_epoch", "-200", "always", "yes"),
+        ("post_epoch", "Checkpointer.post_epoch", "-1000", "1ep", "yes"),
+        ("post_epoch", "Checkpointer.post_epoch", "-1000", "always", "yes"),
+        ("post_training", "Validator.post_training", "200", "always", "yes"),
+        ("post_training", "TensorBoardLogger.post_training", "-100", "always", "yes"),
+        ("post_training", "Checkpointer.post_training", "-1000", "always", "yes"),
+        ("post_training", "ProgressBar.post_training", "-2000", "always", "yes"),
+        ("post_training", "MetricsFile.post_training", "-2000", "always", "yes"),
+        ("post_validation", "TensorBoardLogger.post_validation", "-100", "always", "yes"),
+        ("post_validation", "ProgressBar.post_validation", "-200", "always", "yes"),
+        ("exception", "Checkpointer.exception", "-1000", "always", "yes"),
+    ]
+    # every enabled block of the config has handlers; the disabled W&B logger has none
+    classes = {row[1].split(".")[0] for row in rows} - {"build"}
+    assert classes == {
+        "LRDecay",
+        "GridPruning",
+        "Validator",
+        "Checkpointer",
+        "TensorBoardLogger",
+        "ProgressBar",
+        "MetricsFile",
+    }
 
 
 def test_config_show_piped_without_columns_is_valid_yaml_for_long_values(tmp_path: Path) -> None:

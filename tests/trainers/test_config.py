@@ -31,6 +31,7 @@ from callbacks.gradient_guard import GradientGuard
 from callbacks.grid_pruning import GridPruning
 from callbacks.lr_decay import LRDecay
 from callbacks.metrics_file import MetricsFile
+from callbacks.preview import Preview
 from callbacks.progress import ProgressBar
 from callbacks.tensorboard_logger import TensorBoardLogger
 from callbacks.validator import Validator
@@ -42,6 +43,7 @@ from trainers.builder import build
 from trainers.checkpoint import read_metadata
 from trainers.config import apply_overrides, default_config_path, parse_override
 from trainers.demo import ReportProgress
+from trainers.image_field import ImageFieldTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTINS = [
@@ -55,10 +57,11 @@ BUILTINS = [
     "progress",
     "checkpointer",
     "metrics_file",
+    "preview",
 ]
 KNOWN = (
-    "checkpointer, early_stopping, gradient_guard, grid_pruning, lr_decay, metrics_file, progress, tensorboard, "
-    "validator, wandb"
+    "checkpointer, early_stopping, gradient_guard, grid_pruning, lr_decay, metrics_file, preview, progress, "
+    "tensorboard, validator, wandb"
 )
 TRAINERS = "demo, image_field"
 CHECKPOINTER_KEYS = (
@@ -77,7 +80,8 @@ SCHEDULE_FORMS = (
     "valid forms are an int > 0 (iterations), a string '<N>it' (iterations), '<N>ep' (epochs), '<T>s' / '<T>min' / "
     "'<T>h' (wall time), 'once', or at=[...] with optional start=/end= bounds"
 )
-SMALL = ["trainer.samples=256", "trainer.max_epochs=1"]  # 4 iterations of 64
+SMALL = ["trainer.samples=256", "trainer.max_epochs=1"]  # 4 iterations of 64 (of the demo)
+DEMO = ROOT / "trainers" / "configs" / "demo.yaml"  # the fast MLP demo (the built-in default is the image-field app)
 
 
 def _env() -> dict[str, str]:
@@ -308,12 +312,65 @@ def test_round_trip_file_build_train_saves_the_resolved_config(tmp_path: Path) -
     trainer.close()
 
 
-def test_default_config_is_the_demo_yaml_and_builds_the_demo_callbacks(tmp_path: Path) -> None:
+def test_default_config_is_the_image_field_yaml_and_builds_the_reference_app(tmp_path: Path) -> None:
     default = load_config(None)
+    assert default_config_path() == ROOT / "trainers" / "configs" / "image_field.yaml"
     assert default.source == str(default_config_path())
-    assert default_config_path() == ROOT / "trainers" / "configs" / "demo.yaml"
     assert load_config(default_config_path()).data == default.data
+    assert default.trainer.name == "image_field"
     assert [(s.key, s.enabled) for s in default.callbacks] == [
+        ("lr_decay", True),
+        ("grid_pruning", True),
+        ("validator", True),
+        ("checkpointer", True),
+        ("tensorboard", True),
+        ("wandb", False),
+        ("progress", True),
+        ("metrics_file", True),
+    ]
+    assert default.data["run"] == {"name": "image_field", "dir": "runs", "seed": 0}
+    assert default.data["trainer"] == {
+        "name": "image_field",
+        "image": None,
+        "size": 512,
+        "max_epochs": 10,
+        "batch_size": 16384,
+        "batches_per_epoch": 300,
+        "dense": [16, 32, 64, 128],
+        "hashed": [256, 512],
+        "features": 2,
+        "table": 8192,
+        "hidden": 64,
+        "occupancy_cells": 32,
+        "occupancy_decay": 0.5,
+        "occupancy_threshold": 0.02,
+        "grid_lr_weight": 10.0,
+        "device": "cpu",
+        "threads": None,
+        "optimizer": {"name": "adam", "lr": 0.01, "eps": 1e-15},
+    }
+    trainer = build(None, run_dir=tmp_path / "run", objects=quiet())
+    assert isinstance(trainer, ImageFieldTrainer)
+    assert [c.state_key for c in trainer.callbacks] == [
+        "LRDecay",
+        "GridPruning",
+        "Validator",
+        "Checkpointer",
+        "TensorBoardLogger",
+        "ProgressBar",
+        "MetricsFile",
+    ]
+    assert (trainer.state.max_epochs, trainer.state.iterations_per_epoch) == (10, 300)
+    assert [(g["name"], g["lr"]) for g in trainer.optimizer.param_groups] == [("grid", 0.01 * 10.0), ("decoder", 0.01)]
+    assert trainer.config == default.data
+    assert not (tmp_path / "run").exists()  # built, not started
+    trainer.close()
+
+
+def test_the_demo_yaml_is_the_small_mlp_demo(tmp_path: Path) -> None:
+    demo = load_config(DEMO)
+    assert demo.source == str(DEMO)
+    assert [(s.key, s.enabled) for s in demo.callbacks] == [
         ("lr_decay", True),
         ("validator", True),
         ("checkpointer", True),
@@ -321,8 +378,8 @@ def test_default_config_is_the_demo_yaml_and_builds_the_demo_callbacks(tmp_path:
         ("wandb", False),
         ("progress", False),
     ]
-    assert default.data["run"] == {"name": "demo", "dir": "runs", "seed": 0}
-    assert default.data["trainer"] == {
+    assert demo.data["run"] == {"name": "demo", "dir": "runs", "seed": 0}
+    assert demo.data["trainer"] == {
         "name": "demo",
         "max_epochs": 5,
         "batch_size": 64,
@@ -330,14 +387,15 @@ def test_default_config_is_the_demo_yaml_and_builds_the_demo_callbacks(tmp_path:
         "report_every": "128it",
         "optimizer": {"name": "adam", "lr": 0.01},
     }
-    trainer = build(None, run_dir=tmp_path / "run", objects=quiet())
+    trainer = build(DEMO, run_dir=tmp_path / "run", objects=quiet())
     assert [c.state_key for c in trainer.callbacks] == ["ReportProgress", "LRDecay", "Validator", "Checkpointer"]
-    assert trainer.config == default.data
+    assert (trainer.state.max_epochs, trainer.state.iterations_per_epoch) == (5, 128)
+    assert trainer.config == demo.data
     trainer.close()
 
 
 def test_two_validator_instances_publish_under_their_own_prefix(tmp_path: Path) -> None:
-    config = load_config(None, overrides=[*SMALL, "callbacks.validator@holdout={prefix: holdout}"])
+    config = load_config(DEMO, overrides=[*SMALL, "callbacks.validator@holdout={prefix: holdout}"])
     assert [s.key for s in config.callbacks if s.entry.name == "validator"] == ["validator", "validator@holdout"]
     trainer = build(config, run_dir=tmp_path / "run", objects=quiet())
     validators = [c for c in trainer.callbacks if isinstance(c, Validator)]
@@ -427,6 +485,7 @@ ALL_ON: dict[str, dict[str, Any]] = {
     "progress": {},
     "checkpointer": {"monitor": "val/mse"},
     "metrics_file": {},
+    "preview": {"every": "2it"},
 }
 #: the handlers each one connects, by its state key
 OWN_HANDLERS = {
@@ -468,6 +527,7 @@ OWN_HANDLERS = {
         "Checkpointer.exception",
     ],
     "metrics_file": ["MetricsFile.pre_training", "MetricsFile.post_training"],
+    "preview": ["Preview.pre_training", "Preview.post_step", "Preview.post_training", "Preview.post_validation"],
 }
 CLASSES = {
     "lr_decay": LRDecay,
@@ -480,6 +540,7 @@ CLASSES = {
     "progress": ProgressBar,
     "checkpointer": Checkpointer,
     "metrics_file": MetricsFile,
+    "preview": Preview,
 }
 
 
@@ -503,6 +564,7 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("pre_training", "EarlyStopping.pre_training", 100),
         ("pre_training", "TensorBoardLogger.pre_training", -100),
         ("pre_training", "WandbLogger.pre_training", -100),
+        ("pre_training", "Preview.pre_training", -100),
         ("pre_training", "ProgressBar.pre_training", -200),
         ("pre_training", "Checkpointer.pre_training", -1000),
         ("pre_training", "MetricsFile.pre_training", -2000),
@@ -516,6 +578,7 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("post_step", "GridPruning.post_step", 300),
         ("post_step", "TensorBoardLogger.post_step", -100),
         ("post_step", "WandbLogger.post_step", -100),
+        ("post_step", "Preview.post_step", -100),
         ("post_step", "ReportProgress.post_step", -200),
         ("post_step", "ProgressBar.post_step", -200),
         ("post_epoch", "Validator.post_epoch", 200),
@@ -527,6 +590,7 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("post_epoch", "Checkpointer.post_epoch", -1000),
         ("post_training", "Validator.post_training", 200),
         ("post_training", "TensorBoardLogger.post_training", -100),
+        ("post_training", "Preview.post_training", -100),
         ("post_training", "ReportProgress.post_training", -200),
         ("post_training", "Checkpointer.post_training", -1000),
         ("post_training", "WandbLogger.post_training", -2000),
@@ -535,6 +599,7 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("post_validation", "EarlyStopping.post_validation", 100),
         ("post_validation", "TensorBoardLogger.post_validation", -100),
         ("post_validation", "WandbLogger.post_validation", -100),
+        ("post_validation", "Preview.post_validation", -100),
         ("post_validation", "ReportProgress.post_validation", -200),
         ("post_validation", "ProgressBar.post_validation", -200),
         ("exception", "WandbLogger.exception", -100),
@@ -620,8 +685,8 @@ def test_malformed_override_is_a_config_error(text: str) -> None:
 
 
 def test_the_1e_minus_3_string_still_validates_as_a_float_learning_rate() -> None:
-    config = load_config(None, overrides=["trainer.optimizer.lr=1e-3"])
-    assert config.source == f"{default_config_path()} with --set"
+    config = load_config(DEMO, overrides=["trainer.optimizer.lr=1e-3"])
+    assert config.source == f"{DEMO} with --set"
     assert config.data["trainer"]["optimizer"] == {"name": "adam", "lr": 0.001}
     assert type(config.data["trainer"]["optimizer"]["lr"]) is float
     assert config.trainer_kwargs["optimizer"] == {"name": "adam", "lr": 0.001}
@@ -655,7 +720,7 @@ def test_overrides_turn_null_true_and_false_blocks_into_mappings() -> None:
 
 def test_overrides_apply_in_order_the_last_one_wins_and_can_re_enable() -> None:
     config = load_config(
-        None,
+        DEMO,
         overrides=[
             "trainer.max_epochs=2",
             "trainer.max_epochs=7",
@@ -716,7 +781,7 @@ def test_overrides_on_a_run_config_re_resolve_it() -> None:
     changed = load_config(base, overrides=["trainer.max_epochs=1"])
     assert changed.data["trainer"]["max_epochs"] == 1
     assert changed.source == f"{default_config_path()} with --set"
-    assert base.data["trainer"]["max_epochs"] == 5
+    assert base.data["trainer"]["max_epochs"] == 10
 
 
 # ---------------------------------------------------------------------------------------------------- errors

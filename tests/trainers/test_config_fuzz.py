@@ -24,7 +24,10 @@ from trainers.config import default_config_path, dump_yaml, parse_override
 from trainers.config_error import Problem
 from trainers.registry import BUILTIN_CALLBACKS
 
-DEFAULT: dict[str, Any] = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
+#: the file the fuzz mutates: the demo's config, a fixed file -- not the built-in default, which may change (it is the
+#: image-field app now; ``base=None`` below and the last test cover it)
+DEMO_PATH = Path(__file__).resolve().parents[2] / "trainers" / "configs" / "demo.yaml"
+DEMO: dict[str, Any] = yaml.safe_load(DEMO_PATH.read_text(encoding="utf-8"))
 REGISTRY = Registry.default()  # shared: an entry reads its class's parameters once
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -32,7 +35,7 @@ FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthC
 #: tagged, badly tagged) and every callback parameter
 KEYS = sorted(
     {"run", "trainer", "callbacks", "name", "dir", "seed", "enabled", "optimizer", "lr", "betas", "momentum"}
-    | set(DEFAULT["trainer"])
+    | set(DEMO["trainer"])
     | set(BUILTIN_CALLBACKS)
     | {f"{name}@x" for name in BUILTIN_CALLBACKS}
     | {"validator@", "validator@a.b", "validator@holdout", "checkpointer@2", "@x", "nope"}
@@ -109,8 +112,8 @@ def _containers(node: Any) -> Iterator[dict[Any, Any] | list[Any]]:
 
 @st.composite
 def mutated(draw: st.DrawFn) -> Any:
-    """The default config with 1-6 random edits: replace, delete or insert a key or list item anywhere."""
-    config: Any = copy.deepcopy(DEFAULT)
+    """The demo's config with 1-6 random edits: replace, delete or insert a key or list item anywhere."""
+    config: Any = copy.deepcopy(DEMO)
     for _ in range(draw(st.integers(1, 6))):
         nodes = list(_containers(config))
         if not nodes:
@@ -231,17 +234,18 @@ OVERRIDES = st.lists(
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-# the base is a config file or a mapping; a base that is not a mapping is test_overrides_on_a_non_mapping_...
+# the base is the built-in default (None: the image-field app), the demo's config as a file or a mapping, or a
+# mutated mapping; a base that is not a mapping is test_overrides_on_a_non_mapping_...
 @given(
     base=st.sampled_from([None, "file", "mapping"]) | mutated().filter(lambda c: isinstance(c, dict)),
     overrides=OVERRIDES,
 )
 def test_random_overrides_load_or_raise_config_error(fuzz_file: Path, base: Any, overrides: list[str]) -> None:
     if base is None or base == "file":
-        fuzz_file.write_text(default_config_path().read_text(encoding="utf-8"), encoding="utf-8")
+        fuzz_file.write_text(DEMO_PATH.read_text(encoding="utf-8"), encoding="utf-8")
         config: Any = None if base is None else fuzz_file
     else:
-        config = copy.deepcopy(DEFAULT) if base == "mapping" else base
+        config = copy.deepcopy(DEMO) if base == "mapping" else base
     source = str(default_config_path()) if base is None else str(fuzz_file) if base == "file" else "<dict>"
     result = outcome(config, overrides)
     if isinstance(result, RunConfig):
@@ -317,3 +321,19 @@ def test_overrides_on_a_non_mapping_config_are_a_config_error(config: Any) -> No
     assert isinstance(without, ConfigError)
     assert str(without).startswith("<dict>: the config must be a mapping, got ")
     assert isinstance(outcome(config, ["trainer.max_epochs=2"]), ConfigError)
+
+
+def test_the_built_in_default_is_the_image_field_app_and_resolves_to_itself() -> None:
+    """``load_config(None)`` (what the random overrides above start from with ``base=None``) is image_field.yaml,
+    resolved; the resolved config loads again to the same (``outcome`` checks the fixed point)."""
+    default = outcome(None)
+    assert isinstance(default, RunConfig)
+    assert default_config_path() == DEMO_PATH.with_name("image_field.yaml")
+    assert default.source == str(default_config_path())
+    assert default.trainer.name == "image_field"
+    from_file = outcome(DEMO_PATH.with_name("image_field.yaml"))
+    assert isinstance(from_file, RunConfig)
+    assert _same(from_file.data, default.data)
+    demo = outcome(DEMO_PATH)
+    assert isinstance(demo, RunConfig)
+    assert demo.trainer.name == "demo"

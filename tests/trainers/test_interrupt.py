@@ -546,6 +546,9 @@ def test_an_ignored_sigterm_stays_ignored(tmp_path: Path) -> None:
 
 CLI = "trainers"  # python -m trainers: the stepbus command
 APP = "tests.trainers.interrupt_app"  # the same command with a Hold callback (see interrupt_app.py)
+#: the fast MLP demo (128 iterations per epoch; the built-in default is the image-field app). A resume without
+#: --config (the command the interrupted run prints) continues with the config saved in the checkpoint: the demo
+DEMO = str(ROOT / "trainers" / "configs" / "demo.yaml")
 INTERRUPTED = re.compile(
     r"interrupted by (SIGINT|SIGTERM) at epoch (\d+)/(\d+), step (\d+)/128, iteration (\d+); continue with: "
     r"stepbus train --epochs (\d+) --resume auto --run-dir (\S+)"
@@ -616,7 +619,7 @@ def check_resumed(tmp_path: Path, run_dir: Path, iteration: int, epochs: int) ->
 
 def test_cli_sigint_exits_130_with_a_checkpoint_and_resume_auto_continues_from_it(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    with Stepbus(tmp_path, CLI, "train", "--epochs", "200", "--run-dir", str(run_dir)) as demo:
+    with Stepbus(tmp_path, CLI, "train", "--config", DEMO, "--epochs", "200", "--run-dir", str(run_dir)) as demo:
         demo.wait_for(r"^epoch 1/200 ")
         demo.proc.send_signal(signal.SIGINT)
         code, out, err = demo.finish()
@@ -632,7 +635,8 @@ def test_cli_sigterm_mid_epoch_exits_143_and_the_run_resumes_exactly(
     """SIGTERM landing at iteration 150 (epoch 2, step 22): the interrupt checkpoint, exit 143; the resumed run
     ends with the very weights and optimizer state of an uninterrupted run."""
     run_dir = tmp_path / "run"
-    with Stepbus(tmp_path, APP, "--hold-at", "150", "train", "--epochs", "200", "--run-dir", str(run_dir)) as demo:
+    args = ("--hold-at", "150", "train", "--config", DEMO, "--epochs", "200", "--run-dir", str(run_dir))
+    with Stepbus(tmp_path, APP, *args) as demo:
         demo.wait_for(r"^HOLD 150$")
         demo.proc.send_signal(signal.SIGTERM)
         code, out, err = demo.finish()
@@ -643,7 +647,7 @@ def test_cli_sigterm_mid_epoch_exits_143_and_the_run_resumes_exactly(
     assert found is not None
     assert found.group(2, 3) == ("2", "22")  # the open epoch is continued at its 23rd step
 
-    assert main(["train", "--epochs", "3", "--run-dir", str(tmp_path / "straight")]) == 0
+    assert main(["train", "--config", DEMO, "--epochs", "3", "--run-dir", str(tmp_path / "straight")]) == 0
     capsys.readouterr()
     resumed = load_checkpoint(run_dir / "checkpoints" / step_file(384))
     straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / step_file(384))
@@ -653,7 +657,7 @@ def test_cli_sigterm_mid_epoch_exits_143_and_the_run_resumes_exactly(
 
 def test_cli_a_second_sigint_while_finishing_aborts_with_130(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = ("--hold-finishing", "train", "--epochs", "200", "--run-dir", str(run_dir))
+    args = ("--hold-finishing", "train", "--config", DEMO, "--epochs", "200", "--run-dir", str(run_dir))
     with Stepbus(tmp_path, APP, *args) as demo:
         demo.wait_for(r"^epoch 1/200 ")
         demo.proc.send_signal(signal.SIGINT)
@@ -672,7 +676,7 @@ def test_cli_a_second_sigint_while_finishing_aborts_with_130(tmp_path: Path) -> 
 def test_cli_two_quick_sigints_exit_130_without_a_traceback(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # 2000 epochs take minutes: only the signals can end it within the timeout
-    with Stepbus(tmp_path, CLI, "train", "--epochs", "2000", "--run-dir", str(run_dir)) as demo:
+    with Stepbus(tmp_path, CLI, "train", "--config", DEMO, "--epochs", "2000", "--run-dir", str(run_dir)) as demo:
         demo.wait_for(r"^epoch 1/2000 ")
         demo.proc.send_signal(signal.SIGINT)
         demo.proc.send_signal(signal.SIGINT)

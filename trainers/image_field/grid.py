@@ -55,5 +55,9 @@ class MultiResGrid(nn.Module):
             index = (cells[..., 0] ^ (cells[..., 1] * _PRIME)) % self.table  # (N, 4)
             wx = torch.stack([1 - frac[:, 0], frac[:, 0]], 1)[:, corners[:, 0]]
             wy = torch.stack([1 - frac[:, 1], frac[:, 1]], 1)[:, corners[:, 1]]
-            out.append((table[index] * (wx * wy).unsqueeze(2)).sum(1))
+            # index_select, not table[index]: on the CPU with several threads, advanced indexing's backward
+            # (index_put_ with accumulate) sums repeated rows in a run-dependent order, so two runs (or a run and
+            # its resume) differ in the last bits and then diverge; index_select's (index_add_) is deterministic
+            rows = table.index_select(0, index.reshape(-1)).view(*index.shape, self.features)  # (N, 4, features)
+            out.append((rows * (wx * wy).unsqueeze(2)).sum(1))
         return torch.cat(out, 1)
