@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.checkpoint
 	$(BIN)/python -m benchmarks.image_field
+	$(BIN)/python -m benchmarks.gui
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
