@@ -83,6 +83,7 @@ class BackendLogger(Callback):
     backend call through it; this exposes its state and carries the failure count across a resume."""
 
     _guard: BackendGuard
+    rank_zero_only = True  # one writer: rank 0 of a distributed job
 
     @property
     def disabled(self) -> bool:

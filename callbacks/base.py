@@ -84,6 +84,8 @@ class Callback:
     priority: int = Priority.DEFAULT
     every: ScheduleSpec = None
     scheduled: tuple[str, ...] | None = None
+    #: under torch.distributed, only rank 0 sets this callback up and connects its handlers (loggers, progress)
+    rank_zero_only: bool = False
 
     def __init__(
         self, *, priority: int | None = None, every: ScheduleSpec = None, state_key: str | None = None

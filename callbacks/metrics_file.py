@@ -39,6 +39,7 @@ class MetricsFile(Callback):
     """
 
     priority = Priority.FINAL
+    rank_zero_only = True  # one writer: rank 0 of a distributed job
 
     def __init__(
         self,

@@ -47,6 +47,7 @@ class ProgressBar(Callback):
     """
 
     priority = Priority.PROGRESS
+    rank_zero_only = True  # one display: rank 0 of a distributed job
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+import trainers.distributed as distributed
 from callbacks.base import Callback
 from lifecycle import Bus, Event, Handle, Loop, Phase, ScheduleSpec, State, Status
 from trainers.checkpoint import (
@@ -225,6 +226,7 @@ class BaseTrainer:
         #: the signal that interrupted ``train()`` (``signal.SIGINT`` ...), if one did
         self.interrupted_by: int | None = None
         self._callbacks: dict[int, tuple[Callback, tuple[Handle, ...]]] = {}
+        self._idle_callbacks: set[int] = set()  # rank_zero_only callbacks on another rank: never set up
         # the hot path emits through cached channels: "if channel.active" costs one attribute test when idle
         channel = self.bus.channel
         self._pre_training, self._pre_epoch = channel(Event.PRE_TRAINING), channel(Event.PRE_EPOCH)
@@ -654,6 +656,21 @@ class BaseTrainer:
         return type(self).validate is not BaseTrainer.validate
 
     @property
+    def rank(self) -> int:
+        """This process's rank in the ``torch.distributed`` job (0 when there is none)."""
+        return distributed.rank()
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes in the job (1 when there is none)."""
+        return distributed.world_size()
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this is rank 0: the process that logs, shows progress and writes files."""
+        return distributed.rank() == 0
+
+    @property
     def is_paused(self) -> bool:
         return self._loop.paused
 
@@ -689,6 +706,10 @@ class BaseTrainer:
                     f"two callbacks share state_key {key!r} ({type(other).__name__} and {type(callback).__name__});"
                     f" give the new one a distinct key, e.g. {type(callback).__name__}(..., state_key='{key}_2')"
                 )
+        if callback.rank_zero_only and self.rank != 0:  # registered (its state has a place) but never set up or run
+            self._callbacks[id(callback)] = (callback, ())
+            self._idle_callbacks.add(id(callback))
+            return callback
         specs = list(callback.handlers())
         callback.setup(self)
         handles: list[Handle] = []
@@ -717,6 +738,9 @@ class BaseTrainer:
             raise ValueError(f"callback {callback!r} is not registered on this trainer")
         for handle in entry[1]:
             handle.remove()
+        if id(callback) in self._idle_callbacks:
+            self._idle_callbacks.discard(id(callback))
+            return
         callback.teardown(self)
 
     def handles_of(self, callback: Callback) -> tuple[Handle, ...]:

@@ -1,0 +1,64 @@
+"""Run under ``torchrun`` by ``test_distributed.py``: a demo trainer with a rank-0-only callback and an everywhere
+callback; each rank writes what it saw to ``<out>/rank-<r>.json``."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from callbacks import Callback
+from trainers.base import BaseTrainer
+from trainers.demo import demo_trainer
+from trainers.distributed import init_from_env
+
+
+class Counter(Callback):
+    def __init__(self, state_key: str, *, zero_only: bool) -> None:
+        super().__init__(state_key=state_key)
+        self.rank_zero_only = zero_only
+        self.events: list[str] = []
+        self.set_up = False
+
+    def setup(self, trainer: BaseTrainer) -> None:
+        self.set_up = True
+
+    def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self.events.append("pre_training")
+
+    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self.events.append("post_step")
+
+    def post_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self.events.append("post_training")
+
+
+def main(out: Path) -> None:
+    distributed = init_from_env(torch.device("cpu"))
+    trainer = demo_trainer(max_epochs=1, samples=256, batch_size=32, console=Console(file=io.StringIO()))
+    everywhere = trainer.add_callback(Counter("Everywhere", zero_only=False))
+    zero_only = trainer.add_callback(Counter("ZeroOnly", zero_only=True))
+    trainer.train()
+    report = {
+        "distributed": distributed,
+        "rank": trainer.rank,
+        "world_size": trainer.world_size,
+        "is_global_zero": trainer.is_global_zero,
+        "everywhere": everywhere.events,
+        "zero_only": zero_only.events,
+        "zero_only_set_up": zero_only.set_up,
+        "zero_only_handles": len(trainer.handles_of(zero_only)),
+        "registered": [callback.state_key for callback in trainer.callbacks],
+    }
+    (out / f"rank-{trainer.rank}.json").write_text(json.dumps(report), encoding="utf-8")
+    trainer.remove_callback(zero_only)  # never set up on rank 1: no teardown either
+    trainer.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

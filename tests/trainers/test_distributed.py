@@ -1,0 +1,61 @@
+"""Rank awareness under a real ``torchrun`` (2 processes, gloo on the CPU): ``trainer.rank``, ``world_size``,
+``is_global_zero``, and ``rank_zero_only`` callbacks that only rank 0 sets up and runs. A single process is rank 0
+of 1 and runs them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.trainers.dist_app import main as run_app
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "tests" / "trainers" / "dist_app.py"
+STEPS = ["post_step"] * 8  # 256 samples / 32 per batch, one epoch
+
+
+def test_two_ranks_under_torchrun(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    # --standalone: a local rendezvous on a free port (a fixed --master-port 0 without it waits forever)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(APP), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    reports = [json.loads((tmp_path / f"rank-{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
+    for rank, report in enumerate(reports):
+        assert report["distributed"] is True
+        assert report["rank"] == rank
+        assert report["world_size"] == 2
+        assert report["is_global_zero"] is (rank == 0)
+        assert report["everywhere"] == ["pre_training", *STEPS, "post_training"]
+        assert report["registered"] == ["ReportProgress", "Everywhere", "ZeroOnly"]  # registered on every rank
+    assert reports[0]["zero_only"] == ["pre_training", *STEPS, "post_training"]
+    assert (reports[0]["zero_only_set_up"], reports[0]["zero_only_handles"]) == (True, 3)
+    assert reports[1]["zero_only"] == []  # never ran on rank 1
+    assert (reports[1]["zero_only_set_up"], reports[1]["zero_only_handles"]) == (False, 0)
+
+
+def test_a_single_process_is_rank_zero_of_one(tmp_path: Path) -> None:
+    for key in ("WORLD_SIZE", "RANK"):
+        assert key not in os.environ
+    run_app(tmp_path)
+    report = json.loads((tmp_path / "rank-0.json").read_text(encoding="utf-8"))
+    facts = (report["distributed"], report["rank"], report["world_size"], report["is_global_zero"])
+    assert facts == (False, 0, 1, True)
+    assert report["zero_only"] == report["everywhere"] == ["pre_training", *STEPS, "post_training"]
+
+
+def test_the_loggers_progress_and_metrics_file_are_rank_zero_only() -> None:
+    from callbacks import Checkpointer, LRDecay, MetricsFile, ProgressBar, TensorBoardLogger, Validator, WandbLogger
+
+    assert [c.rank_zero_only for c in (TensorBoardLogger, WandbLogger, ProgressBar, MetricsFile)] == [True] * 4
+    assert [c.rank_zero_only for c in (LRDecay, Validator, Checkpointer)] == [False] * 3
