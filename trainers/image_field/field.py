@@ -95,14 +95,10 @@ class ImageField(nn.Module):
             mask = self.occupancy.pixel_mask()[::stride, ::stride]
             rows, columns = mask.shape
             kept = mask.reshape(-1).nonzero().squeeze(1)  # indices into the strided output
-            pixels = self._strided_pixels(kept, columns, stride)
+            index = torch.arange(self.height * self.width, device=mask.device).view(self.height, self.width)
+            pixels = index[::stride, ::stride].reshape(-1)[kept]  # ... and the same pixels' indices in the image
         out = torch.zeros(rows * columns, 3, device=pixels.device)
         for start in range(0, len(pixels), chunk):
             out[kept[start : start + chunk]] = self(self.coords(pixels[start : start + chunk])).clamp(0, 1)
         self.rendered_samples = len(pixels)
         return out.view(rows, columns, 3)
-
-    def _strided_pixels(self, kept: torch.Tensor, columns: int, stride: int) -> torch.Tensor:
-        """Indices into a strided render -> the full image's pixel indices."""
-        row = torch.div(kept, columns, rounding_mode="floor")
-        return row * stride * self.width + (kept - row * columns) * stride
