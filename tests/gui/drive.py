@@ -6,11 +6,9 @@ import _tkinter
 import time
 import tkinter as tk
 from collections.abc import Callable
-from typing import Any
 
-from callbacks import Callback
 from lifecycle import Status
-from trainers.base import BaseTrainer
+from tests.trainers import support
 from trainers.gui import TrainingWindow
 
 __all__ = ["Recorder", "click", "press", "pump", "pump_until", "run_events"]
@@ -71,32 +69,19 @@ def press(window: TrainingWindow, key: str) -> None:
         window.root.update_idletasks()
 
 
-class Recorder(Callback):
-    """Counts every lifecycle event it receives (``post_training`` with its status)."""
+class Recorder(support.Recorder):
+    """The shared recording callback (every event method), read as event names and ``post_training`` statuses."""
 
     def __init__(self, state_key: str = "Recorder") -> None:
         super().__init__(state_key=state_key)
-        self.events: list[str] = []
-        self.statuses: list[Status] = []
+
+    @property
+    def events(self) -> list[str]:
+        return self.names()
+
+    @property
+    def statuses(self) -> list[Status]:
+        return [row[4] for row in self.log if row[0] == "post_training"]
 
     def count(self, event: str) -> int:
-        return self.events.count(event)
-
-    def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self.events.append("pre_training")
-
-    def pre_step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self.events.append("pre_step")
-
-    def step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self.events.append("step")
-
-    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self.events.append("post_step")
-
-    def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self.events.append("post_epoch")
-
-    def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
-        self.events.append("post_training")
-        self.statuses.append(status)
+        return self.names().count(event)

@@ -14,6 +14,7 @@ from rich.console import Console
 from callbacks import Checkpointer, Preview
 from lifecycle import Phase, Status
 from tests.gui.drive import Recorder, click, press, pump, pump_until
+from tests.trainers.support import EVENT_METHODS
 from trainers.base import BaseTrainer
 from trainers.checkpoint import list_checkpoints, load_checkpoint, read_metadata
 from trainers.demo import demo_trainer
@@ -77,7 +78,7 @@ def test_start_pause_step_toggle_save_close(tmp_path: Path) -> None:
     assert variable.get() is True
     click(window, box)  # uncheck: every handle of the Recorder is disabled
     assert variable.get() is False
-    assert [handle.enabled for handle in trainer.handles_of(recorder)] == [False] * 6
+    assert [handle.enabled for handle in trainer.handles_of(recorder)] == [False] * len(EVENT_METHODS)
     events_before = len(recorder.events)
     for _ in range(3):
         click(window, panel.step_button)

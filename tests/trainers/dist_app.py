@@ -7,35 +7,26 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from rich.console import Console
 
-from callbacks import Callback
+from tests.trainers.support import Recorder
 from trainers.base import BaseTrainer
 from trainers.demo import demo_trainer
 from trainers.distributed import init_from_env
 
 
-class Counter(Callback):
+class Counter(Recorder):
+    """The shared recorder, which also notes whether it was set up."""
+
     def __init__(self, state_key: str, *, zero_only: bool) -> None:
         super().__init__(state_key=state_key)
         self.rank_zero_only = zero_only
-        self.events: list[str] = []
         self.set_up = False
 
     def setup(self, trainer: BaseTrainer) -> None:
         self.set_up = True
-
-    def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self.events.append("pre_training")
-
-    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self.events.append("post_step")
-
-    def post_training(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self.events.append("post_training")
 
 
 def main(out: Path) -> None:
@@ -49,8 +40,8 @@ def main(out: Path) -> None:
         "rank": trainer.rank,
         "world_size": trainer.world_size,
         "is_global_zero": trainer.is_global_zero,
-        "everywhere": everywhere.events,
-        "zero_only": zero_only.events,
+        "everywhere": everywhere.names(),
+        "zero_only": zero_only.names(),
         "zero_only_set_up": zero_only.set_up,
         "zero_only_handles": len(trainer.handles_of(zero_only)),
         "registered": [callback.state_key for callback in trainer.callbacks],

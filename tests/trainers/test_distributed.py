@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 from tests.trainers.dist_app import main as run_app
+from tests.trainers.support import EVENT_METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "tests" / "trainers" / "dist_app.py"
-STEPS = ["post_step"] * 8  # 256 samples / 32 per batch, one epoch
+#: every event of one epoch of 256 samples in batches of 32
+EVENTS = ["pre_training", "pre_epoch", *["pre_step", "step", "post_step"] * 8, "post_epoch", "post_training"]
 
 
 def test_two_ranks_under_torchrun(tmp_path: Path) -> None:
@@ -36,10 +38,10 @@ def test_two_ranks_under_torchrun(tmp_path: Path) -> None:
         assert report["rank"] == rank
         assert report["world_size"] == 2
         assert report["is_global_zero"] is (rank == 0)
-        assert report["everywhere"] == ["pre_training", *STEPS, "post_training"]
+        assert report["everywhere"] == EVENTS
         assert report["registered"] == ["ReportProgress", "Everywhere", "ZeroOnly"]  # registered on every rank
-    assert reports[0]["zero_only"] == ["pre_training", *STEPS, "post_training"]
-    assert (reports[0]["zero_only_set_up"], reports[0]["zero_only_handles"]) == (True, 3)
+    assert reports[0]["zero_only"] == EVENTS
+    assert (reports[0]["zero_only_set_up"], reports[0]["zero_only_handles"]) == (True, len(EVENT_METHODS))
     assert reports[1]["zero_only"] == []  # never ran on rank 1
     assert (reports[1]["zero_only_set_up"], reports[1]["zero_only_handles"]) == (False, 0)
 
@@ -51,7 +53,7 @@ def test_a_single_process_is_rank_zero_of_one(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "rank-0.json").read_text(encoding="utf-8"))
     facts = (report["distributed"], report["rank"], report["world_size"], report["is_global_zero"])
     assert facts == (False, 0, 1, True)
-    assert report["zero_only"] == report["everywhere"] == ["pre_training", *STEPS, "post_training"]
+    assert report["zero_only"] == report["everywhere"] == EVENTS
 
 
 def test_the_loggers_progress_and_metrics_file_are_rank_zero_only() -> None:
