@@ -23,8 +23,9 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import tkinter as tk
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -81,30 +82,24 @@ def _windowed(
     return iterations, elapsed, stats
 
 
-def _grab(root: object, path: Path) -> None:
+def _grab(root: tk.Misc, path: Path) -> None:
     """Save the window as PNG (Pillow's X11 grab of the window's rectangle)."""
     from PIL import ImageGrab
 
-    x, y = root.winfo_rootx(), root.winfo_rooty()  # type: ignore[attr-defined]
-    width, height = root.winfo_width(), root.winfo_height()  # type: ignore[attr-defined]
+    x, y = root.winfo_rootx(), root.winfo_rooty()
+    width, height = root.winfo_width(), root.winfo_height()
     path.parent.mkdir(parents=True, exist_ok=True)
     ImageGrab.grab(bbox=(x, y, x + width, y + height), xdisplay=os.environ["DISPLAY"]).save(path)
     print(f"screenshot: {path} ({width}x{height})")
 
 
-@contextmanager
-def _display() -> Iterator[None]:
+def _display() -> AbstractContextManager[object]:
+    """The display the window opens on: ``DISPLAY`` when set, else a private Xvfb."""
     if os.environ.get("DISPLAY"):
-        yield
-        return
-    from trainers.gui import virtual_display
+        return nullcontext()
+    from trainers.gui import on_virtual_display
 
-    with virtual_display(1400, 1000) as name:
-        os.environ["DISPLAY"] = name
-        try:
-            yield
-        finally:
-            os.environ.pop("DISPLAY", None)
+    return on_virtual_display(1400, 1000)
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -3,23 +3,14 @@ the setup that CI runs). ``DISPLAY`` points at it for the in-process windows and
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from trainers.gui import virtual_display
+from trainers.gui import on_virtual_display
 
 
 @pytest.fixture(scope="session")
 def display() -> Iterator[str]:
-    previous = os.environ.get("DISPLAY")
-    with virtual_display(1600, 1000) as name:
-        os.environ["DISPLAY"] = name
-        try:
-            yield name
-        finally:
-            if previous is None:
-                os.environ.pop("DISPLAY", None)
-            else:
-                os.environ["DISPLAY"] = previous
+    with on_virtual_display(1600, 1000) as name:
+        yield name

@@ -12,6 +12,6 @@ from __future__ import annotations
 from trainers.gui.frames import FrameClock
 from trainers.gui.panel import TrainerPanel
 from trainers.gui.window import TrainingWindow
-from trainers.gui.xvfb import virtual_display
+from trainers.gui.xvfb import on_virtual_display, virtual_display
 
-__all__ = ["FrameClock", "TrainerPanel", "TrainingWindow", "virtual_display"]
+__all__ = ["FrameClock", "TrainerPanel", "TrainingWindow", "on_virtual_display", "virtual_display"]

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["virtual_display"]
+__all__ = ["on_virtual_display", "virtual_display"]
 
 
 @contextmanager
@@ -52,6 +52,22 @@ def virtual_display(width: int = 1280, height: int = 1024, *, timeout: float = 2
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def on_virtual_display(width: int = 1280, height: int = 1024) -> Iterator[str]:
+    """:func:`virtual_display` with ``DISPLAY`` pointing at it meanwhile (its previous value restored after), so
+    Tk windows opened inside appear there."""
+    previous = os.environ.get("DISPLAY")
+    with virtual_display(width, height) as name:
+        os.environ["DISPLAY"] = name
+        try:
+            yield name
+        finally:
+            if previous is None:
+                os.environ.pop("DISPLAY", None)
+            else:
+                os.environ["DISPLAY"] = previous
 
 
 def _read_display(fd: int, process: subprocess.Popen[bytes], timeout: float) -> int | None:
