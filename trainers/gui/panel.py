@@ -16,6 +16,7 @@ from collections.abc import Callable
 from tkinter import ttk
 from typing import TYPE_CHECKING, Any
 
+from callbacks.log_values import numbers
 from lifecycle import Phase
 from trainers.gui.curve import Curve
 from trainers.gui.photo import ImageView
@@ -238,9 +239,5 @@ def _phase_text(trainer: BaseTrainer) -> str:
 
 def _metrics_text(metrics: dict[str, Any], limit: int = 12) -> str:
     """The published numbers, e.g. ``val/psnr 31.42  lr 0.00333``; strings (paths) are left out."""
-    shown = [
-        f"{key} {value:.4g}"
-        for key, value in sorted(metrics.items())
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    ]
+    shown = [f"{key} {value:.4g}" for key, value in sorted(numbers(metrics).items())]
     return "  ".join(shown[:limit])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import tkinter as tk
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from tkinter import ttk
 from typing import TYPE_CHECKING
 
@@ -87,9 +87,9 @@ class TrainingWindow:
         self.root.protocol("WM_DELETE_WINDOW", self.close)
         self._tick_id: str | None = self.root.after(0, self._tick)
 
-    def _each(self, action: object) -> None:
+    def _each(self, action: Callable[[TrainerPanel], None]) -> None:
         for panel in self.panels:
-            action(panel)  # type: ignore[operator]
+            action(panel)
 
     def _tick(self) -> None:
         self._tick_id = None
