@@ -112,6 +112,24 @@ def test_start_pause_step_toggle_save_close(tmp_path: Path) -> None:
     assert recorder.count("post_training") == 1
 
 
+def test_save_without_a_checkpointer_is_disabled_and_says_why(tmp_path: Path) -> None:
+    trainer = _demo(tmp_path)
+    window = TrainingWindow([trainer])
+    panel = window.panels[0]
+    click(window, panel.step_button)  # started: only the missing checkpointer keeps Save disabled
+    assert trainer.servers("checkpoint") == ()
+    assert str(panel.save_button.cget("state")) == "disabled"
+    panel.save()  # the Ctrl-S path, which does not look at the button
+    assert panel.status.cget("text") == "no checkpointer: enable one (callbacks.checkpointer) to save from here"
+    assert panel.error is None
+    checkpointer = trainer.add_callback(Checkpointer(every=None))
+    assert trainer.servers("checkpoint") == ("Checkpointer.request",)
+    assert checkpointer.state_key == "Checkpointer"
+    pump(window, 0.1)
+    assert str(panel.save_button.cget("state")) == "normal"
+    window.close()
+
+
 def test_keyboard_space_starts_and_pauses_s_steps() -> None:
     trainer = _demo()
     window = TrainingWindow([trainer])

@@ -128,5 +128,7 @@ class TrainingWindow:
         self.root.destroy()
 
     def run(self) -> None:
-        """Tk's main loop, until the window is closed."""
+        """Tk's main loop, until the window is closed. (To drive the window from another loop, process one event at
+        a time -- ``root.tk.dooneevent(_tkinter.DONT_WAIT)`` -- not ``root.update()``: it runs until no event is
+        pending, and while training the next 1 ms tick is always due again, so it would not return before the end.)"""
         self.root.mainloop()
