@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,12 +30,16 @@ from trainers.checkpoint import (
     stepbus_version,
     write_checkpoint,
 )
+from trainers.collective import Collective
 from trainers.data import BatchPlan, Feeder
+from trainers.ddp import wrap as ddp_wrap
 from trainers.metric_flow import MetricFlow
+from trainers.peers import PeerFailure, describe, is_collective_failure
 from trainers.placement import resolve_device, to_device
 from trainers.requests import Requests
 from trainers.rng import capture_rng, check_rng, restore_rng
 from trainers.signals import TrainingInterrupted, graceful_signals
+from trainers.stop_vote import INTERRUPT, STOP, StopVote
 
 __all__ = ["BaseTrainer", "LossFn", "OptimizerSpec"]
 
@@ -65,6 +70,8 @@ class _Host:
         if t._pending_rng is not None and t._rng_point == "start":
             t._restore_rng()  # saved before training started: this pre_training is the original run's too
         t.pre_training()
+        if t._vote is not None:
+            t._settle(wait=True)
         if t._pending_rng is not None and t._rng_point == "boundary":
             t._restore_rng()  # saved after a post_epoch: the next pre_epoch is the uninterrupted run's
 
@@ -73,6 +80,8 @@ class _Host:
         t.pipeline.train()
         self._batches = t._feeder.epoch(t.state.epoch, t.state.epoch_iteration)
         t.pre_epoch()
+        if t._vote is not None:
+            t._settle(wait=True)
         if t._pending_rng is not None:
             t._restore_rng()  # saved inside an epoch: this pre_epoch re-opened it; the next step is the run's
 
@@ -92,6 +101,8 @@ class _Host:
         outputs = t.step(batch)
         t._stepping = False
         t.post_step(outputs)
+        if t._vote is not None:
+            t._settle(wait=False)  # the round of the previous step; this step's is read after the next
         if t._requests.pending and not t.post_epoch_pending:
             t._requests.drain()  # requested during a step: served now (at an epoch's last step, after post_epoch)
 
@@ -99,11 +110,15 @@ class _Host:
         self._batches = iter(())
         t = self.trainer
         t.post_epoch()
+        if t._vote is not None:
+            t._settle(wait=True)
         if t._requests.pending:
             t._requests.drain()
 
     def end_training(self, status: Status) -> None:
         t = self.trainer
+        if t._vote is not None:
+            t._vote.finish()  # no vote round outlives the run (after a failure, fail() abandoned it)
         if t._requests.pending and status is not Status.FAILED:
             t._requests.drain()  # before post_training, so loggers still receive what the requests publish
         t.post_training(status)
@@ -111,6 +126,8 @@ class _Host:
     def fail(self, error: BaseException) -> None:
         t = self.trainer
         t._stepping = False
+        if t._vote is not None:
+            t._vote.abandon()  # a peer may be gone: waiting for its vote could take the whole timeout
         t._requests.pending.clear()  # the run may be mid-step: nothing queued (an interrupt checkpoint) is served
         t.on_exception(error)
 
@@ -146,6 +163,16 @@ class BaseTrainer:
         loss_fn: ``loss_fn(pipeline, batch)``, used by the default :meth:`compute_loss`.
         run_dir: where callbacks write files (validation images, checkpoints, logs); ``None`` for nowhere. It is
             created by whichever callback writes first.
+        backend: the ``torch.distributed`` backend when launched by ``torchrun`` (``WORLD_SIZE`` > 1) and no process
+            group is up yet: ``"auto"``/``None`` (``nccl`` on CUDA, ``gloo`` otherwise), ``"gloo"`` or ``"nccl"``.
+        ddp: ``DistributedDataParallel`` options (``find_unused_parameters=True`` for a pipeline some of whose
+            parameters get no gradient in a step, ``static_graph``, ``bucket_cap_mb``, ``broadcast_buffers``).
+        dist_timeout: seconds (or a ``timedelta``) a collective waits for a peer before the run fails naming it;
+            default 300, or ``STEPBUS_DIST_TIMEOUT``.
+
+    In a ``torchrun`` job (see ``trainers.distributed``) the trainer starts the process group, wraps the loss in
+    DDP (``trainer.pipeline`` stays the plain module), gives each rank its share of every global batch of
+    ``batch_size`` items, and makes ``stop()``, checkpoints and validation collective (see the README).
     """
 
     def __init__(
@@ -165,6 +192,9 @@ class BaseTrainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         loss_fn: LossFn | None = None,
         run_dir: str | os.PathLike[str] | None = None,
+        backend: str | None = None,
+        ddp: Mapping[str, Any] | None = None,
+        dist_timeout: float | timedelta | None = None,
     ) -> None:
         if not isinstance(pipeline, nn.Module):
             raise TypeError(f"pipeline must be a torch.nn.Module, got {type(pipeline).__name__}")
@@ -186,14 +216,18 @@ class BaseTrainer:
             raise TypeError(
                 f"dataset must be map-style (define __len__ and __getitem__); got {type(dataset).__name__}"
             ) from None
-        plan = BatchPlan(size, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last)
+        self.device = distributed.local_device(resolve_device(device))
+        timeout = distributed.collective_timeout(dist_timeout)
+        distributed.init_from_env(self.device, backend=backend, timeout=timeout)
+        rank, world = distributed.rank(), distributed.world_size()
+        plan = BatchPlan(size, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world)
         if plan.iterations_per_epoch < 1:
             raise ValueError(
                 f"dataset of {size} items with batch_size={batch_size}, drop_last={drop_last} gives no batch per "
                 "epoch; use a smaller batch_size or drop_last=False"
             )
-
-        self.device = resolve_device(device)
+        if world > 1:
+            _check_shares(plan, world, drop_last)
         self.pipeline = pipeline.to(self.device)
         self.optimizer = _build_optimizer(optimizer, pipeline)
         self.dataset = dataset
@@ -238,6 +272,16 @@ class BaseTrainer:
         self._post_epoch, self._post_training = channel(Event.POST_EPOCH), channel(Event.POST_TRAINING)
         self._exception = channel(Event.EXCEPTION)
         self._pre_validation, self._post_validation = channel(Event.PRE_VALIDATION), channel(Event.POST_VALIDATION)
+        # distributed: DDP around the loss, a side channel between ranks, and the stop vote (None: one process)
+        self._collective: Collective | None = None
+        self._vote: StopVote | None = None
+        self._forward: Callable[[Any], Any] = self.compute_loss
+        if world > 1:
+            self._collective = Collective(timeout)
+            self._vote = StopVote(self._collective.group)
+            self._forward = ddp_wrap(self.pipeline, self.compute_loss, self.device, ddp)
+        elif ddp:
+            _log.debug("ddp options ignored: this is not a distributed run")
         for callback in callbacks:
             self.add_callback(callback)
 
@@ -278,7 +322,7 @@ class BaseTrainer:
         Returns the outputs dict (``{"loss": loss}`` when ``compute_loss`` returned a tensor)."""
         optimizer = self.optimizer
         optimizer.zero_grad(set_to_none=True)
-        result = self.compute_loss(batch)
+        result = self._forward(batch)  # compute_loss, through DDP in a distributed run
         if isinstance(result, torch.Tensor):
             loss, outputs = result, {"loss": result}
         elif isinstance(result, dict) and isinstance(result.get("loss"), torch.Tensor):
@@ -334,7 +378,12 @@ class BaseTrainer:
 
         After the end it returns ``False`` and emits nothing; while paused it returns ``True`` and does nothing.
         """
-        return self._loop.iterate(self._host)
+        try:
+            return self._loop.iterate(self._host)
+        except Exception as error:
+            if self._collective is not None and is_collective_failure(error):
+                raise self._peer_failure(error) from error
+            raise
 
     def train(self, *, handle_signals: bool = True) -> Status | None:
         """Iterate until the run ends (returns its status) or a callback calls :meth:`pause` (returns ``None``;
@@ -347,10 +396,15 @@ class BaseTrainer:
         :class:`~trainers.signals.TrainingInterrupted` at once. The previous handlers are restored on return."""
         loop, host = self._loop, self._host
         loop.paused = False
-        with graceful_signals(self._on_signal) if handle_signals else nullcontext():
-            while loop.iterate(host):
-                if loop.paused:
-                    return None
+        try:
+            with graceful_signals(self._on_signal) if handle_signals else nullcontext():
+                while loop.iterate(host):
+                    if loop.paused:
+                        return None
+        except Exception as error:
+            if self._collective is not None and is_collective_failure(error):
+                raise self._peer_failure(error) from error
+            raise
         return loop.status
 
     def _on_signal(self, signum: int) -> None:
@@ -360,9 +414,32 @@ class BaseTrainer:
         self.interrupted_by = signum
         if self._loop.ending:
             return  # the run is ending anyway: let post_training finish (a second signal still aborts it)
+        if self._vote is not None:
+            self._vote.want(INTERRUPT)  # the ranks agree on it (trainers.stop_vote); the save follows then
+            return
         self._loop.request_stop(Status.INTERRUPTED)
+        self._queue_interrupt()
+
+    def _queue_interrupt(self) -> None:
         if self._requests.servers("interrupt"):
             self._requests.pending["interrupt"] = None  # served at the next safe point, before post_epoch
+
+    def _settle(self, *, wait: bool) -> None:
+        """A round of the stop vote (distributed runs only): apply what the ranks agreed on, on every rank."""
+        assert self._vote is not None
+        agreed = self._vote.settle(wait=wait)
+        if agreed == INTERRUPT:
+            self._loop.request_stop(Status.INTERRUPTED)
+            self._queue_interrupt()
+        elif agreed == STOP:
+            self._loop.request_stop(Status.STOPPED)
+
+    def _peer_failure(self, error: BaseException) -> PeerFailure:
+        """Probe the peers after ``error`` (a failed collective) and name the ones that are gone."""
+        assert self._collective is not None
+        probe = min(self._collective.timeout, timedelta(seconds=10))
+        failed = self._collective.probe(probe)
+        return describe(self.rank, failed, f"at iteration {self.state.iteration} ({self.state})", error, probe)
 
     def run_for(self, seconds: float) -> bool:
         """Iterate for about ``seconds`` of wall time (at least one step), for a GUI frame; return whether
@@ -415,7 +492,9 @@ class BaseTrainer:
         target = Path(checkpoint)
         if target.is_dir():
             return self._resume_newest([target], required=True)
-        self._apply_checkpoint(target, load_checkpoint(target))
+        loaded = self._load_agreed(target, lambda: (target, load_checkpoint(target)))
+        assert loaded is not None
+        self._apply_checkpoint(*loaded)
         return target
 
     def checkpoint_dirs(self) -> list[Path]:
@@ -431,11 +510,49 @@ class BaseTrainer:
         return found
 
     def _resume_newest(self, directories: list[Path], *, required: bool) -> Path | None:
-        found = load_newest(directories, required=required)
+        found = self._load_agreed(directories[0], lambda: load_newest(directories, required=required))
         if found is None:
             return None
         self._apply_checkpoint(*found)
         return found[0]
+
+    def _load_agreed(
+        self, asked: Path, choose: Callable[[], tuple[Path, dict[str, Any]] | None]
+    ) -> tuple[Path, dict[str, Any]] | None:
+        """``choose()`` in a single process. In a job, rank 0 chooses the file and every other rank loads that
+        same file; any rank's failure is raised on every rank (naming the rank), before anything is applied."""
+        collective = self._collective
+        if collective is None:
+            return choose()
+        found: tuple[Path, dict[str, Any]] | None = None
+        error: Exception | None = None
+        if collective.rank == 0:
+            try:
+                found = choose()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks heard of it
+                error = exc
+        chosen = collective.broadcast(
+            (None, str(error)) if error is not None else (None if found is None else str(found[0]), None)
+        )
+        if error is not None:
+            raise error
+        path_text, problem = chosen
+        if problem is not None:
+            raise CheckpointError(asked, f"rank 0 could not resume from it: {problem}")
+        if path_text is None:
+            return None
+        if collective.rank != 0:
+            try:
+                found = (Path(path_text), load_checkpoint(path_text))
+            except Exception as exc:  # noqa: BLE001 - shared with the other ranks, then raised
+                error = exc
+        problems = collective.all_gather(None if error is None else str(error))
+        if error is not None:
+            raise error
+        for rank, text in enumerate(problems):
+            if text is not None:
+                raise CheckpointError(Path(path_text), f"rank {rank} could not load it: {text}")
+        return found
 
     def _apply_checkpoint(self, path: Path, loaded: dict[str, Any]) -> None:
         """Check that ``loaded`` fits this trainer, then apply it. Everything that can be checked without changing
@@ -451,8 +568,9 @@ class BaseTrainer:
             counters = self._checked_counters(loaded["trainer"])
         except ValueError as exc:
             raise CheckpointError(path, f"does not fit this trainer: {exc}") from None
+        rng = self._rng_of_this_rank(path, loaded)
         try:
-            check_rng(loaded["rng"])
+            check_rng(rng)
         except ValueError as exc:
             raise CheckpointError(path, f"malformed: {exc}") from None
         check_model_fits(path, self.pipeline, loaded["model"])
@@ -502,7 +620,7 @@ class BaseTrainer:
             raise
         self.state.load_state_dict(counters)
         self._loop.restore(ended=bool(loaded["trainer"].get("ended", True)))
-        self._pending_rng = loaded["rng"]
+        self._pending_rng = rng
         # the RNG state is the one at the save: re-fired events must not draw from it before the resume point
         epoch, step = counters["epoch"], counters["epoch_iteration"]
         if epoch == 0:
@@ -513,6 +631,30 @@ class BaseTrainer:
             self._rng_point = "epoch"  # pre_epoch of this epoch had run (even at step 0: e.g. stopped in it)
         self.resumed_from = path
         _log.info("resumed from %s at %s", path, self.state)
+
+    def _rng_of_this_rank(self, path: Path, loaded: dict[str, Any]) -> Any:
+        """The RNG state this rank restores: its own from a distributed checkpoint's ``rank_rng`` (every rank's,
+        in rank order), else the ``rng`` of the process that saved."""
+        states = loaded.get("rank_rng")
+        if not isinstance(states, list) or not states:
+            if self.world_size > 1 and self.rank > 0:
+                _log.warning(
+                    "resume: %s holds the RNG state of one process; rank %d restores it too (random draws, such "
+                    "as dropout, repeat across ranks from here)",
+                    path,
+                    self.rank,
+                )
+            return loaded["rng"]
+        if len(states) != self.world_size:
+            _log.warning(
+                "resume: %s was saved by %d ranks, this run has %d; rank %d restores the RNG state of rank %d",
+                path,
+                len(states),
+                self.world_size,
+                self.rank,
+                self.rank % len(states),
+            )
+        return states[self.rank % len(states)]
 
     def _restore_rng(self) -> None:
         state, self._pending_rng = self._pending_rng, None
@@ -541,12 +683,8 @@ class BaseTrainer:
         A callback asks for one with :meth:`request_checkpoint` instead, which is always served at a resumable point.
         """
         state = self.state
-        if resumable and (self._stepping or self.post_epoch_pending):
-            where = "inside a step" if self._stepping else "before this epoch's post_epoch"
-            raise RuntimeError(
-                f"no resumable checkpoint can be taken {where} (iteration {state.iteration}, {state}); take it "
-                "from post_step, post_epoch or between iterate() calls, or call trainer.request_checkpoint()"
-            )
+        if resumable:
+            self._check_resumable_point()
         meta: dict[str, Any] = {
             "format": FORMAT,
             "version": stepbus_version(),
@@ -585,10 +723,66 @@ class BaseTrainer:
         """Write :meth:`checkpoint_state` to ``path`` atomically (see :func:`trainers.checkpoint.write_checkpoint`);
         ``metadata`` adds plain keys to the metadata block. Raises :class:`~trainers.checkpoint.CheckpointError`
         when the file cannot be written; the previous file at ``path`` is then intact."""
-        payload = self.checkpoint_state(reason=reason, resumable=resumable)
-        if metadata:
-            payload["stepbus"].update(metadata)
-        return write_checkpoint(path, payload)
+        collective = self._collective
+        if collective is None or not resumable:
+            payload = self.checkpoint_state(reason=reason, resumable=resumable)
+            if metadata:
+                payload["stepbus"].update(metadata)
+            return write_checkpoint(path, payload)
+        return self._save_collectively(Path(path), reason, metadata, collective)
+
+    def _save_collectively(
+        self, path: Path, reason: str, metadata: Mapping[str, Any] | None, collective: Collective
+    ) -> Path:
+        """Every rank sends its RNG state to rank 0 (the entry barrier), rank 0 writes the file, and its outcome
+        is broadcast (the exit barrier): every rank returns the path, or raises the same error."""
+        self._check_resumable_point()  # the same answer on every rank: they are at the same point
+        states = collective.gather(capture_rng())
+        outcome: tuple[str, str] = ("", "")
+        error: Exception | None = None
+        if collective.rank == 0:
+            try:
+                payload = self.checkpoint_state(reason=reason, resumable=True)
+                payload["stepbus"]["world_size"] = collective.size
+                payload["rank_rng"] = states
+                if metadata:
+                    payload["stepbus"].update(metadata)
+                outcome = ("ok", str(write_checkpoint(path, payload)))
+            except CheckpointError as exc:
+                outcome, error = ("checkpoint", exc.reason), exc
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks heard of it
+                outcome, error = ("error", f"{type(exc).__name__}: {exc}"), exc
+        kind, text = collective.broadcast(outcome)
+        if error is not None:
+            raise error
+        if kind == "checkpoint":
+            raise CheckpointError(path, f"{text} (rank 0 writes the checkpoints)")
+        if kind == "error":
+            raise RuntimeError(f"rank 0 could not save checkpoint {path}: {text}")
+        return Path(text)
+
+    def _check_resumable_point(self) -> None:
+        if self._stepping or self.post_epoch_pending:
+            where = "inside a step" if self._stepping else "before this epoch's post_epoch"
+            raise RuntimeError(
+                f"no resumable checkpoint can be taken {where} (iteration {self.state.iteration}, {self.state}); "
+                "take it from post_step, post_epoch or between iterate() calls, or call trainer.request_checkpoint()"
+            )
+
+    # ------------------------------------------------------------------ between ranks
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` (small, picklable) on every rank; ``obj`` itself in a single process. A
+        collective: every rank calls it at the same point (e.g. from the same event)."""
+        return obj if self._collective is None else self._collective.broadcast(obj, src)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` in rank order (``[obj]`` in a single process). A collective."""
+        return [obj] if self._collective is None else self._collective.all_gather(obj)
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing in a single process). A collective, bounded by the timeout."""
+        if self._collective is not None:
+            self._collective.barrier()
 
     def request_checkpoint(self) -> None:
         """Ask the checkpointer(s) to save: at once between steps, or at the next resumable point of the running
@@ -597,7 +791,15 @@ class BaseTrainer:
 
     def stop(self) -> None:
         """End the run: from a handler, after the current step (``post_epoch`` and ``post_training(status=
-        "stopped")`` follow once each); from outside ``iterate()``, at once. Idempotent."""
+        "stopped")`` follow once each); from outside ``iterate()``, at once. Idempotent.
+
+        In a distributed run a stop on any rank stops every rank at the same iteration (``trainers.stop_vote``):
+        asked for at an epoch boundary (``pre_training``, ``pre_epoch``, ``post_epoch``, validation there) it ends
+        the run there; asked for during a step, after the next step."""
+        if self._vote is not None:
+            if not self._loop.ending:
+                self._vote.want(STOP)
+            return
         self._loop.stop(self._host)
 
     def request_validation(self) -> None:
@@ -809,6 +1011,31 @@ class BaseTrainer:
         return (
             f"<{type(self).__name__} {self.state} phase={self._loop.phase.value} "
             f"callbacks={[cb.state_key for cb in self.callbacks]}>"
+        )
+
+
+def _check_shares(plan: BatchPlan, world: int, drop_last: bool) -> None:
+    """Every rank needs at least one item of every batch; uneven shares are allowed but change the gradient."""
+    if plan.batch_size is None:
+        return  # pre-built batches are checked as they are split
+    full, last = plan.batch_sizes()
+    if last < world:
+        which = "every batch" if last == full else f"the last batch of each epoch ({last} items)"
+        raise ValueError(
+            f"{which} must have at least one item per rank: batch_size={plan.batch_size} over {world} ranks leaves "
+            f"a rank with nothing; use a batch_size >= {world}"
+            + ("" if last == full else " and drop_last=True, or a dataset size that divides evenly")
+        )
+    if full % world or last % world:
+        _log.warning(
+            "batch_size=%d (last batch %d) does not divide among %d ranks: the shares differ by one item, and "
+            "DDP's gradient (the mean over ranks of each rank's mean) weighs items of smaller shares more than a "
+            "single process would; use a batch_size divisible by %d%s for the same result",
+            full,
+            last,
+            world,
+            world,
+            "" if drop_last or last == full else " and drop_last=True",
         )
 
 

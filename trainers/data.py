@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
-__all__ = ["BatchPlan", "Feeder", "SeededBatch", "mix_seed"]
+__all__ = ["BatchPlan", "Feeder", "SeededBatch", "mix_seed", "shard_batch"]
 
 
 def mix_seed(*parts: int) -> int:
@@ -32,17 +32,36 @@ def mix_seed(*parts: int) -> int:
 class BatchPlan:
     """Which dataset indices make each batch of each epoch.
 
-    ``batch_size=None`` means the dataset's items already are batches (each index is one step).
+    ``batch_size=None`` means the dataset's items already are batches (each index is one step). With
+    ``world_size`` > 1, ``batch_size`` is the global batch and the index batches are ``rank``'s share of it.
     """
 
-    def __init__(self, size: int, batch_size: int | None, *, seed: int, shuffle: bool, drop_last: bool) -> None:
+    def __init__(
+        self,
+        size: int,
+        batch_size: int | None,
+        *,
+        seed: int,
+        shuffle: bool,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
         if batch_size is None:
             self.iterations_per_epoch = size
         elif drop_last:
             self.iterations_per_epoch = size // batch_size
         else:
             self.iterations_per_epoch = math.ceil(size / batch_size)
+
+    def batch_sizes(self) -> tuple[int, int]:
+        """The (global) sizes of a full batch and of the epoch's last batch (``batch_size=None``: 1, 1)."""
+        if self.batch_size is None:
+            return 1, 1
+        last = self.size - (self.iterations_per_epoch - 1) * self.batch_size
+        return self.batch_size, min(last, self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
         """The permutation of dataset indices for ``epoch`` (1-based)."""
@@ -55,8 +74,11 @@ class BatchPlan:
         """Index tensors of the batches of ``epoch`` from batch ``start`` (0-based) on; ``start`` costs nothing."""
         order = self.order(epoch)
         step = self.batch_size or 1
+        world, rank = self.world_size, self.rank
+        sharded = world > 1 and self.batch_size is not None
         for j in range(start, self.iterations_per_epoch):
-            yield order[j * step : (j + 1) * step]
+            indices = order[j * step : (j + 1) * step]
+            yield indices.tensor_split(world)[rank] if sharded else indices
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[list[int]]:
         """The same as lists of ints."""
@@ -84,8 +106,10 @@ class _PlanSampler:
 
     def __iter__(self) -> Iterator[SeededBatch]:
         plan, epoch = self.plan, self.epoch
+        # each rank draws its own augmentations (the same seed would repeat one random stream on every shard)
+        extra = (plan.rank,) if plan.world_size > 1 else ()
         for j, indices in enumerate(plan.batches(epoch, self.start), start=self.start):
-            yield SeededBatch(indices, mix_seed(plan.seed, epoch, j))
+            yield SeededBatch(indices, mix_seed(plan.seed, epoch, j, *extra))
 
     def __len__(self) -> int:
         return self.plan.iterations_per_epoch - self.start
@@ -124,6 +148,37 @@ class _Then:
         return self.collate_fn(items[0])
 
 
+class _Share:
+    """Then keep this rank's share of the pre-built batch (picklable, for workers)."""
+
+    def __init__(self, collate_fn: Callable[[Any], Any], rank: int, world_size: int) -> None:
+        self.collate_fn, self.rank, self.world_size = collate_fn, rank, world_size
+
+    def __call__(self, items: list[Any]) -> Any:
+        return shard_batch(self.collate_fn(items), self.rank, self.world_size)
+
+
+def shard_batch(batch: Any, rank: int, world_size: int) -> Any:
+    """``rank``'s share of a pre-built batch: every tensor in it (through lists, tuples and dicts) split along its
+    first dimension with ``tensor_split``; anything else is kept whole. Raises ``ValueError`` when a tensor has
+    fewer rows than there are ranks (a rank would get an empty batch)."""
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 0 or len(batch) < world_size:
+            rows = "a 0-d tensor" if batch.dim() == 0 else f"{len(batch)} rows"
+            raise ValueError(
+                f"a pre-built batch holds a tensor of shape {tuple(batch.shape)}: {rows} cannot be split among "
+                f"{world_size} ranks (each needs at least one row); build batches of >= {world_size} rows"
+            )
+        return batch.tensor_split(world_size)[rank]
+    if isinstance(batch, dict):
+        return {key: shard_batch(value, rank, world_size) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+        return type(batch)(*(shard_batch(value, rank, world_size) for value in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(shard_batch(value, rank, world_size) for value in batch)
+    return batch
+
+
 def _first(items: list[Any]) -> Any:
     """The collate of pre-built batches: the batch exactly as the dataset gave it."""
     return items[0]
@@ -158,6 +213,8 @@ class Feeder:
             collate = self.collate
             if prebuilt:
                 collate = _first if collate_fn is None else _Then(collate_fn)
+            if prebuilt and plan.world_size > 1:
+                collate = _Share(collate, plan.rank, plan.world_size)
             self._sampler = _PlanSampler(plan)
             # a DataLoader draws its workers' base seed from torch's global RNG when its first iterator is made --
             # in a resumed process at another epoch than in the original one -- unless it has its own generator
@@ -187,7 +244,11 @@ class Feeder:
                 given = (dataset[j] for j in range(start, plan.iterations_per_epoch))
             else:
                 given = (dataset[indices[0]] for indices in plan.batches(epoch, start))
-            return given if user is None else (user(batch) for batch in given)
+            batches = given if user is None else (user(batch) for batch in given)
+            if plan.world_size > 1:
+                rank, world = plan.rank, plan.world_size
+                return (shard_batch(batch, rank, world) for batch in batches)
+            return batches
         if isinstance(dataset, TensorDataset) and self.collate is default_collate:
             tensors = dataset.tensors
             # the same values default_collate would stack, in one gather per tensor instead of one row at a time

@@ -13,7 +13,17 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["default_backend", "init_from_env", "is_distributed", "rank", "world_size"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "collective_timeout",
+    "default_backend",
+    "init_from_env",
+    "is_distributed",
+    "launched_world_size",
+    "local_device",
+    "rank",
+    "world_size",
+]
 
 #: how long a collective may wait for a peer before it fails (instead of hanging on a dead rank)
 DEFAULT_TIMEOUT = timedelta(minutes=5)
@@ -34,23 +44,70 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def launched_world_size() -> int:
+    """``WORLD_SIZE`` as ``torchrun`` set it (1 when this process was not launched as part of a job)."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        size = int(value)
+    except ValueError:
+        raise RuntimeError(f"WORLD_SIZE={value!r} in the environment is not an integer") from None
+    if size < 1:
+        raise RuntimeError(f"WORLD_SIZE={size} in the environment: it must be >= 1")
+    return size
+
+
+def local_device(device: torch.device) -> torch.device:
+    """In a job, a CUDA device without an index becomes this process's own GPU, ``cuda:<LOCAL_RANK>``; anything
+    else is returned as given."""
+    if device.type == "cuda" and device.index is None and launched_world_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def default_backend(device: torch.device) -> str:
     """``nccl`` for CUDA devices (when this torch has it), ``gloo`` otherwise."""
     return "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
 
 
-def init_from_env(device: torch.device, *, backend: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT) -> bool:
+def init_from_env(
+    device: torch.device, *, backend: str | None = None, timeout: timedelta | float | None = None
+) -> bool:
     """Start the default process group when launched by ``torchrun`` with ``WORLD_SIZE`` > 1 (and it is not up yet);
-    returns whether this is a distributed run. ``backend`` overrides :func:`default_backend`."""
+    returns whether this is a distributed run.
+
+    ``backend`` overrides :func:`default_backend` (``"gloo"``, ``"nccl"``, or ``"auto"``/``None``). ``timeout``
+    (a ``timedelta`` or seconds; default 5 minutes, or ``STEPBUS_DIST_TIMEOUT`` seconds from the environment) bounds
+    every collective: a rank never waits longer than that on a peer that died or hangs."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size() > 1
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = launched_world_size()
     if size <= 1:
         return False
     if not dist.is_available():
         raise RuntimeError(f"WORLD_SIZE={size} but this torch build has no torch.distributed")
-    chosen = backend or default_backend(device)
+    chosen = default_backend(device) if backend in (None, "auto") else backend
+    if chosen not in ("gloo", "nccl", "mpi", "ucc"):
+        raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl' (or 'mpi', 'ucc'), got {backend!r}")
+    if chosen == "nccl" and device.type != "cuda":
+        raise ValueError(f"backend 'nccl' needs a CUDA device; this run is on {device} (use 'gloo' or 'auto')")
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(chosen, timeout=timeout)
+        torch.cuda.set_device(device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(chosen, timeout=collective_timeout(timeout))
     return True
+
+
+def collective_timeout(timeout: timedelta | float | None = None) -> timedelta:
+    """``timeout`` as a ``timedelta``; ``None``: ``STEPBUS_DIST_TIMEOUT`` seconds, else :data:`DEFAULT_TIMEOUT`."""
+    if isinstance(timeout, timedelta):
+        return timeout
+    if timeout is None:
+        value = os.environ.get("STEPBUS_DIST_TIMEOUT")
+        if value is None:
+            return DEFAULT_TIMEOUT
+        try:
+            timeout = float(value)
+        except ValueError:
+            raise ValueError(f"STEPBUS_DIST_TIMEOUT={value!r} is not a number of seconds") from None
+    if isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(f"the collective timeout must be a positive number of seconds, got {timeout!r}")
+    return timedelta(seconds=float(timeout))

@@ -1,0 +1,89 @@
+"""The trainer's side channel between ranks: small Python objects, stop votes and liveness probes.
+
+It runs on its own ``gloo`` groups over CPU tensors, whatever the training backend: with ``nccl`` an agreement read
+on the host would otherwise wait for the GPU. Every method is a collective -- every rank calls it at the same point
+of the run, as the engine and the callbacks built on it do (they call it from the same events on every rank).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Collective"]
+
+
+class Collective:
+    """Object collectives over a ``gloo`` side group of every rank of the default process group.
+
+    Args:
+        timeout: how long a collective waits for a peer before it fails.
+    """
+
+    def __init__(self, timeout: timedelta) -> None:
+        self.rank = dist.get_rank()
+        self.size = dist.get_world_size()
+        self.timeout = timeout
+        #: objects and votes
+        self.group = dist.new_group(backend="gloo", timeout=timeout)
+        #: liveness probes only: a failed collective leaves nothing half-done on it
+        self.probe_group = dist.new_group(backend="gloo", timeout=timeout)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """``src``'s ``obj`` on every rank (pickled: keep it small and plain)."""
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src, group=self.group)
+        return box[0]
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        found: list[Any] = [None] * self.size
+        dist.all_gather_object(found, obj, group=self.group)
+        return found
+
+    def gather(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        """Every rank's ``obj`` in rank order on ``dst``; ``None`` elsewhere."""
+        found: list[Any] | None = [None] * self.size if self.rank == dst else None
+        dist.gather_object(obj, found, dst=dst, group=self.group)
+        return found
+
+    def barrier(self) -> None:
+        """Wait until every rank got here (or fail after the timeout)."""
+        dist.barrier(group=self.group)
+
+    def probe(self, timeout: timedelta) -> dict[int, str]:
+        """After a failed collective: exchange one message with every peer; returns the ranks that did not answer
+        within ``timeout`` and why. The peers that are still alive run the same probe (their collective failed
+        too), so a live peer answers at once and a dead one fails at once (its connection is closed)."""
+        mine = torch.tensor([self.rank], dtype=torch.int64)
+        works: dict[int, tuple[Any, Any, torch.Tensor]] = {}
+        failed: dict[int, str] = {}
+        for peer in range(self.size):
+            if peer == self.rank:
+                continue
+            answer = torch.full((1,), -1, dtype=torch.int64)
+            try:
+                sent = dist.isend(mine, dst=peer, group=self.probe_group, tag=0x5B)
+                received = dist.irecv(answer, src=peer, group=self.probe_group, tag=0x5B)
+            except Exception as exc:  # noqa: BLE001 - the connection to it is gone
+                failed[peer] = _first_line(exc)
+                continue
+            works[peer] = (sent, received, answer)
+        for peer, (sent, received, answer) in works.items():
+            try:
+                received.wait(timeout)
+                sent.wait(timeout)
+            except Exception as exc:  # noqa: BLE001 - a closed connection or a timeout: either way, no answer
+                failed[peer] = _first_line(exc)
+                continue
+            if int(answer.item()) != peer:
+                failed[peer] = f"answered as rank {int(answer.item())}"
+        return failed
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,87 @@
+"""How the ranks of a job agree to stop at the same iteration.
+
+``stop()``, a non-finite guard or a signal may reach one rank only. If that rank simply stopped, the others would
+wait in the next gradient all-reduce until the timeout. Instead a stop is a *wish* that the ranks vote on: one
+``MAX`` all-reduce of a small integer per round, on the gloo side group (CPU tensors: no device sync).
+
+- At the boundaries of an epoch (after ``pre_training``, ``pre_epoch`` and ``post_epoch``) the vote is
+  synchronous: a stop asked for there ends the run at once, exactly as in a single process.
+- After each step the vote is asynchronous: the round started after step *k* is read after step *k + 1*. So no
+  step waits for the vote, and a stop asked for during step *k* takes effect after step *k + 1* -- on every rank.
+
+Votes are codes: 0 nothing, 1 stop, 2 interrupt (an interrupt outranks a stop). Once the ranks agreed, the vote
+is closed: no further rounds (the ranks agreed in the same round, so they all stop voting together).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["StopVote"]
+
+NOTHING, STOP, INTERRUPT = 0, 1, 2
+
+
+class StopVote:
+    """This rank's wish and the rounds in flight on ``group``."""
+
+    __slots__ = ("_buffers", "_flip", "_group", "_pending", "agreed", "closed", "wish")
+
+    def __init__(self, group: Any) -> None:
+        self._group = group
+        self._buffers = (torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32))
+        self._flip = 0
+        self._pending: tuple[Any, torch.Tensor] | None = None
+        #: the strongest stop this rank asked for (0: none)
+        self.wish = NOTHING
+        #: what the ranks agreed on, once they did
+        self.agreed = NOTHING
+        #: no more rounds: the ranks agreed, the run ended, or it failed
+        self.closed = False
+
+    def want(self, code: int) -> None:
+        """Ask for a stop (``STOP``) or an interrupt (``INTERRUPT``); safe from a signal handler (no collective)."""
+        if code > self.wish:
+            self.wish = code
+
+    def settle(self, *, wait: bool) -> int:
+        """One round. ``wait``: agree now (a blocking all-reduce); else start a round and read the previous one.
+        Returns the agreed code the first time there is one, else ``NOTHING``."""
+        if self.closed:
+            return NOTHING
+        agreed = self._collect()
+        if not agreed:
+            buffer = self._buffers[self._flip]
+            self._flip ^= 1
+            buffer[0] = self.wish
+            if wait:
+                dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=self._group)
+                agreed = int(buffer[0])
+            else:
+                work = dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+                self._pending = (work, buffer)
+        if agreed:
+            self.agreed, self.closed = agreed, True
+        return agreed
+
+    def finish(self) -> None:
+        """Wait for the round in flight, if any, and close (at the end of a run: no collective outlives it)."""
+        if not self.closed:
+            self._collect()
+            self.closed = True
+
+    def abandon(self) -> None:
+        """Close without waiting (the run failed: a peer may be gone)."""
+        self._pending = None
+        self.closed = True
+
+    def _collect(self) -> int:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return NOTHING
+        work, buffer = pending
+        work.wait()
+        return int(buffer[0])
