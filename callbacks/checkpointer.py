@@ -14,6 +14,10 @@ replaced atomically and only after the file they name is durable. Retention keep
 ``keep_best`` best-scoring files and deletes the rest only after the links were moved, so a link never dangles.
 Which files it owns is part of its state, saved in every checkpoint: files it does not know (another run's, or the
 abandoned future of a resume from an older checkpoint) are never deleted.
+
+In a distributed run it runs on every rank, because a save is a collective (``trainer.save_checkpoint``: every rank
+hands its RNG state to rank 0, rank 0 writes, every rank learns the outcome); only rank 0 touches the directory
+(links, retention, leftovers, the crash dump), and its verdict on the directory at the start is every rank's.
 """
 
 from __future__ import annotations
@@ -159,6 +163,22 @@ class Checkpointer(Callback):
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
+        if trainer.world_size == 1:
+            self._check_directory(trainer, resumed)
+            return
+        refusal: str | None = None
+        if trainer.is_global_zero:
+            try:
+                self._check_directory(trainer, resumed)
+            except CheckpointError as exc:
+                refusal = exc.reason
+        refusal = trainer.broadcast_object(refusal)
+        if refusal is not None:
+            self._refused = True
+            raise CheckpointError(self._dir(), refusal)
+
+    def _check_directory(self, trainer: BaseTrainer, resumed: bool) -> None:
+        """Remove a killed process's temporary files; refuse another run's checkpoints; point the links."""
         directory = self._dir()
         self._remove_temporaries(directory)
         existing = list_checkpoints(directory)
@@ -217,8 +237,8 @@ class Checkpointer(Callback):
 
     def exception(self, trainer: BaseTrainer, *, error: BaseException, **payload: Any) -> None:
         self._failed = True
-        if not self.on_exception or self._refused:
-            return
+        if not self.on_exception or self._refused or not trainer.is_global_zero:
+            return  # in a job, rank 0 writes the crash dump (no collective on a failure path: a peer may be gone)
         path = self._dir() / f"crash-{trainer.state.iteration:08d}.pt"
         try:
             trainer.save_checkpoint(path, reason=f"exception: {type(error).__name__}: {error}"[:500], resumable=False)
@@ -260,8 +280,13 @@ class Checkpointer(Callback):
             )
             return None
         self._saved_iteration = iteration
-        self._refresh_links(directory)
-        self._delete(directory, doomed)
+        if trainer.is_global_zero:
+            self._refresh_links(directory)
+            self._delete(directory, doomed)
+        else:  # rank 0 maintains the links and deletes; this rank knows the file
+            self.last_path = path
+            if self._trainer_metrics is not None:
+                self._trainer_metrics["checkpoint/last"] = str(path)
         return path
 
     def _score(self, trainer: BaseTrainer) -> float | None:

@@ -165,15 +165,11 @@ class Validator(Callback):
             return None
         trainer.pre_validation(validator=self.state_key, reason=reason)
         started = time.perf_counter()
-        result = self._compute(trainer)
+        if trainer.world_size > 1:
+            values, images = self._evaluate_on_rank_zero(trainer)
+        else:
+            values, images = self._evaluate(trainer)
         seconds = time.perf_counter() - started
-        if not isinstance(result, Mapping):
-            raise TypeError(
-                f"Validator {self.state_key!r}: {self._source(trainer)} must return a dict of metrics, got "
-                f"{type(result).__name__}"
-            )
-        images = self._images(result.get("images"), trainer)
-        values = {str(k): self._number(str(k), v, trainer) for k, v in result.items() if k != "images"}
         modes = {}
         for name in values:
             try:
@@ -208,6 +204,40 @@ class Validator(Callback):
             seconds=seconds,
         )
         return published
+
+    def _evaluate(self, trainer: BaseTrainer) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """The metrics as floats and the images as uint8 ``HxWxC``, checked."""
+        result = self._compute(trainer)
+        if not isinstance(result, Mapping):
+            raise TypeError(
+                f"Validator {self.state_key!r}: {self._source(trainer)} must return a dict of metrics, got "
+                f"{type(result).__name__}"
+            )
+        images = self._images(result.get("images"), trainer)
+        values = {str(k): self._number(str(k), v, trainer) for k, v in result.items() if k != "images"}
+        return values, images
+
+    def _evaluate_on_rank_zero(self, trainer: BaseTrainer) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """A distributed run: rank 0 validates (the ranks hold the same weights) and broadcasts the metrics, so
+        every rank publishes the same ``val/*`` values and early stopping decides the same everywhere. Only rank 0
+        has the images (and writes them). A failure on rank 0 is raised on every rank."""
+        values: dict[str, float] = {}
+        images: dict[str, torch.Tensor] = {}
+        error: Exception | None = None
+        if trainer.is_global_zero:
+            try:
+                values, images = self._evaluate(trainer)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once the other ranks heard of it
+                error = exc
+        shared = trainer.broadcast_object(
+            ("error", f"{type(error).__name__}: {error}") if error is not None else ("ok", values)
+        )
+        if error is not None:
+            raise error
+        kind, payload = shared
+        if kind == "error":
+            raise RuntimeError(f"Validator {self.state_key!r}: validation failed on rank 0: {payload}")
+        return dict(payload), images
 
     def _source(self, trainer: BaseTrainer) -> str:
         return f"{type(trainer).__name__}.validate()" if self.fn is None else f"its fn {self.fn!r}"

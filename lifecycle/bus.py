@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -236,11 +237,14 @@ class Bus:
     """The lifecycle bus of one trainer (never process-global).
 
     ``state`` is what schedules read and what error messages quote; a bus without one accepts only unscheduled
-    handlers.
+    handlers. ``clock`` (seconds, monotonic; ``time.monotonic`` by default) is what wall-time schedules
+    (``"10min"``) read: a distributed trainer gives a clock its ranks agree on, so such a handler fires at the same
+    iteration on every rank.
     """
 
-    def __init__(self, state: State | None = None) -> None:
+    def __init__(self, state: State | None = None, *, clock: Callable[[], float] | None = None) -> None:
         self.state = state
+        self.clock: Callable[[], float] = clock or time.monotonic
         self._lock = threading.RLock()
         self._seq = itertools.count()
         self._namespace = Namespace()
@@ -294,7 +298,7 @@ class Bus:
         if not schedule.always:
             if self.state is None:
                 raise ValueError(f"handler {label!r}: every={schedule} needs a bus created with a State")
-            due = schedule.bind(self.state, ev)
+            due = schedule.bind(self.state, ev, self.clock)
         channel = self._channels[ev]
         handle = Handle(
             channel, fn, priority=int(priority), schedule=schedule, due=due, name=label, seq=next(self._seq)

@@ -236,7 +236,13 @@ class BaseTrainer:
         self.loss_fn = loss_fn
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.state = State(max_epochs=max_epochs, iterations_per_epoch=plan.iterations_per_epoch)
-        self.bus = Bus(self.state)
+        # distributed: a side channel between ranks and the stop vote, whose clock wall-time schedules read
+        self._collective: Collective | None = None
+        self._vote: StopVote | None = None
+        if world > 1:
+            self._collective = Collective(timeout)
+            self._vote = StopVote(self._collective.group)
+        self.bus = Bus(self.state, clock=None if self._vote is None else self._vote.now)
         self._feeder = Feeder(
             dataset,
             plan,
@@ -272,16 +278,9 @@ class BaseTrainer:
         self._post_epoch, self._post_training = channel(Event.POST_EPOCH), channel(Event.POST_TRAINING)
         self._exception = channel(Event.EXCEPTION)
         self._pre_validation, self._post_validation = channel(Event.PRE_VALIDATION), channel(Event.POST_VALIDATION)
-        # distributed: DDP around the loss, a side channel between ranks, and the stop vote (None: one process)
-        self._collective: Collective | None = None
-        self._vote: StopVote | None = None
         self._forward: Callable[[Any], Any] = self.compute_loss
         if world > 1:
-            self._collective = Collective(timeout)
-            self._vote = StopVote(self._collective.group)
             self._forward = ddp_wrap(self.pipeline, self.compute_loss, self.device, ddp)
-        elif ddp:
-            _log.debug("ddp options ignored: this is not a distributed run")
         for callback in callbacks:
             self.add_callback(callback)
 

@@ -110,12 +110,13 @@ def build(
 
 
 def _write_config_at_start(trainer: BaseTrainer, resolved: RunConfig) -> None:
-    """``<run_dir>/config.yaml`` (atomically) at each ``pre_training``: the config this process runs with."""
+    """``<run_dir>/config.yaml`` (atomically) at each ``pre_training``: the config this process runs with (by rank 0
+    in a distributed run: the ranks run the same config)."""
     from lifecycle import Event
     from trainers.atomic import atomic_write
 
     def write(t: BaseTrainer, **payload: Any) -> None:
-        if t.run_dir is None:
+        if t.run_dir is None or not t.is_global_zero:
             return
         t.run_dir.mkdir(parents=True, exist_ok=True)
         text = dump_yaml(t.config or resolved.data).encode("utf-8")

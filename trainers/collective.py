@@ -7,13 +7,14 @@ of the run, as the engine and the callbacks built on it do (they call it from th
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Collective"]
+__all__ = ["Collective", "gist"]
 
 
 class Collective:
@@ -69,7 +70,7 @@ class Collective:
                 sent = dist.isend(mine, dst=peer, group=self.probe_group, tag=0x5B)
                 received = dist.irecv(answer, src=peer, group=self.probe_group, tag=0x5B)
             except Exception as exc:  # noqa: BLE001 - the connection to it is gone
-                failed[peer] = _first_line(exc)
+                failed[peer] = gist(exc)
                 continue
             works[peer] = (sent, received, answer)
         for peer, (sent, received, answer) in works.items():
@@ -77,13 +78,18 @@ class Collective:
                 received.wait(timeout)
                 sent.wait(timeout)
             except Exception as exc:  # noqa: BLE001 - a closed connection or a timeout: either way, no answer
-                failed[peer] = _first_line(exc)
+                failed[peer] = gist(exc)
                 continue
             if int(answer.item()) != peer:
                 failed[peer] = f"answered as rank {int(answer.item())}"
         return failed
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+def gist(error: BaseException) -> str:
+    """The gist of a backend error: its first line without gloo's source location and boilerplate advice:
+    ``[.../pair.cc:553] Connection closed by peer [127.0.0.1]:6043. This is typically ...`` ->
+    ``Connection closed by peer [127.0.0.1]:6043``."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", text)
+    return text.split(". This is typically", 1)[0].rstrip(".") or type(error).__name__

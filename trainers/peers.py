@@ -11,6 +11,8 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
+from trainers.collective import gist
+
 __all__ = ["PeerFailure", "is_collective_failure"]
 
 #: what the backends' errors say when a peer is gone or silent
@@ -54,7 +56,7 @@ def is_collective_failure(error: BaseException) -> bool:
 def describe(rank: int, failed: dict[int, str], where: str, error: BaseException, probe: timedelta) -> PeerFailure:
     """The :class:`PeerFailure` for rank ``rank`` whose collective failed ``where`` with ``error``, given the peers
     that did not answer a probe (``failed``: rank -> why)."""
-    original = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    original = gist(error)
     if not failed:
         return PeerFailure(
             f"rank {rank}: a collective failed {where}, but every peer still answers: {original}", ranks=()

@@ -11,10 +11,16 @@ wait in the next gradient all-reduce until the timeout. Instead a stop is a *wis
 
 Votes are codes: 0 nothing, 1 stop, 2 interrupt (an interrupt outranks a stop). Once the ranks agreed, the vote
 is closed: no further rounds (the ranks agreed in the same round, so they all stop voting together).
+
+Each round also carries every rank's monotonic clock (milliseconds since the vote was made); their maximum is
+:attr:`StopVote.clock`, the time wall-time schedules (``"10min"``) read in a distributed run. Every rank sees the
+same value at the same point, so a handler on such a schedule -- a checkpoint, a validation -- fires at the same
+iteration everywhere (each rank's own clock would fire it at different ones, and its collectives would not meet).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -28,11 +34,14 @@ NOTHING, STOP, INTERRUPT = 0, 1, 2
 class StopVote:
     """This rank's wish and the rounds in flight on ``group``."""
 
-    __slots__ = ("_buffers", "_flip", "_group", "_pending", "agreed", "closed", "wish")
+    __slots__ = ("_buffers", "_flip", "_group", "_pending", "_start", "agreed", "clock", "closed", "wish")
 
     def __init__(self, group: Any) -> None:
         self._group = group
-        self._buffers = (torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32))
+        self._buffers = (torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+        self._start = time.monotonic()
+        #: the agreed time in seconds: the largest of the ranks' clocks at the latest round read
+        self.clock = 0.0
         self._flip = 0
         self._pending: tuple[Any, torch.Tensor] | None = None
         #: the strongest stop this rank asked for (0: none)
@@ -57,9 +66,10 @@ class StopVote:
             buffer = self._buffers[self._flip]
             self._flip ^= 1
             buffer[0] = self.wish
+            buffer[1] = int((time.monotonic() - self._start) * 1000.0)
             if wait:
                 dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=self._group)
-                agreed = int(buffer[0])
+                agreed = self._read(buffer)
             else:
                 work = dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
                 self._pending = (work, buffer)
@@ -78,10 +88,19 @@ class StopVote:
         self._pending = None
         self.closed = True
 
+    def now(self) -> float:
+        """The agreed clock, for the bus's wall-time schedules."""
+        return self.clock
+
     def _collect(self) -> int:
         pending, self._pending = self._pending, None
         if pending is None:
             return NOTHING
         work, buffer = pending
         work.wait()
-        return int(buffer[0])
+        return self._read(buffer)
+
+    def _read(self, buffer: torch.Tensor) -> int:
+        code, millis = buffer.tolist()
+        self.clock = max(self.clock, millis / 1000.0)
+        return int(code)
