@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -700,6 +701,8 @@ class BaseTrainer:
             "metrics": _plain_metrics(state.metrics),
             "config": self.config,
             "trainer": f"{type(self).__module__}.{type(self).__qualname__}",
+            "writer": {"host": socket.gethostname(), "pid": os.getpid(), "rank": self.rank},
+            "world_size": self.world_size,
         }
         return {
             "stepbus": meta,
@@ -742,7 +745,6 @@ class BaseTrainer:
         if collective.rank == 0:
             try:
                 payload = self.checkpoint_state(reason=reason, resumable=True)
-                payload["stepbus"]["world_size"] = collective.size
                 payload["rank_rng"] = states
                 if metadata:
                     payload["stepbus"].update(metadata)

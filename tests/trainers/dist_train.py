@@ -109,7 +109,7 @@ def main(spec_file: Path) -> int:
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
     out = Path(spec["out"])
     trainer, recorder = build(spec, out)
-    report: dict[str, Any] = {"rank": trainer.rank, "world_size": trainer.world_size}
+    report: dict[str, Any] = {"rank": trainer.rank, "world_size": trainer.world_size, "pid": os.getpid()}
     code = 0
     try:
         if spec.get("resume"):
