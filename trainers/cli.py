@@ -3,7 +3,7 @@
 Commands::
 
     stepbus train [--config FILE] [--set KEY=VALUE ...] [--resume PATH|auto] [--run-dir DIR] [--dry-run]
-                  [--epochs N] [--seed S]
+                  [--epochs N] [--seed S] [--nproc N] [--backend auto|gloo|nccl]
     stepbus gui [--config FILE ...] [--set ...] [--start] [--budget-ms MS]   # train in a window (trainers.gui)
     stepbus callbacks                       # every registered callback (built-in and plugins), its parameters
     stepbus config show [FILE] [--set ...]  # the resolved config (defaults filled in)
@@ -14,9 +14,13 @@ MLP demo is ``--config trainers/configs/demo.yaml``). ``--epochs N`` and ``--see
 ``--set trainer.max_epochs=N`` and ``--set run.seed=S``. ``--resume`` reuses the config saved in the
 checkpoint (``--config``/``--set`` still override it).
 
+Distributed: ``torchrun --nproc-per-node=N -m trainers train ...`` runs N ranks (multi-node through torchrun's
+rendezvous); ``stepbus train --nproc N ...`` starts that ``torchrun --standalone`` itself. Rank 0 picks the run
+directory and prints; the trainer does the rest (see ``trainers.base.BaseTrainer``).
+
 Exit codes: 0 when the run completed or was stopped by a callback (early stopping), 128 + the signal number when
 SIGINT/SIGTERM interrupted it (130 for Ctrl-C; a checkpoint was saved first), 2 for a bad config, bad arguments or an
-unusable checkpoint (nothing was trained), 1 when training failed.
+unusable checkpoint (nothing was trained), 1 when training failed (in a distributed run: on any rank).
 """
 
 from __future__ import annotations
@@ -64,6 +68,19 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="continue from a checkpoint file, a checkpoints directory, or 'auto': the newest loadable checkpoint "
         "of --run-dir, or of the newest <run.dir>/<run.name>-* run",
+    )
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on N processes of this machine: runs torchrun --standalone --nproc-per-node=N -m trainers train",
+    )
+    train.add_argument(
+        "--backend",
+        choices=("auto", "gloo", "nccl"),
+        default="auto",
+        help="the torch.distributed backend of a distributed run (auto: nccl on CUDA, gloo otherwise)",
     )
     train.add_argument(
         "--dry-run",
@@ -144,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     errors = Console(stderr=True)
     try:
+        if args.command == "train" and args.nproc is not None:
+            return _launch(args.nproc, list(sys.argv[1:] if argv is None else argv), errors)
         if args.command == "train":
             return _train(args)
         if args.command == "gui":
@@ -175,6 +194,53 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def _launch(nproc: int, argv: list[str], errors: Console) -> int:
+    """``--nproc N``: run this very command under ``torchrun --standalone`` on N local processes. Ctrl-C and
+    SIGTERM reach the ranks once (through torchrun, which runs in its own session), so each saves and exits."""
+    import os
+    import subprocess
+
+    if nproc < 1:
+        errors.print(f"[red]error:[/red] --nproc must be >= 1, got {nproc}")
+        return 2
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        errors.print("[red]error:[/red] --nproc inside a torchrun job: drop it (torchrun already started the ranks)")
+        return 2
+    rest = _without_nproc(argv)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command += ["-m", "trainers", *rest]
+    process = subprocess.Popen(command, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if not received:
+            process.send_signal(signum)  # torchrun passes it on to every rank
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        return exit_code(received[0])
+    return code
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    rest: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    return rest
+
+
 def _train(args: argparse.Namespace) -> int:
     console = Console()
     errors = Console(stderr=True)
@@ -185,14 +251,69 @@ def _train(args: argparse.Namespace) -> int:
         errors.print(f"[red]error:[/red] --resume {escape(args.resume)}: no such file or directory (or use 'auto')")
         return 2
     # torch is imported only when a command needs it
-    from lifecycle import Status
-    from trainers.builder import build
-    from trainers.checkpoint import CheckpointError
     from trainers.registry import Registry
-    from trainers.signals import TrainingInterrupted
 
     registry = Registry.default()
     config, run_dir, resume = _prepare(args.config, _overrides(args), args.run_dir, args.resume, registry)
+    started = _start_job(config, args.backend)
+    if started:
+        run_dir, resume = _agreed_run_dir(run_dir, resume)
+        if not _is_rank_zero():
+            console = Console(quiet=True)  # rank 0 speaks for the job
+    try:
+        return _run(args, config, run_dir, resume, registry, console, errors)
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _start_job(config: RunConfig, backend: str) -> bool:
+    """In a torchrun job: start the process group now, so the ranks can agree on the run directory before the
+    trainer is built (the trainer would start it itself otherwise). Returns whether this process started it."""
+    import torch.distributed as dist
+
+    from trainers.distributed import init_from_env, launched_world_size, local_device
+    from trainers.placement import resolve_device
+
+    if launched_world_size() <= 1 or dist.is_initialized():
+        return False
+    device = config.data.get("trainer", {}).get("device")
+    return init_from_env(local_device(resolve_device(device if isinstance(device, str) else None)), backend=backend)
+
+
+def _agreed_run_dir(run_dir: Path, resume: str | None) -> tuple[Path, str | None]:
+    """Rank 0's run directory (a timestamped name differs between ranks started a second apart) and resume path."""
+    import torch.distributed as dist
+
+    box: list[Any] = [(str(run_dir), resume)]
+    dist.broadcast_object_list(box, src=0)
+    chosen, agreed_resume = box[0]
+    return Path(chosen), agreed_resume
+
+
+def _is_rank_zero() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _run(
+    args: argparse.Namespace,
+    config: RunConfig,
+    run_dir: Path,
+    resume: str | None,
+    registry: Registry,
+    console: Console,
+    errors: Console,
+) -> int:
+    from lifecycle import Status
+    from trainers.builder import build
+    from trainers.checkpoint import CheckpointError
+    from trainers.peers import PeerFailure
+    from trainers.signals import TrainingInterrupted
+
     if args.dry_run:
         trainer = build(config, run_dir=run_dir, registry=registry, objects={"console": console})
         try:
@@ -212,6 +333,9 @@ def _train(args: argparse.Namespace) -> int:
             if loaded is not None:
                 console.print(f"resumed from {escape(str(loaded))} at {trainer.state}")
         status = trainer.train()
+    except PeerFailure as exc:
+        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 1
     except TrainingInterrupted as exc:
         errors.print(f"[red]aborted:[/red] {escape(str(exc))}")
         return exit_code(exc.signum)
@@ -223,10 +347,12 @@ def _train(args: argparse.Namespace) -> int:
     if status is Status.INTERRUPTED:
         signum = trainer.interrupted_by or signal.SIGINT
         epochs = f"--epochs {trainer.state.max_epochs} "
-        errors.print(
-            f"interrupted by {signal.Signals(signum).name} at {trainer.state}; continue with: "
-            f"stepbus train {epochs}--resume auto --run-dir {escape(str(run_dir))}"
-        )
+        nproc = f"--nproc {trainer.world_size} " if trainer.world_size > 1 else ""
+        if trainer.is_global_zero:  # rank 0 speaks for the job (the signal may have reached another rank)
+            errors.print(
+                f"interrupted by {signal.Signals(signum).name} at {trainer.state}; continue with: "
+                f"stepbus train {nproc}{epochs}--resume auto --run-dir {escape(str(run_dir))}"
+            )
         return exit_code(signum)
     return 0 if status in (Status.COMPLETED, Status.STOPPED) else 1
 
