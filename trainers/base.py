@@ -102,8 +102,8 @@ class _Host:
         outputs = t.step(batch)
         t._stepping = False
         t.post_step(outputs)
-        if t._vote is not None:
-            t._settle(wait=False)  # the round of the previous step; this step's is read after the next
+        if t._vote is not None and t.state.iteration % t._vote_every == 0:
+            t._settle(wait=False)  # the previous round's result; this round's is read at the next one
         if t._requests.pending and not t.post_epoch_pending:
             t._requests.drain()  # requested during a step: served now (at an epoch's last step, after post_epoch)
 
@@ -167,9 +167,12 @@ class BaseTrainer:
         backend: the ``torch.distributed`` backend when launched by ``torchrun`` (``WORLD_SIZE`` > 1) and no process
             group is up yet: ``"auto"``/``None`` (``nccl`` on CUDA, ``gloo`` otherwise), ``"gloo"`` or ``"nccl"``.
         ddp: ``DistributedDataParallel`` options (``find_unused_parameters=True`` for a pipeline some of whose
-            parameters get no gradient in a step, ``static_graph``, ``bucket_cap_mb``, ``broadcast_buffers``).
+            parameters get no gradient in a step, ``static_graph``, ``bucket_cap_mb``).
         dist_timeout: seconds (or a ``timedelta``) a collective waits for a peer before the run fails naming it;
             default 300, or ``STEPBUS_DIST_TIMEOUT``.
+        vote_every: in a distributed run, the ranks vote on a stop after every ``vote_every``-th step (and at every
+            epoch boundary); a larger value saves one small collective per step for tiny models, and a stop asked
+            for during a step then lands up to ``2 * vote_every - 1`` steps later (on every rank alike).
 
     In a ``torchrun`` job (see ``trainers.distributed``) the trainer starts the process group, wraps the loss in
     DDP (``trainer.pipeline`` stays the plain module), gives each rank its share of every global batch of
@@ -196,6 +199,7 @@ class BaseTrainer:
         backend: str | None = None,
         ddp: Mapping[str, Any] | None = None,
         dist_timeout: float | timedelta | None = None,
+        vote_every: int = 1,
     ) -> None:
         if not isinstance(pipeline, nn.Module):
             raise TypeError(f"pipeline must be a torch.nn.Module, got {type(pipeline).__name__}")
@@ -204,6 +208,7 @@ class BaseTrainer:
             _check_int("batch_size", batch_size, minimum=1)
         _check_int("seed", seed, minimum=None)
         _check_int("num_workers", num_workers, minimum=0)
+        _check_int("vote_every", vote_every, minimum=1)
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable as loss_fn(pipeline, batch), got {loss_fn!r}")
         if loss_fn is None and type(self).compute_loss is BaseTrainer.compute_loss:
@@ -240,6 +245,7 @@ class BaseTrainer:
         # distributed: a side channel between ranks and the stop vote, whose clock wall-time schedules read
         self._collective: Collective | None = None
         self._vote: StopVote | None = None
+        self._vote_every = vote_every
         if world > 1:
             self._collective = Collective(timeout)
             self._vote = StopVote(self._collective.group)

@@ -38,7 +38,7 @@ def wrap(
 ) -> DistributedDataParallel:
     """The DDP wrapper (which broadcasts rank 0's parameters and buffers to every rank as it is built).
     ``options`` are ``DistributedDataParallel`` keyword arguments (``find_unused_parameters``, ``static_graph``,
-    ``bucket_cap_mb``, ``broadcast_buffers``, ``gradient_as_bucket_view``...)."""
+    ``bucket_cap_mb``, ``gradient_as_bucket_view``...)."""
     settings = dict(options or {})
     for fixed in ("module", "device_ids", "output_device"):
         if fixed in settings:

@@ -108,6 +108,6 @@ def collective_timeout(timeout: timedelta | float | None = None) -> timedelta:
             timeout = float(value)
         except ValueError:
             raise ValueError(f"STEPBUS_DIST_TIMEOUT={value!r} is not a number of seconds") from None
-    if isinstance(timeout, bool) or not timeout > 0:
-        raise ValueError(f"the collective timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(timeout, bool) or not 0 < timeout < 10**9:  # inf would overflow timedelta
+        raise ValueError(f"the collective timeout must be a positive number of seconds (below 1e9), got {timeout!r}")
     return timedelta(seconds=float(timeout))

@@ -100,6 +100,7 @@ def build(spec: dict[str, Any], out: Path) -> tuple[BaseTrainer, Recorder]:
         seed=7,
         device="cpu",
         dist_timeout=spec.get("timeout", 60),
+        vote_every=spec.get("vote_every", 1),
         run_dir=out,
     )
     return trainer, recorder

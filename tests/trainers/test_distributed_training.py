@@ -178,6 +178,17 @@ def test_a_stop_on_one_rank_stops_both_at_the_same_iteration(tmp_path: Path) -> 
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*.pt")) == ["step-00000006.pt"]  # the end save
 
 
+def test_a_sparser_vote_still_stops_both_ranks_together(tmp_path: Path) -> None:
+    # vote_every=4: rounds start after steps 4, 8, 12 and are read one round later; rank 1's stop() at step 5 is in
+    # the round of step 8, read after step 12
+    result, out = _torchrun(tmp_path, "sparse", epochs=2, stop=[1, 5], vote_every=4)
+    _ok(result)
+    for rank in (0, 1):
+        report = _report(out, rank)
+        assert (report["status"], report["iteration"]) == ("stopped", 12)
+        assert report["events"] == ["pre_training", "post_epoch", "post_training"]
+
+
 def test_early_stopping_on_a_validated_metric_stops_both_ranks_at_the_epoch_end(tmp_path: Path) -> None:
     result, out = _torchrun(tmp_path, "early", epochs=6, validate_every="1ep", stop_below=0.3)
     _ok(result)
