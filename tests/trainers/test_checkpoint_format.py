@@ -19,6 +19,7 @@ import pickle
 import random
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -199,7 +200,11 @@ def test_round_trip_has_exactly_the_keys_metadata_and_tensors(tmp_path: Path) ->
         "trainer",
         "score",
         "tag",
+        "writer",
+        "world_size",
     }
+    assert meta["writer"] == {"host": socket.gethostname(), "pid": os.getpid(), "rank": 0}
+    assert meta["world_size"] == 1
     assert meta["format"] == FORMAT == 1
     assert meta["version"] == stepbus_version()
     assert meta["torch"] == str(torch.__version__)
@@ -930,9 +935,10 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def same_b(loaded: dict[str, Any], reference: dict[str, Any], where: str) -> None:
-    """``loaded`` is checkpoint B: the reference written by the script without a fault, but for the time."""
+    """``loaded`` is checkpoint B: the reference written by the script without a fault, but for the time and the
+    writing process."""
     assert (loaded["stepbus"]["reason"], loaded["stepbus"]["iteration"]) == ("B", 4)
-    untimed = {"saved_at", "unix_time"}
+    untimed = {"saved_at", "unix_time", "writer"}
     loaded = {**loaded, "stepbus": {k: v for k, v in loaded["stepbus"].items() if k not in untimed}}
     same_tree(loaded, {**reference, "stepbus": {k: v for k, v in reference["stepbus"].items() if k not in untimed}})
 
