@@ -35,7 +35,7 @@ from trainers.collective import Collective
 from trainers.data import BatchPlan, Feeder
 from trainers.ddp import wrap as ddp_wrap
 from trainers.metric_flow import MetricFlow
-from trainers.peers import PeerFailure, describe, is_collective_failure
+from trainers.peers import describe, is_collective_failure
 from trainers.placement import resolve_device, to_device
 from trainers.requests import Requests
 from trainers.rng import capture_rng, check_rng, restore_rng
@@ -387,8 +387,7 @@ class BaseTrainer:
         try:
             return self._loop.iterate(self._host)
         except Exception as error:
-            if self._collective is not None and is_collective_failure(error):
-                raise self._peer_failure(error) from error
+            self._raise_peer_failure(error)
             raise
 
     def train(self, *, handle_signals: bool = True) -> Status | None:
@@ -408,8 +407,7 @@ class BaseTrainer:
                     if loop.paused:
                         return None
         except Exception as error:
-            if self._collective is not None and is_collective_failure(error):
-                raise self._peer_failure(error) from error
+            self._raise_peer_failure(error)
             raise
         return loop.status
 
@@ -440,12 +438,16 @@ class BaseTrainer:
         elif agreed == STOP:
             self._loop.request_stop(Status.STOPPED)
 
-    def _peer_failure(self, error: BaseException) -> PeerFailure:
-        """Probe the peers after ``error`` (a failed collective) and name the ones that are gone."""
-        assert self._collective is not None
-        probe = min(self._collective.timeout, timedelta(seconds=10))
-        failed = self._collective.probe(probe)
-        return describe(self.rank, failed, f"at iteration {self.state.iteration} ({self.state})", error, probe)
+    def _raise_peer_failure(self, error: Exception) -> None:
+        """In a job, when ``error`` is a failed collective: probe the peers and raise :class:`PeerFailure` naming the
+        ones that are gone (from ``error``). Otherwise return, and the caller re-raises ``error`` itself."""
+        collective = self._collective
+        if collective is None or not is_collective_failure(error):
+            return
+        probe = min(collective.timeout, timedelta(seconds=10))
+        failed = collective.probe(probe)
+        where = f"at iteration {self.state.iteration} ({self.state})"
+        raise describe(self.rank, failed, where, error, probe) from error
 
     def run_for(self, seconds: float) -> bool:
         """Iterate for about ``seconds`` of wall time (at least one step), for a GUI frame; return whether

@@ -34,15 +34,15 @@ NOTHING, STOP, INTERRUPT = 0, 1, 2
 class StopVote:
     """This rank's wish and the rounds in flight on ``group``."""
 
-    __slots__ = ("_buffers", "_flip", "_group", "_pending", "_start", "agreed", "clock", "closed", "wish")
+    __slots__ = ("_buffer", "_group", "_pending", "_start", "agreed", "clock", "closed", "wish")
 
     def __init__(self, group: Any) -> None:
         self._group = group
-        self._buffers = (torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+        #: [code, milliseconds]: one buffer serves every round (a round starts only once the previous one was read)
+        self._buffer = torch.zeros(2, dtype=torch.int64)
         self._start = time.monotonic()
         #: the agreed time in seconds: the largest of the ranks' clocks at the latest round read
         self.clock = 0.0
-        self._flip = 0
         self._pending: tuple[Any, torch.Tensor] | None = None
         #: the strongest stop this rank asked for (0: none)
         self.wish = NOTHING
@@ -63,8 +63,7 @@ class StopVote:
             return NOTHING
         agreed = self._collect()
         if not agreed:
-            buffer = self._buffers[self._flip]
-            self._flip ^= 1
+            buffer = self._buffer
             buffer[0] = self.wish
             buffer[1] = int((time.monotonic() - self._start) * 1000.0)
             if wait:
