@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 from torch import nn
@@ -384,6 +384,8 @@ class BaseTrainer:
 
         After the end it returns ``False`` and emits nothing; while paused it returns ``True`` and does nothing.
         """
+        if self._collective is not None and self._collective.closed:
+            self._refuse_closed()
         try:
             return self._loop.iterate(self._host)
         except Exception as error:
@@ -399,6 +401,8 @@ class BaseTrainer:
         ``post_epoch`` and ``post_training(status="interrupted")`` fire and ``train()`` returns
         ``Status.INTERRUPTED`` (:attr:`interrupted_by` names the signal). A second signal raises
         :class:`~trainers.signals.TrainingInterrupted` at once. The previous handlers are restored on return."""
+        if self._collective is not None and self._collective.closed:
+            self._refuse_closed()
         loop, host = self._loop, self._host
         loop.paused = False
         try:
@@ -438,6 +442,12 @@ class BaseTrainer:
         elif agreed == STOP:
             self._loop.request_stop(Status.STOPPED)
 
+    def _refuse_closed(self) -> NoReturn:
+        raise RuntimeError(
+            f"this trainer was closed at iteration {self.state.iteration}: in a distributed run close() releases its "
+            "side groups, so it cannot step on (build a new trainer, and resume() from a checkpoint to continue)"
+        )
+
     def _raise_peer_failure(self, error: Exception) -> None:
         """In a job, when ``error`` is a failed collective: probe the peers and raise :class:`PeerFailure` naming the
         ones that are gone (from ``error``). Otherwise return, and the caller re-raises ``error`` itself."""
@@ -452,6 +462,8 @@ class BaseTrainer:
     def run_for(self, seconds: float) -> bool:
         """Iterate for about ``seconds`` of wall time (at least one step), for a GUI frame; return whether
         training continues."""
+        if self._collective is not None and self._collective.closed:
+            self._refuse_closed()
         deadline = time.perf_counter() + seconds
         loop, host = self._loop, self._host
         while loop.iterate(host):
@@ -1013,8 +1025,15 @@ class BaseTrainer:
         return counters
 
     def close(self) -> None:
-        """Release DataLoader workers (also done when the trainer is garbage-collected)."""
+        """Release DataLoader workers (also done when the trainer is garbage-collected) and, in a distributed run,
+        the trainer's own side groups: a closed distributed trainer cannot train on. The default process group is
+        left alone (whoever started it destroys it; :func:`~trainers.distributed.init_from_env` does so at exit)."""
         self._feeder.close()
+        if self._collective is not None:
+            if self._vote is not None:
+                self._vote.abandon()  # normally finished already; after a failure a round may still be pending
+            self._collective.close()
+            self._forward = self.compute_loss  # DDP's reducer holds the default group: let it go too
 
     def __repr__(self) -> str:
         return (

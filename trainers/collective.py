@@ -32,28 +32,46 @@ class Collective:
         self.group = dist.new_group(backend="gloo", timeout=timeout)
         #: liveness probes only: a failed collective leaves nothing half-done on it
         self.probe_group = dist.new_group(backend="gloo", timeout=timeout)
+        self.closed = False
+
+    def close(self) -> None:
+        """Destroy both groups and drop the handles; idempotent. Local to this rank: the peers close theirs when
+        they are done. A gloo group's worker threads only stop when the last handle to it goes (torch's
+        ``destroy_process_group`` drops its own), so no handle may outlive this."""
+        if self.closed:
+            return
+        self.closed = True
+        groups, self.group, self.probe_group = (self.group, self.probe_group), None, None
+        if dist.is_initialized():
+            for group in groups:
+                dist.destroy_process_group(group)
+
+    def _live(self) -> Any:
+        if self.closed:
+            raise RuntimeError("the trainer's side group was closed (trainer.close()): no collective can run on it")
+        return self.group
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         """``src``'s ``obj`` on every rank (pickled: keep it small and plain)."""
         box = [obj if self.rank == src else None]
-        dist.broadcast_object_list(box, src=src, group=self.group)
+        dist.broadcast_object_list(box, src=src, group=self._live())
         return box[0]
 
     def all_gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank."""
         found: list[Any] = [None] * self.size
-        dist.all_gather_object(found, obj, group=self.group)
+        dist.all_gather_object(found, obj, group=self._live())
         return found
 
     def gather(self, obj: Any, dst: int = 0) -> list[Any] | None:
         """Every rank's ``obj`` in rank order on ``dst``; ``None`` elsewhere."""
         found: list[Any] | None = [None] * self.size if self.rank == dst else None
-        dist.gather_object(obj, found, dst=dst, group=self.group)
+        dist.gather_object(obj, found, dst=dst, group=self._live())
         return found
 
     def barrier(self) -> None:
         """Wait until every rank got here (or fail after the timeout)."""
-        dist.barrier(group=self.group)
+        dist.barrier(group=self._live())
 
     def probe(self, timeout: timedelta) -> dict[int, str]:
         """After a failed collective: exchange one message with every peer; returns the ranks that did not answer

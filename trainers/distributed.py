@@ -7,7 +7,10 @@ before or after ``init_process_group`` reports the truth, and a single process r
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
+import time
 from datetime import timedelta
 
 import torch
@@ -77,7 +80,11 @@ def init_from_env(
 
     ``backend`` overrides :func:`default_backend` (``"gloo"``, ``"nccl"``, or ``"auto"``/``None``). ``timeout``
     (a ``timedelta`` or seconds; default 5 minutes, or ``STEPBUS_DIST_TIMEOUT`` seconds from the environment) bounds
-    every collective: a rank never waits longer than that on a peer that died or hangs."""
+    every collective: a rank never waits longer than that on a peer that died or hangs.
+
+    A group started here is destroyed at interpreter exit (if nobody destroyed it before): left to the
+    interpreter's own teardown, gloo's worker threads abort the process (``terminate called without an active
+    exception``, exit -6) after all the work is done."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size() > 1
     size = launched_world_size()
@@ -93,7 +100,24 @@ def init_from_env(
     if device.type == "cuda":
         torch.cuda.set_device(device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(chosen, timeout=collective_timeout(timeout))
+    atexit.unregister(_destroy_at_exit)  # once, however often a group was started in this process
+    atexit.register(_destroy_at_exit)
     return True
+
+
+def _destroy_at_exit() -> None:
+    """Destroy every process group while the interpreter is still whole (see :func:`init_from_env`).
+
+    A gloo worker thread drops its last reference to a finished collective, and with it the Python tensors, under
+    the GIL; if that happens once finalization began, the thread is killed mid-destructor and the process aborts.
+    Torch's ``destroy_process_group`` forgets the groups but their threads live on while any handle does (a DDP
+    reducer, a trainer's side groups), so the garbage those handles sit in (a trainer is a reference cycle) is
+    collected here, which joins the threads, and a last short pause lets the threads of groups still held by live
+    objects finish what they were releasing."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()
+    time.sleep(0.05)
 
 
 def collective_timeout(timeout: timedelta | float | None = None) -> timedelta:

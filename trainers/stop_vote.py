@@ -81,11 +81,13 @@ class StopVote:
         if not self.closed:
             self._collect()
             self.closed = True
+        self._group = None  # no more rounds: the group may be destroyed (see Collective.close)
 
     def abandon(self) -> None:
         """Close without waiting (the run failed: a peer may be gone)."""
         self._pending = None
         self.closed = True
+        self._group = None
 
     def now(self) -> float:
         """The agreed clock, for the bus's wall-time schedules."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.trainers.ranks import start_ranks, wait_ranks
 from trainers.checkpoint import load_checkpoint, read_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,38 +58,10 @@ def _single(tmp: Path, name: str, **spec: Any) -> tuple[subprocess.CompletedProc
     return result, out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _by_hand(tmp: Path, name: str, **spec: Any) -> tuple[list[subprocess.Popen[str]], Path]:
     """Two ranks started directly, without torchrun's agent (nothing kills the survivor for us)."""
     file, out = _spec(tmp, name, **spec)
-    port = _free_port()
-    processes = []
-    for rank in (0, 1):
-        env = {
-            **ENV,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "LOCAL_WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(APP), str(file)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                cwd=tmp,
-            )
-        )
-    return processes, out
+    return start_ranks([str(APP), str(file)], tmp, env=ENV), out
 
 
 def _report(out: Path, rank: int) -> dict[str, Any]:
@@ -218,24 +190,9 @@ def test_sigint_on_one_rank_interrupts_both_and_rank_zero_saves(tmp_path: Path) 
     assert (meta["reason"], meta["resumable"], meta["iteration"]) == ("interrupt", True, 6)
 
 
-def _wait_all(processes: list[subprocess.Popen[str]], limit: float) -> tuple[list[str], float]:
-    started = time.monotonic()
-    outputs = []
-    try:
-        for process in processes:
-            out, _ = process.communicate(timeout=max(1.0, limit - (time.monotonic() - started)))
-            outputs.append(out)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    return outputs, time.monotonic() - started
-
-
 def test_a_killed_rank_is_named_by_the_survivor_at_once(tmp_path: Path) -> None:
     processes, out = _by_hand(tmp_path, "kill", epochs=3, kill=[1, 5], checkpoint_every="1ep")
-    outputs, seconds = _wait_all(processes, 120)
+    outputs, seconds = wait_ranks(processes, 120)
     assert processes[1].returncode == -9
     assert processes[0].returncode == 1, outputs[0][-3000:]
     report = _report(out, 0)
@@ -264,7 +221,7 @@ def test_a_hung_rank_is_named_after_the_timeout(tmp_path: Path) -> None:
 
 def test_an_error_on_one_rank_fails_both(tmp_path: Path) -> None:
     processes, out = _by_hand(tmp_path, "error", epochs=3, error=[1, 5])
-    outputs, _ = _wait_all(processes, 120)
+    outputs, _ = wait_ranks(processes, 120)
     assert [p.returncode for p in processes] == [1, 1]
     failed = _report(out, 1)
     assert failed["error"] == (

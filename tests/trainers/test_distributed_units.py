@@ -6,11 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections import namedtuple
 from datetime import timedelta
@@ -25,6 +21,7 @@ from torch.utils.data import Dataset, TensorDataset
 from lifecycle.bus import Bus
 from lifecycle.events import Event
 from lifecycle.state import State
+from tests.trainers.ranks import start_ranks, wait_ranks
 from trainers.base import _check_shares
 from trainers.collective import gist
 from trainers.data import BatchPlan, Feeder, SeededBatch, _PlanSampler, mix_seed, shard_batch
@@ -713,58 +710,19 @@ report["ddp"] = {
     "loss": [loss.item(), direct],
     "grads": [p.grad.flatten().tolist() for p in pipeline.parameters()],
 }
-dist.destroy_process_group()
 with open(f"{out}/rank-{rank}.json", "w", encoding="utf-8") as f:
     json.dump(report, f)
-sys.stdout.flush()
-sys.stderr.flush()
-# skip interpreter finalization: now and then torch's gloo threads abort it ("terminate called without an active
-# exception", SIGABRT) after all the work above is done -- a torch teardown race, not something under test here
-os._exit(0)
+# no destroy_process_group and no os._exit: init_from_env's exit hook tears the groups down (the vote, the side
+# groups and DDP still hold them here) so that gloo's threads are gone before the interpreter is
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Run :data:`WORKER` as ranks 0 and 1 of a real gloo job; their reports."""
     out = tmp_path_factory.mktemp("ranks")
-    port = free_port()
-    procs = []
-    for rank in (0, 1):
-        env = {
-            **{k: v for k, v in os.environ.items() if k != "STEPBUS_DIST_TIMEOUT"},
-            "PYTHONPATH": str(ROOT),
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(out)],
-                env=env,
-                cwd=out,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=120)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    procs = start_ranks(["-c", WORKER, str(out)], out)
+    outputs, _ = wait_ranks(procs, 120)
     assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
     return [json.loads((out / f"rank-{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
 
