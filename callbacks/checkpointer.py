@@ -40,6 +40,7 @@ from trainers.checkpoint import CheckpointError, list_checkpoints
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.base import BaseTrainer
+    from trainers.collective import RankZeroFailure
 
 __all__ = ["Checkpointer"]
 
@@ -163,19 +164,15 @@ class Checkpointer(Callback):
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
-        if trainer.world_size == 1:
-            self._check_directory(trainer, resumed)
-            return
-        refusal: str | None = None
-        if trainer.is_global_zero:
-            try:
-                self._check_directory(trainer, resumed)
-            except CheckpointError as exc:
-                refusal = exc.reason
-        refusal = trainer.broadcast_object(refusal)
-        if refusal is not None:
-            self._refused = True
-            raise CheckpointError(self._dir(), refusal)
+        # only rank 0 touches the directory; its refusal is raised on every rank
+        trainer.on_rank_zero(lambda: self._check_directory(trainer, resumed), elsewhere=self._refused_on_zero)
+
+    def _refused_on_zero(self, failure: RankZeroFailure) -> BaseException:
+        """What the other ranks raise when rank 0 refused the directory (or failed to read it)."""
+        if failure.kind == "CheckpointError" and failure.reason is not None:
+            self._refused = True  # as on rank 0
+            return CheckpointError(self._dir(), failure.reason)
+        return RuntimeError(f"Checkpointer {self.state_key!r}: rank 0 could not check {self._dir()}: {failure}")
 
     def _check_directory(self, trainer: BaseTrainer, resumed: bool) -> None:
         """Remove a killed process's temporary files; refuse another run's checkpoints; point the links."""

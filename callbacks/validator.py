@@ -221,23 +221,20 @@ class Validator(Callback):
         """A distributed run: rank 0 validates (the ranks hold the same weights) and broadcasts the metrics, so
         every rank publishes the same ``val/*`` values and early stopping decides the same everywhere. Only rank 0
         has the images (and writes them). A failure on rank 0 is raised on every rank."""
-        values: dict[str, float] = {}
         images: dict[str, torch.Tensor] = {}
-        error: Exception | None = None
-        if trainer.is_global_zero:
-            try:
-                values, images = self._evaluate(trainer)
-            except Exception as exc:  # noqa: BLE001 - re-raised below, once the other ranks heard of it
-                error = exc
-        shared = trainer.broadcast_object(
-            ("error", f"{type(error).__name__}: {error}") if error is not None else ("ok", values)
+
+        def evaluate() -> dict[str, float]:
+            values, found = self._evaluate(trainer)
+            images.update(found)
+            return values
+
+        values = trainer.on_rank_zero(
+            evaluate,
+            elsewhere=lambda failure: RuntimeError(
+                f"Validator {self.state_key!r}: validation failed on rank 0: {failure}"
+            ),
         )
-        if error is not None:
-            raise error
-        kind, payload = shared
-        if kind == "error":
-            raise RuntimeError(f"Validator {self.state_key!r}: validation failed on rank 0: {payload}")
-        return dict(payload), images
+        return dict(values), images
 
     def _source(self, trainer: BaseTrainer) -> str:
         return f"{type(trainer).__name__}.validate()" if self.fn is None else f"its fn {self.fn!r}"

@@ -31,7 +31,7 @@ from trainers.checkpoint import (
     stepbus_version,
     write_checkpoint,
 )
-from trainers.collective import Collective
+from trainers.collective import Collective, RankZeroFailure
 from trainers.data import BatchPlan, Feeder
 from trainers.ddp import wrap as ddp_wrap
 from trainers.metric_flow import MetricFlow
@@ -49,6 +49,7 @@ LossFn = Callable[[nn.Module, Any], "torch.Tensor | dict[str, Any]"]
 #: A built optimizer, or a factory ``params -> optimizer``.
 OptimizerSpec = torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 _log = logging.getLogger("stepbus")
 
 
@@ -545,22 +546,19 @@ class BaseTrainer:
         if collective is None:
             return choose()
         found: tuple[Path, dict[str, Any]] | None = None
-        error: Exception | None = None
-        if collective.rank == 0:
-            try:
-                found = choose()
-            except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks heard of it
-                error = exc
-        chosen = collective.broadcast(
-            (None, str(error)) if error is not None else (None if found is None else str(found[0]), None)
+
+        def chosen_on_zero() -> str | None:
+            nonlocal found
+            found = choose()
+            return None if found is None else str(found[0])
+
+        path_text = collective.on_rank_zero(
+            chosen_on_zero,
+            lambda failure: CheckpointError(asked, f"rank 0 could not resume from it: {failure.reason or failure}"),
         )
-        if error is not None:
-            raise error
-        path_text, problem = chosen
-        if problem is not None:
-            raise CheckpointError(asked, f"rank 0 could not resume from it: {problem}")
         if path_text is None:
             return None
+        error: Exception | None = None
         if collective.rank != 0:
             try:
                 found = (Path(path_text), load_checkpoint(path_text))
@@ -757,30 +755,24 @@ class BaseTrainer:
         self, path: Path, reason: str, metadata: Mapping[str, Any] | None, collective: Collective
     ) -> Path:
         """Every rank sends its RNG state to rank 0 (the entry barrier), rank 0 writes the file, and its outcome
-        is broadcast (the exit barrier): every rank returns the path, or raises the same error."""
+        is broadcast (the exit barrier): every rank returns the path, or raises (a ``CheckpointError`` where rank 0
+        raised one)."""
         self._check_resumable_point()  # the same answer on every rank: they are at the same point
         states = collective.gather(capture_rng())
-        outcome: tuple[str, str] = ("", "")
-        error: Exception | None = None
-        if collective.rank == 0:
-            try:
-                payload = self.checkpoint_state(reason=reason, resumable=True)
-                payload["rank_rng"] = states
-                if metadata:
-                    payload["stepbus"].update(metadata)
-                outcome = ("ok", str(write_checkpoint(path, payload)))
-            except CheckpointError as exc:
-                outcome, error = ("checkpoint", exc.reason), exc
-            except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks heard of it
-                outcome, error = ("error", f"{type(exc).__name__}: {exc}"), exc
-        kind, text = collective.broadcast(outcome)
-        if error is not None:
-            raise error
-        if kind == "checkpoint":
-            raise CheckpointError(path, f"{text} (rank 0 writes the checkpoints)")
-        if kind == "error":
-            raise RuntimeError(f"rank 0 could not save checkpoint {path}: {text}")
-        return Path(text)
+
+        def write_on_zero() -> str:
+            payload = self.checkpoint_state(reason=reason, resumable=True)
+            payload["rank_rng"] = states
+            if metadata:
+                payload["stepbus"].update(metadata)
+            return str(write_checkpoint(path, payload))
+
+        def elsewhere(failure: RankZeroFailure) -> Exception:
+            if failure.kind == "CheckpointError" and failure.reason is not None:
+                return CheckpointError(path, f"{failure.reason} (rank 0 writes the checkpoints)")
+            return RuntimeError(f"rank 0 could not save checkpoint {path}: {failure}")
+
+        return Path(collective.on_rank_zero(write_on_zero, elsewhere))
 
     def _check_resumable_point(self) -> None:
         if self._stepping or self.post_epoch_pending:
@@ -799,6 +791,20 @@ class BaseTrainer:
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` in rank order (``[obj]`` in a single process). A collective."""
         return [obj] if self._collective is None else self._collective.all_gather(obj)
+
+    def on_rank_zero(
+        self, fn: Callable[[], T], *, elsewhere: Callable[[RankZeroFailure], BaseException] | None = None
+    ) -> T:
+        """``fn()`` on rank 0 only and its result (small, picklable) on every rank; ``fn()`` itself in a single
+        process. A collective. If ``fn`` raises, rank 0 re-raises it once every other rank heard of it, and those
+        raise ``elsewhere(failure)`` (a :class:`~trainers.collective.RankZeroFailure`: the type name, message and
+        ``reason`` of rank 0's error), by default a ``RuntimeError`` that names rank 0 and ``fn``."""
+        if self._collective is None:
+            return fn()
+        if elsewhere is None:
+            name = getattr(fn, "__qualname__", repr(fn))
+            return self._collective.on_rank_zero(fn, lambda f: RuntimeError(f"{name} failed on rank 0: {f}"))
+        return self._collective.on_rank_zero(fn, elsewhere)
 
     def barrier(self) -> None:
         """Wait for every rank (nothing in a single process). A collective, bounded by the timeout."""

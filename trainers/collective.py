@@ -8,13 +8,30 @@ of the run, as the engine and the callbacks built on it do (they call it from th
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Collective", "gist"]
+__all__ = ["Collective", "RankZeroFailure", "gist"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RankZeroFailure:
+    """How the other ranks hear of an exception rank 0 raised in :meth:`Collective.on_rank_zero` (an exception
+    itself may not pickle): its type name, its message, and its ``reason`` when it has one (a ``CheckpointError``)."""
+
+    kind: str
+    message: str
+    reason: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
 
 
 class Collective:
@@ -68,6 +85,30 @@ class Collective:
         found: list[Any] | None = [None] * self.size if self.rank == dst else None
         dist.gather_object(obj, found, dst=dst, group=self._live())
         return found
+
+    def on_rank_zero(self, fn: Callable[[], T], elsewhere: Callable[[RankZeroFailure], BaseException]) -> T:
+        """``fn()`` on rank 0 only; its result (small, picklable) on every rank. If ``fn`` raises, every rank
+        raises -- rank 0 its own exception, the others ``elsewhere(failure)`` -- once all of them heard of it, so no
+        rank goes on alone to wait for the others in the next collective."""
+        result: T | None = None
+        error: Exception | None = None
+        if self.rank == 0:
+            try:
+                result = fn()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once the other ranks heard of it
+                error = exc
+        if error is None:
+            shared = self.broadcast((True, result))
+        else:
+            reason = getattr(error, "reason", None)
+            failure = RankZeroFailure(type(error).__name__, str(error), reason if isinstance(reason, str) else None)
+            shared = self.broadcast((False, failure))
+        if error is not None:
+            raise error
+        ok, payload = shared
+        if not ok:
+            raise elsewhere(payload) from None
+        return payload  # type: ignore[no-any-return]
 
     def barrier(self) -> None:
         """Wait until every rank got here (or fail after the timeout)."""
