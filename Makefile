@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all,dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all,dev,bench]"
 	touch $(STAMP)
 
 # system packages: Xvfb for the GUI tests (installed with apt-get when it is missing and we may)
@@ -43,7 +43,6 @@ test: lint typecheck unit
 bench: setup
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.checkpoint
-	$(BIN)/python -m benchmarks.image_field
 	$(BIN)/python -m benchmarks.gui
 
 clean:

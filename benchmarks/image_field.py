@@ -171,6 +171,17 @@ def table(rows: Sequence[dict[str, Any]], target_db: float, repeats: int, batche
     return "\n".join(lines) + "\n"
 
 
+def report(*, quick: bool, target: float = 30.0, repeats: int = 3) -> str:
+    """Run the case (``quick``: a 64x64 image to 12 dB, once) and return its markdown section."""
+    if quick:
+        target, repeats, epochs, batches, batch_size, size = 12.0, 1, 2, 10, 512, 64
+    else:
+        epochs, batches, batch_size, size = 10, 300, 16384, 512
+    rows = run(target, repeats, epochs, batches, batch_size, size)
+    title = "## Case 3: end to end, the reference app to a PSNR target (benchmarks/image_field.py)"
+    return f"{title}\n\n{table(rows, target, repeats, batches, size)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.image_field", description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=float, default=30.0, help="PSNR to reach, dB (default 30)")

@@ -6,8 +6,9 @@ can still be clipped or withheld. Publishes ``grad_norm`` (total norm before cli
 ``trainer.state.metrics``.
 
 Host syncs: publishing reads the norm once per scheduled step. The non-finite check needs the host to know, before
-``optimizer.step()``, whether the loss and norm are finite: that is one scalar transfer per step, paid only with
-``on_nonfinite`` set. With ``on_nonfinite=None`` and clipping alone nothing is read back between publications.
+``optimizer.step()``, whether the loss and gradients are finite: that is one scalar read per step (the sum of the
+per-gradient norms and the loss, which is NaN or inf when any of them is), paid only with ``on_nonfinite`` set.
+With ``on_nonfinite=None`` and clipping alone nothing is read back between publications.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class GradientGuard(Callback):
         self.reason: str | None = None
         self._params: list[nn.Parameter] = []
         self._names: dict[int, str] = {}
+        self._uniform = False
         self._due: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ wiring
@@ -121,6 +123,9 @@ class GradientGuard(Callback):
             )
         self._params = [p for _, p in named]
         self._names = {id(p): name for name, p in named}
+        self._uniform = len({(p.device, p.dtype) for p in self._params}) == 1 and not any(
+            p.is_sparse for p in self._params
+        )
         self._due = self._schedule.bind(trainer.state, Event.STEP) if self._schedule is not None else None
 
     def teardown(self, trainer: BaseTrainer) -> None:
@@ -130,8 +135,19 @@ class GradientGuard(Callback):
     def _grads(self) -> list[torch.Tensor]:
         return [p.grad for p in self._params if p.grad is not None]
 
+    def _norms(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """The per-gradient norms, stacked (one tensor): what ``get_total_norm`` computes before its last step,
+        in one fused call when every gradient is on one device with one dtype."""
+        if self._uniform:
+            norms: list[torch.Tensor] = list(torch._foreach_norm(grads, self.norm_type))
+            return torch.stack(norms)
+        device = grads[0].device
+        return torch.stack([torch.linalg.vector_norm(g, self.norm_type).to(device) for g in grads])
+
     def _norm(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        return torch.nn.utils.get_total_norm(grads, self.norm_type, error_if_nonfinite=False)
+        """The total norm (``torch.nn.utils.get_total_norm``)."""
+        total: torch.Tensor = torch.linalg.vector_norm(self._norms(grads), self.norm_type)
+        return total
 
     def _publish_only(self, trainer: BaseTrainer, **_: Any) -> None:
         grads = self._grads()
@@ -143,13 +159,16 @@ class GradientGuard(Callback):
         if not grads:
             return
         publish = self._schedule is not None and (self._due is None or self._due())
-        norm = self._norm(grads) if (publish or self.on_nonfinite is not None or self.clip_value is None) else None
-        if self.on_nonfinite is not None and norm is not None:
-            finite = torch.isfinite(norm)
-            if self.check_loss:
-                finite = finite & torch.isfinite(loss.detach()).all()
-            if not bool(finite):  # the one per-step host sync this policy needs
-                self._nonfinite(trainer, loss, norm)
+        norms = self._norms(grads)
+        norm = None
+        if publish or (self.clip_norm is not None and self.clip_value is None):
+            norm = torch.linalg.vector_norm(norms, self.norm_type)
+        if self.on_nonfinite is not None:
+            # NaN and inf survive a sum: one value read covers every gradient and the loss (norms that overflow
+            # float32 count as non-finite too, as a total norm that overflows would)
+            probe = norms.sum() + loss.detach().sum() if self.check_loss else norms.sum()
+            if not math.isfinite(probe.item()):  # the one per-step host sync this policy needs
+                self._nonfinite(trainer, loss, torch.linalg.vector_norm(norms, self.norm_type))
                 return
             self.consecutive = 0
         if self.clip_value is not None:

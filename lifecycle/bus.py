@@ -308,7 +308,9 @@ class Bus:
 
     def emit(self, event: Event | str, sender: object, /, **payload: Any) -> None:
         """Emit ``event``: the ordered handlers run, then plain blinker receivers, each as ``fn(sender, **payload)``."""
-        self._channels[as_event(event)].emit(sender, **payload)
+        channel = self._channels[as_event(event)]
+        if channel.active:  # nobody listening: nothing to call
+            channel.emit(sender, **payload)
 
     def handles(self, event: Event | str | None = None) -> tuple[Handle, ...]:
         """Registered handles in run order: of one event, or of all events in lifecycle order."""

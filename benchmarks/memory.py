@@ -1,0 +1,172 @@
+"""Case 4, memory: does a long run grow? RSS and ``tracemalloc`` sampled over 10^5 iterations of the tiny model
+with the full default set of callbacks (progress, TensorBoard every 50 it, LR decay, a checkpoint per epoch of 1000
+iterations, the gradient guard), next to the raw PyTorch loop over the same batches.
+
+Growth is the least-squares slope of the samples after the first tenth of the run (warm-up: allocator pools,
+autograd caches, the first TensorBoard flushes), reported per 10^4 iterations. A leak -- something kept per step or
+per save -- shows as a steady slope; a flat run stays within allocator noise. ``tracemalloc`` counts Python
+allocations (and torch's CPU tensors, which it sees through Python's allocator only in part); RSS counts everything.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import tempfile
+import tracemalloc
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.workload import Batch, default_set, make_batches, make_model, run_stepbus
+from callbacks import Callback
+from trainers.base import BaseTrainer
+
+__all__ = ["report", "run", "slope"]
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """The resident set size now (Linux ``/proc``); elsewhere the peak so far (``ru_maxrss``), which is labelled."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * PAGE
+    except OSError:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _traced() -> int:
+    return tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
+
+
+def slope(points: list[tuple[int, int]]) -> float:
+    """Least-squares slope of ``(iteration, bytes)`` in bytes per iteration (0 for fewer than two points)."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    return 0.0 if var == 0 else sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+
+
+class _Sampler(Callback):
+    """Every ``every`` iterations: the iteration, RSS and tracemalloc's current size."""
+
+    def __init__(self, every: int, samples: list[Sample]) -> None:
+        super().__init__(state_key="MemorySampler")
+        self.every = f"{every}it"
+        self.samples = samples
+
+    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self.samples.append((trainer.state.iteration, rss_bytes(), _traced()))
+
+
+def _raw(batches: list[Batch], epochs: int, every: int, samples: list[Sample], tmp: Path) -> None:
+    model = make_model(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    iteration = 0
+    for _ in range(epochs):
+        for x, y in batches:
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            iteration += 1
+            if iteration % every == 0:
+                samples.append(
+                    (iteration, rss_bytes(), tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0)
+                )
+
+
+Sample = tuple[int, int, int]  # iteration, RSS bytes, traced bytes (0 when not tracing)
+
+
+def _measure(go: Callable[[list[Sample]], None], total: int, *, trace: bool) -> dict[str, Any]:
+    samples: list[Sample] = []
+    gc.collect()
+    if trace:
+        tracemalloc.start()
+    try:
+        go(samples)
+        peak = tracemalloc.get_traced_memory()[1] if trace else 0
+    finally:
+        if trace:
+            tracemalloc.stop()
+    settled = [s for s in samples if s[0] > total // 10] or samples
+    column = 2 if trace else 1
+    return {
+        "iterations": total,
+        "start": settled[0][column],
+        "end": settled[-1][column],
+        "growth": slope([(s[0], s[column]) for s in settled]) * 10_000,
+        "peak": peak,
+    }
+
+
+def run(iterations: int, traced_iterations: int, per_epoch: int = 1000) -> dict[str, Any]:
+    """Each variant twice: RSS over ``iterations``, then tracemalloc over ``traced_iterations`` (tracing slows
+    torch's Python side several times over); 100 samples each, after a short warm-up run (lazy imports, caches)."""
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="stepbus-memory-"))
+    rows: list[dict[str, Any]] = []
+    try:
+        for name, variant in (("raw PyTorch loop", _raw), ("stepbus, full default set", _stepbus)):
+            row: dict[str, Any] = {"variant": name}
+            variant(make_batches(min(per_epoch, 200)), 1, 10**9, [], tmp)  # warm-up
+            for key, count, trace in (("rss", iterations, False), ("traced", traced_iterations, True)):
+                size = min(per_epoch, count)
+                epochs = max(1, count // size)
+                batches = make_batches(size)
+                every = max(1, epochs * size // 100)
+                row[key] = _measure(partial(variant, batches, epochs, every, tmp=tmp), epochs * size, trace=trace)
+            rows.append(row)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"rows": rows}
+
+
+def _stepbus(batches: list[Batch], epochs: int, every: int, samples: list[Sample], tmp: Path) -> None:
+    run_stepbus(batches, epochs, lambda: [*default_set(), _Sampler(every, samples)], run_dir=tmp)
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:.1f}"
+
+
+def _kib(value: float) -> str:
+    return f"{value / 2**10:+.1f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    rss, traced = rows[0]["rss"]["iterations"], rows[0]["traced"]["iterations"]
+    lines = [
+        f"RSS over {rss} iterations, tracemalloc over {traced} (a separate run); 100 samples each; growth is the "
+        "least-squares slope after the first tenth of the run, per 10^4 iterations.",
+        "",
+        "| variant | RSS MiB (start → end) | RSS growth KiB / 10^4 it | traced MiB (start → end) | "
+        "traced growth KiB / 10^4 it | traced peak MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        r, t = row["rss"], row["traced"]
+        lines.append(
+            f"| {row['variant']} | {_mib(r['start'])} → {_mib(r['end'])} | {_kib(r['growth'])} | "
+            f"{_mib(t['start'])} → {_mib(t['end'])} | {_kib(t['growth'])} | {_mib(t['peak'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def report(iterations: int, traced_iterations: int) -> str:
+    """Run the case and return its markdown section."""
+    title = "## Case 4: memory over a long run (benchmarks/memory.py)"
+    return f"{title}\n\n{table(run(iterations, traced_iterations))}"

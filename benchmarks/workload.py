@@ -1,0 +1,156 @@
+"""The benchmarks' shared workload: a 16-32-1 MLP, batches of 32 pre-built once, and how a stepbus run of it is
+timed (steady state, from the end of ``pre_training`` to the start of ``post_training``, plus the whole call).
+
+The peers (:mod:`benchmarks.peers`) build the same model from the same seed and read the same batches."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from callbacks import Callback, Checkpointer, GradientGuard, LRDecay, ProgressBar, TensorBoardLogger
+from lifecycle import Event, Status
+from trainers.base import BaseTrainer
+
+__all__ = [
+    "Batch",
+    "NullStepTrainer",
+    "SteadyState",
+    "Timing",
+    "make_batches",
+    "make_model",
+    "mse",
+    "run_stepbus",
+    "timed",
+]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Microseconds: ``steady`` from the framework's start-of-training event to its end-of-training event,
+    ``total`` the whole call (their difference is the fixed start-up and tear-down cost)."""
+
+    steady: float
+    total: float
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+
+
+def make_batches(count: int) -> list[Batch]:
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(32, 16, generator=generator), torch.randn(32, 1, generator=generator)) for _ in range(count)]
+
+
+def mse(pipeline: nn.Module, batch: Batch) -> torch.Tensor:
+    return nn.functional.mse_loss(pipeline(batch[0]), batch[1])
+
+
+def timed(fn: Callable[[], None]) -> Timing:
+    """A loop with no start-up of its own: steady state is the whole call."""
+    start = time.perf_counter_ns()
+    fn()
+    elapsed = (time.perf_counter_ns() - start) / 1e3
+    return Timing(elapsed, elapsed)
+
+
+class SteadyState(Callback):
+    """Times a run from the end of ``pre_training`` to the start of ``post_training``: the one-off start and
+    finish (a W&B run's ~0.5 s, the final checkpoint) are left out of the per-iteration figure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = self.ended = 0
+
+    def priority_of(self, event: Event) -> int:
+        return -10_000 if event is Event.PRE_TRAINING else 10_000
+
+    def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self.started = time.perf_counter_ns()
+
+    def post_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self.ended = time.perf_counter_ns()
+
+
+class NullStepTrainer(BaseTrainer):
+    """The engine alone: no forward, backward or optimizer step."""
+
+    def step(self, batch: Any) -> dict[str, Any]:
+        outputs: dict[str, Any] = {"loss": None}
+        if self._step.active:
+            self._step.emit(self, loss=None, outputs=outputs)
+        return outputs
+
+
+class Discard(io.StringIO):
+    """A text sink that drops what it is given: a terminal for progress displays that neither prints nor grows (an
+    ``io.StringIO`` would keep every frame, and show up in the memory benchmark as a leak)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def progress() -> list[Callback]:
+    """A ProgressBar drawing on a terminal (into :class:`Discard`, so benchmarks print only their tables)."""
+    console = Console(file=Discard(), force_terminal=True, width=120, color_system=None)
+    return [ProgressBar(console=console)]
+
+
+def default_set() -> list[Callback]:
+    """The full default set of the issue: progress (a terminal, into a buffer), TensorBoard every 50 it, LR decay
+    (Wisp's milestones), a checkpoint per epoch (keep 3), the gradient guard (its default: a non-finite check every
+    50 it)."""
+    return [
+        *progress(),
+        TensorBoardLogger(every="50it"),
+        LRDecay(),
+        Checkpointer(every="1ep", keep_last=3),
+        GradientGuard(),
+    ]
+
+
+def run_stepbus(
+    batches: list[Batch],
+    epochs: int,
+    callbacks: Callable[[], list[Callback]],
+    run_dir: Path | None = None,
+    *,
+    cls: type[BaseTrainer] = BaseTrainer,
+) -> Timing:
+    """Train :func:`make_model` on ``batches`` (in order) for ``epochs`` with ``callbacks()``; a fresh directory
+    under ``run_dir`` when given (for loggers and checkpoints)."""
+    net = make_model(0)
+    trainer = cls(
+        net,
+        batches,
+        max_epochs=epochs,
+        batch_size=None,
+        shuffle=False,
+        device="cpu",
+        loss_fn=mse,
+        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
+        callbacks=callbacks(),
+        run_dir=None if run_dir is None else Path(tempfile.mkdtemp(dir=run_dir)),
+    )
+    watch = SteadyState()
+    trainer.add_callback(watch)
+    start = time.perf_counter_ns()
+    status = trainer.train()
+    total = (time.perf_counter_ns() - start) / 1e3
+    trainer.close()
+    if status is not Status.COMPLETED:
+        raise RuntimeError(f"the benchmark run ended {status}, not completed")
+    return Timing((watch.ended - watch.started) / 1e3, total)

@@ -1,0 +1,160 @@
+"""``python -m benchmarks`` still runs every case (tiny sizes), peers included, and its report has every row the
+README quotes. No timing is asserted: speed is reported, never tested."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks import memory, overhead, peers
+from benchmarks.__main__ import main
+from benchmarks.workload import Discard
+
+NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?(x| µs/it| ns)?$")
+
+TRAIN = [
+    "raw PyTorch loop",
+    "stepbus, 0 callbacks",
+    "stepbus, 10 no-op callbacks",
+    "stepbus, full default set",
+    "Ignite Engine, bare",
+    "Ignite Engine + comparable handlers",
+    "Lightning Trainer, extras off",
+    "Lightning Trainer, defaults on",
+]
+ENGINE = [
+    "raw Python loop over the batches",
+    "stepbus, 0 callbacks",
+    "stepbus, 10 no-op callbacks",
+    "Ignite Engine, bare",
+    "Ignite Engine, 10 no-op handlers",
+    "Lightning Trainer, extras off",
+    "Lightning Trainer, extras off, 10 no-op callbacks",
+]
+
+
+def _rows(section: str) -> list[list[str]]:
+    """The cells of every table row of a markdown section, header rows and separators left out."""
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| ") or set(line) <= set("|-: "):
+            continue
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def _section(report: str, case: int) -> str:
+    start = report.index(f"## Case {case}:")
+    end = report.find("## Case", start + 1)
+    return report[start : end if end != -1 else None]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("bench") / "results.md"
+    assert main(["--quick", "--out", str(out)]) == 0
+    return out.read_text(encoding="utf-8")
+
+
+def test_the_peers_are_installed_for_the_suite() -> None:
+    # CI installs stepbus[bench]: a missing peer would turn its rows into "not installed" and the smoke test blind
+    assert all(version is not None for version in peers.versions().values()), peers.versions()
+
+
+def test_case_1_has_the_headline_and_every_variant_measured(report: str) -> None:
+    section = _section(report, 1)
+    assert "pytorch-ignite 0.5.5" in section or "pytorch-ignite " in section
+    rows = _rows(section)
+    headline = [row for row in rows if len(row) == 4 and row[0] != "claim"]
+    assert [row[1] for row in headline] == ["≤ 5 µs/it", "≤ 1.10x", "≥ 3x", "≥ 3x", "≥ 40x", "≥ 40x"]
+    for claim, _, measured, verdict in headline:
+        assert NUMBER.match(measured), (claim, measured)
+        assert verdict in ("met", "**missed**")
+    table = [row for row in rows if len(row) == 8 and row[0] != "case"]
+    assert [row[1] for row in table if row[0] == "train"] == TRAIN
+    assert [row[1] for row in table if row[0] == "engine"] == ENGINE
+    assert [row[0] for row in table if row[0] not in ("train", "engine")] == ["callbacks"] * 5 + ["scheduled"] * 2
+    for row in table:
+        assert all(NUMBER.match(cell) or cell == "n/a" for cell in row[2:]), row
+    first = {row[0]: row for row in reversed(table)}  # the first row of each group is its baseline
+    assert all(row[4] == "+0.00" for row in first.values())
+
+
+def test_case_2_scales_over_0_1_10_100_callbacks_and_silent_events(report: str) -> None:
+    rows = _rows(_section(report, 2))
+    counts = [(row[0], row[1]) for row in rows if len(row) == 5 and row[0] != "registered post_step callbacks"]
+    registered = [("0", "0"), ("1", "1"), ("10", "10"), ("100", "100")]
+    assert counts == [*registered, ("100", "0"), ("100", "1"), ("100", "10"), ("100", "100")]
+    silent = [row for row in rows if len(row) == 2 and row[0] != "emitting an event nobody listens to"]
+    assert [row[0] for row in silent] == [
+        "empty Python function call (the floor)",
+        "trainer hot path: if channel.active: channel.emit(...)",
+        "Bus.emit(event, sender, ...)",
+        "blinker Signal.send(sender, ...) with no receivers",
+    ]
+    assert all(float(row[1]) > 0 for row in silent)
+
+
+def test_case_3_runs_the_reference_app_against_the_hand_written_loop(report: str) -> None:
+    rows = _rows(_section(report, 3))
+    assert [row[0] for row in rows[1:]] == [
+        "hand-written PyTorch loop",
+        "stepbus, same work (LR decay, pruning, validation)",
+        "stepbus, the default app (+ TensorBoard, checkpoints, metrics.json, PNGs)",
+    ]
+
+
+def test_case_4_reports_rss_and_tracemalloc_growth(report: str) -> None:
+    section = _section(report, 4)
+    assert "RSS over 2000 iterations, tracemalloc over 1000" in section
+    rows = [row for row in _rows(section) if row[0] in ("raw PyTorch loop", "stepbus, full default set")]
+    assert len(rows) == 2
+    for row in rows:
+        start, end = row[1].split(" → ")
+        assert float(start) > 0
+        assert float(end) > 0
+        float(row[2])
+        float(row[4])
+
+
+def test_a_quick_run_without_out_leaves_the_results_file_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = Path(overhead.__file__).with_name("results.md")
+    before = results.read_bytes() if results.exists() else None
+    assert main(["--quick", "--case", "scaling"]) == 0
+    assert (results.read_bytes() if results.exists() else None) == before
+
+
+def test_a_missing_peer_is_reported_not_faked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(overhead, "versions", lambda: {"ignite": None, "lightning": None})
+    rows = overhead.run(20, 1)
+    text = overhead.table(rows, 20, 1)
+    peer_rows = [(row["group"], row["variant"]) for row in rows if row["missing"]]
+    assert peer_rows == [("train", name) for name in TRAIN if name.startswith(("Ignite", "Lightning"))] + [
+        ("engine", name) for name in ENGINE if name.startswith(("Ignite", "Lightning"))
+    ]
+    for group, name in peer_rows:
+        assert f"| {group} | {name} | not installed (`pip install stepbus[bench]`) | | | | | |" in text
+    assert text.count("n/a (not measured: a peer is not installed)") == 4  # the four peer ratios
+    assert all(not row["missing"] for row in rows if row["variant"].startswith(("raw", "stepbus")))
+
+
+def test_slope_is_the_least_squares_slope() -> None:
+    assert memory.slope([(0, 10), (10, 30), (20, 50)]) == 2.0
+    assert memory.slope([(0, 5), (1, 5)]) == 0.0
+    assert memory.slope([(3, 7)]) == 0.0
+
+
+def test_discard_keeps_nothing() -> None:
+    sink = Discard()
+    assert sink.write("frame" * 1000) == 5000
+    assert sink.getvalue() == ""
+
+
+def test_ten_noop_callbacks_have_distinct_keys_and_mixed_events() -> None:
+    callbacks = overhead.ten_noop_callbacks()
+    assert len(callbacks) == 10
+    assert len({cb.state_key for cb in callbacks}) == 10
+    events = {event.value for cb in callbacks for event, _, _ in cb.handlers()}
+    assert events == {"pre_training", "pre_epoch", "pre_step", "step", "post_step", "post_epoch", "post_training"}
