@@ -34,7 +34,7 @@ def _cases(quick: bool, repeats: int | None) -> dict[str, Callable[[], str]]:
         "overhead": lambda: overhead.report(3000, repeats or 10),
         "scaling": lambda: scaling.report(3000, repeats or 10),
         "end-to-end": lambda: image_field.report(quick=False, repeats=repeats or 3),
-        "memory": lambda: memory.report(100_000, 20_000),
+        "memory": lambda: memory.report(100_000, 50_000),
     }
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import tracemalloc
 from collections.abc import Callable
@@ -43,10 +45,6 @@ def rss_bytes() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _traced() -> int:
-    return tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
-
-
 def slope(points: list[tuple[int, int]]) -> float:
     """Least-squares slope of ``(iteration, bytes)`` in bytes per iteration (0 for fewer than two points)."""
     if len(points) < 2:
@@ -58,19 +56,37 @@ def slope(points: list[tuple[int, int]]) -> float:
     return 0.0 if var == 0 else sum((x - mean_x) * (y - mean_y) for x, y in points) / var
 
 
-class _Sampler(Callback):
-    """Every ``every`` iterations: the iteration, RSS and tracemalloc's current size."""
+Sample = tuple[int, int, int]  # iteration, RSS bytes, traced bytes (0 when not tracing)
 
-    def __init__(self, every: int, samples: list[Sample]) -> None:
+
+class _Recorder:
+    """Takes the samples; when tracing, also a snapshot at the end of the warm-up tenth, to name what grew."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.samples: list[Sample] = []
+        self.baseline: tracemalloc.Snapshot | None = None
+
+    def __call__(self, iteration: int) -> None:
+        tracing = tracemalloc.is_tracing()
+        self.samples.append((iteration, rss_bytes(), tracemalloc.get_traced_memory()[0] if tracing else 0))
+        if tracing and self.baseline is None and iteration > self.total // 10:
+            self.baseline = tracemalloc.take_snapshot()
+
+
+class _Sampler(Callback):
+    """Every ``every`` iterations: a sample."""
+
+    def __init__(self, every: int, record: _Recorder) -> None:
         super().__init__(state_key="MemorySampler")
         self.every = f"{every}it"
-        self.samples = samples
+        self.record = record
 
     def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self.samples.append((trainer.state.iteration, rss_bytes(), _traced()))
+        self.record(trainer.state.iteration)
 
 
-def _raw(batches: list[Batch], epochs: int, every: int, samples: list[Sample], tmp: Path) -> None:
+def _raw(batches: list[Batch], epochs: int, every: int, record: _Recorder, tmp: Path) -> None:
     model = make_model(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     iteration = 0
@@ -82,25 +98,40 @@ def _raw(batches: list[Batch], epochs: int, every: int, samples: list[Sample], t
             optimizer.step()
             iteration += 1
             if iteration % every == 0:
-                samples.append(
-                    (iteration, rss_bytes(), tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0)
-                )
+                record(iteration)
 
 
-Sample = tuple[int, int, int]  # iteration, RSS bytes, traced bytes (0 when not tracing)
+def _where(filename: str) -> str:
+    """A file as a reader knows it: ``rich/cells.py``, ``trainers/metric_flow.py``."""
+    path = Path(filename)
+    parts = path.parts
+    if "site-packages" in parts:
+        return "/".join(parts[parts.index("site-packages") + 1 :])
+    root = Path(__file__).resolve().parents[1]
+    if path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return "/".join(parts[-2:])
 
 
-def _measure(go: Callable[[list[Sample]], None], total: int, *, trace: bool) -> dict[str, Any]:
-    samples: list[Sample] = []
+def _measure(go: Callable[[_Recorder], None], total: int, *, trace: bool) -> dict[str, Any]:
+    record = _Recorder(total)
     gc.collect()
+    grew: list[tuple[str, int]] = []
     if trace:
         tracemalloc.start()
     try:
-        go(samples)
-        peak = tracemalloc.get_traced_memory()[1] if trace else 0
+        go(record)
+        if trace:
+            peak = tracemalloc.get_traced_memory()[1]
+            if record.baseline is not None:
+                diff = tracemalloc.take_snapshot().compare_to(record.baseline, "filename")
+                grew = [(_where(str(d.traceback[0].filename)), d.size_diff) for d in diff[:3] if d.size_diff > 0]
+        else:
+            peak = 0
     finally:
         if trace:
             tracemalloc.stop()
+    samples = record.samples
     settled = [s for s in samples if s[0] > total // 10] or samples
     column = 2 if trace else 1
     return {
@@ -109,6 +140,7 @@ def _measure(go: Callable[[list[Sample]], None], total: int, *, trace: bool) -> 
         "end": settled[-1][column],
         "growth": slope([(s[0], s[column]) for s in settled]) * 10_000,
         "peak": peak,
+        "grew": grew,
     }
 
 
@@ -121,7 +153,7 @@ def run(iterations: int, traced_iterations: int, per_epoch: int = 1000) -> dict[
     try:
         for name, variant in (("raw PyTorch loop", _raw), ("stepbus, full default set", _stepbus)):
             row: dict[str, Any] = {"variant": name}
-            variant(make_batches(min(per_epoch, 200)), 1, 10**9, [], tmp)  # warm-up
+            variant(make_batches(min(per_epoch, 200)), 1, 10**9, _Recorder(1), tmp)  # warm-up
             for key, count, trace in (("rss", iterations, False), ("traced", traced_iterations, True)):
                 size = min(per_epoch, count)
                 epochs = max(1, count // size)
@@ -134,8 +166,8 @@ def run(iterations: int, traced_iterations: int, per_epoch: int = 1000) -> dict[
     return {"rows": rows}
 
 
-def _stepbus(batches: list[Batch], epochs: int, every: int, samples: list[Sample], tmp: Path) -> None:
-    run_stepbus(batches, epochs, lambda: [*default_set(), _Sampler(every, samples)], run_dir=tmp)
+def _stepbus(batches: list[Batch], epochs: int, every: int, record: _Recorder, tmp: Path) -> None:
+    run_stepbus(batches, epochs, lambda: [*default_set(), _Sampler(every, record)], run_dir=tmp)
 
 
 def _mib(value: float) -> str:
@@ -163,10 +195,30 @@ def table(result: dict[str, Any]) -> str:
             f"| {row['variant']} | {_mib(r['start'])} → {_mib(r['end'])} | {_kib(r['growth'])} | "
             f"{_mib(t['start'])} → {_mib(t['end'])} | {_kib(t['growth'])} | {_mib(t['peak'])} |"
         )
+    lines += ["", "Where the traced memory grew after the warm-up (the three largest, by file):", ""]
+    for row in rows:
+        sites = ", ".join(f"`{where}` {_kib(size)} KiB" for where, size in row["traced"]["grew"])
+        lines.append(f"- {row['variant']}: {sites or 'nowhere'}")
     return "\n".join(lines) + "\n"
 
 
 def report(iterations: int, traced_iterations: int) -> str:
-    """Run the case and return its markdown section."""
+    """Run the case in a fresh interpreter (the other cases' imports and freed memory would skew its RSS) and
+    return its markdown section."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", str(iterations), str(traced_iterations)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"the memory benchmark failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     title = "## Case 4: memory over a long run (benchmarks/memory.py)"
-    return f"{title}\n\n{table(run(iterations, traced_iterations))}"
+    return f"{title}\n\n{result.stdout}"
+
+
+if __name__ == "__main__":
+    print(table(run(int(sys.argv[1]), int(sys.argv[2]))), end="")
