@@ -1,6 +1,7 @@
-"""Start the ranks of a real gloo job by hand (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), as on
-separate machines: no torchrun agent, so nothing cleans up after a rank that dies or hangs -- what the tests of
-failures need. :func:`wait_ranks` collects them within one time limit and kills what is left."""
+"""Start the ranks of a real gloo job: under ``torchrun`` (:func:`torchrun`), or by hand (``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) as on separate machines: no torchrun agent, so nothing cleans up
+after a rank that dies or hangs -- what the tests of failures need. :func:`wait_ranks` collects those within one
+time limit and kills what is left."""
 
 from __future__ import annotations
 
@@ -13,6 +14,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def torchrun(
+    args: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None, nproc: int = 2, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc-per-node=N <args>`` to the end (a local rendezvous on a free port: a fixed
+    ``--master-port 0`` without ``--standalone`` waits forever); its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def free_port() -> int:

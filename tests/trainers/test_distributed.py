@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.trainers.dist_app import main as run_app
+from tests.trainers.ranks import torchrun
 from tests.trainers.support import EVENT_METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,16 +19,7 @@ EVENTS = ["pre_training", "pre_epoch", *["pre_step", "step", "post_step"] * 8, "
 
 
 def test_two_ranks_under_torchrun(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    # --standalone: a local rendezvous on a free port (a fixed --master-port 0 without it waits forever)
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(APP), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=tmp_path,
-    )
+    result = torchrun([str(APP), str(tmp_path)], tmp_path, env={"WANDB_MODE": "offline"}, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     reports = [json.loads((tmp_path / f"rank-{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]

@@ -6,27 +6,18 @@ not know about)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+
+from tests.trainers.ranks import torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "tests" / "trainers" / "dist_field.py"
 
 
 def test_the_occupancy_grid_stays_identical_across_ranks(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(APP), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=tmp_path,
-    )
+    result = torchrun([str(APP), str(tmp_path)], tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     zero, one = (torch.load(tmp_path / f"field-{rank}.pt", weights_only=True) for rank in (0, 1))
