@@ -123,9 +123,7 @@ class GradientGuard(Callback):
             )
         self._params = [p for _, p in named]
         self._names = {id(p): name for name, p in named}
-        self._uniform = len({(p.device, p.dtype) for p in self._params}) == 1 and not any(
-            p.is_sparse for p in self._params
-        )
+        self._uniform = len({(p.device, p.dtype) for p in self._params}) == 1
         self._due = self._schedule.bind(trainer.state, Event.STEP) if self._schedule is not None else None
 
     def teardown(self, trainer: BaseTrainer) -> None:
@@ -168,7 +166,8 @@ class GradientGuard(Callback):
             # float32 count as non-finite too, as a total norm that overflows would)
             probe = norms.sum() + loss.detach().sum() if self.check_loss else norms.sum()
             if not math.isfinite(probe.item()):  # the one per-step host sync this policy needs
-                self._nonfinite(trainer, loss, torch.linalg.vector_norm(norms, self.norm_type))
+                total = norm if norm is not None else torch.linalg.vector_norm(norms, self.norm_type)
+                self._nonfinite(trainer, loss, total)
                 return
             self.consecutive = 0
         if self.clip_value is not None:

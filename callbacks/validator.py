@@ -165,10 +165,7 @@ class Validator(Callback):
             return None
         trainer.pre_validation(validator=self.state_key, reason=reason)
         started = time.perf_counter()
-        if trainer.world_size > 1:
-            values, images = self._evaluate_on_rank_zero(trainer)
-        else:
-            values, images = self._evaluate(trainer)
+        values, images = self._evaluate_on_rank_zero(trainer)
         seconds = time.perf_counter() - started
         modes = {}
         for name in values:
@@ -218,9 +215,10 @@ class Validator(Callback):
         return values, images
 
     def _evaluate_on_rank_zero(self, trainer: BaseTrainer) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        """A distributed run: rank 0 validates (the ranks hold the same weights) and broadcasts the metrics, so
-        every rank publishes the same ``val/*`` values and early stopping decides the same everywhere. Only rank 0
-        has the images (and writes them). A failure on rank 0 is raised on every rank."""
+        """:meth:`_evaluate` in one process. In a distributed run rank 0 validates (the ranks hold the same weights)
+        and broadcasts the metrics, so every rank publishes the same ``val/*`` values and early stopping decides the
+        same everywhere. Only rank 0 has the images (and writes them). A failure on rank 0 is raised on every
+        rank."""
         images: dict[str, torch.Tensor] = {}
 
         def evaluate() -> dict[str, float]:

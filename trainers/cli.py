@@ -258,7 +258,9 @@ def _train(args: argparse.Namespace) -> int:
     started = _start_job(config, args.backend)
     if started:
         run_dir, resume = _agreed_run_dir(run_dir, resume)
-        if not _is_rank_zero():
+        from trainers.distributed import rank
+
+        if rank() != 0:
             console = Console(quiet=True)  # rank 0 speaks for the job
     try:
         return _run(args, config, run_dir, resume, registry, console, errors)
@@ -291,12 +293,6 @@ def _agreed_run_dir(run_dir: Path, resume: str | None) -> tuple[Path, str | None
     dist.broadcast_object_list(box, src=0)
     chosen, agreed_resume = box[0]
     return Path(chosen), agreed_resume
-
-
-def _is_rank_zero() -> bool:
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def _run(

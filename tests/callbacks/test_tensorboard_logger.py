@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from callbacks import Checkpointer, TensorBoardLogger, Validator
 from lifecycle import CallbackError, Event, Status
+from tests.tb_events import events, series
 from trainers import BaseTrainer
 
 ITEMS, BATCH = 10, 2  # 5 steps per epoch
@@ -49,16 +49,6 @@ def make(run_dir: Path, *callbacks: Any, max_epochs: int = 2) -> tuple[BaseTrain
         callbacks=[Validator(validate, every="1ep"), *callbacks],
     )
     return trainer, losses  # type: ignore[return-value]
-
-
-def events(directory: Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
-    accumulator.Reload()
-    return accumulator
-
-
-def series(acc: EventAccumulator, tag: str) -> list[tuple[int, float]]:
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
 def test_step_epoch_and_validation_scalars_images_config_and_hparams(tmp_path: Path) -> None:

@@ -27,8 +27,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.tb_events import events as read_events
+from tests.tb_events import series
 from trainers.builder import load_config
 from trainers.checkpoint import read_metadata
 from trainers.image_field.image import default_image
@@ -103,16 +104,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     return Runs(run, resumed, first, second)
 
 
-def _events(directory: Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
-    accumulator.Reload()
-    return accumulator
-
-
-def _series(accumulator: EventAccumulator, tag: str) -> list[tuple[int, float]]:
-    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
-
-
 def _pixels(png: bytes) -> np.ndarray[Any, np.dtype[np.uint8]]:
     with Image.open(io.BytesIO(png)) as image:
         assert (image.format, image.mode) == ("PNG", "RGB")
@@ -154,26 +145,26 @@ def test_the_default_app_trains_and_writes_its_run_directory(runs: Runs) -> None
 
 
 def test_tensorboard_holds_loss_lr_pruning_and_validation_at_their_steps(runs: Runs) -> None:
-    events = _events(runs.run / "tb")
+    events = read_events(runs.run / "tb")
     scalars = set(events.Tags()["scalars"])
     assert scalars >= {*EXACT_TAGS, "train/loss", "train/samples", "time/iter_ms", "time/epoch_s"}
-    assert [step for step, _ in _series(events, "train/loss")] == [50, 100]  # tensorboard: every 50it
-    assert all(0.0 < loss < 0.1 for _, loss in _series(events, "train/loss"))
+    assert [step for step, _ in series(events, "train/loss")] == [50, 100]  # tensorboard: every 50it
+    assert all(0.0 < loss < 0.1 for _, loss in series(events, "train/loss"))
     # the LR each logged step used: the grid's is 10x the decoder's; decayed at 60 and 90 before step 100
-    assert _series(events, "lr/grid") == [(50, _f32(GRID_LR)), (100, _f32(GRID_LR * GAMMA**2))]
-    assert _series(events, "lr/decoder") == [(50, _f32(DECODER_LR)), (100, _f32(DECODER_LR * GAMMA**2))]
+    assert series(events, "lr/grid") == [(50, _f32(GRID_LR)), (100, _f32(GRID_LR * GAMMA**2))]
+    assert series(events, "lr/decoder") == [(50, _f32(DECODER_LR)), (100, _f32(DECODER_LR * GAMMA**2))]
     # prunes at 10, 20, ...: after 5 an empty block is still at 0.5**5 >= 0.02 (kept); by 100 the background is gone
-    assert _series(events, "prune/count") == [(50, 5.0), (100, 10.0)]
-    (step, kept), (later, occupancy) = _series(events, "prune/occupancy")
+    assert series(events, "prune/count") == [(50, 5.0), (100, 10.0)]
+    (step, kept), (later, occupancy) = series(events, "prune/occupancy")
     assert (step, kept, later) == (50, 1.0, 100)
     assert 0.25 < occupancy < 1.0
-    assert _series(events, "train/samples")[0] == (50, 16384.0)  # the whole batch before pruning ...
-    assert _series(events, "train/samples")[1][1] < 16384.0  # ... the occupied share after it
+    assert series(events, "train/samples")[0] == (50, 16384.0)  # the whole batch before pruning ...
+    assert series(events, "train/samples")[1][1] < 16384.0  # ... the occupied share after it
     # one validation per epoch (at_end does not repeat the last one), PSNR rising
-    (first_step, first_psnr), (second_step, second_psnr) = _series(events, "val/psnr")
+    (first_step, first_psnr), (second_step, second_psnr) = series(events, "val/psnr")
     assert (first_step, second_step) == (EPOCH, LAST)
     assert second_psnr > first_psnr > 15.0
-    assert _series(events, "best/psnr") == _series(events, "val/psnr")
+    assert series(events, "best/psnr") == series(events, "val/psnr")
     assert [(e.step, e.width, e.height) for e in events.Images("val/render")] == [(60, 512, 512), (120, 512, 512)]
 
 
@@ -182,7 +173,7 @@ def test_checkpoints_keep_every_epoch_and_link_last_and_best_by_psnr(runs: Runs)
     # keep_last 3 of 2 saves (one per epoch; the end save rewrites the epoch-2 file): both kept, no temporary left
     assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "last.pt", _step(EPOCH), _step(LAST)]
     assert (os.readlink(folder / "last.pt"), os.readlink(folder / "best.pt")) == (_step(LAST), _step(LAST))
-    psnr = dict(_series(_events(runs.run / "tb"), "val/psnr"))
+    psnr = dict(series(read_events(runs.run / "tb"), "val/psnr"))
     first, last = read_metadata(folder / _step(EPOCH)), read_metadata(folder / _step(LAST))
     assert (first["iteration"], first["epoch"], first["reason"], first["resumable"]) == (60, 1, "schedule", True)
     assert (last["iteration"], last["epoch"], last["reason"]) == (120, 2, "end (completed)")
@@ -197,9 +188,9 @@ def test_checkpoints_keep_every_epoch_and_link_last_and_best_by_psnr(runs: Runs)
 def test_validation_pngs_are_the_rendered_field_with_pruned_blocks_black(runs: Runs) -> None:
     folder = runs.run / "val"
     assert sorted(p.name for p in folder.iterdir()) == ["render-00000060.png", "render-00000120.png"]
-    events = _events(runs.run / "tb")
+    events = read_events(runs.run / "tb")
     logged = {e.step: e.encoded_image_string for e in events.Images("val/render")}
-    psnr = dict(_series(events, "val/psnr"))
+    psnr = dict(series(events, "val/psnr"))
     target = default_image(512).permute(1, 2, 0).numpy().astype(np.float64)
     for iteration in (EPOCH, LAST):
         data = (folder / f"render-{iteration:08d}.png").read_bytes()
@@ -221,7 +212,7 @@ def test_validation_pngs_are_the_rendered_field_with_pruned_blocks_black(runs: R
 
 def test_metrics_json_has_the_final_and_best_values_tensorboard_recorded(runs: Runs) -> None:
     metrics = _metrics(runs.run)
-    psnr = dict(_series(_events(runs.run / "tb"), "val/psnr"))
+    psnr = dict(series(read_events(runs.run / "tb"), "val/psnr"))
     assert (metrics["status"], metrics["iterations"], metrics["epochs"]) == ("completed", 120, 2)
     assert metrics["seconds"] > 0.0
     assert metrics["seconds_total"] == metrics["seconds"]  # nothing resumed
@@ -274,10 +265,10 @@ def test_a_resume_from_the_epoch_1_checkpoint_ends_bit_identical(runs: Runs) -> 
     assert (second["status"], second["iterations"], second["epochs"]) == ("completed", 120, 2)
     before = float(torch.load(checkpoint, weights_only=True)["callbacks"]["MetricsFile"]["seconds"])
     assert abs(second["seconds_total"] - (second["seconds"] + before)) <= 0.002  # the first run's time carried
-    straight_tb, resumed_tb = _events(runs.run / "tb"), _events(runs.resumed / "tb")
+    straight_tb, resumed_tb = read_events(runs.run / "tb"), read_events(runs.resumed / "tb")
     for tag in EXACT_TAGS:
-        assert _series(resumed_tb, tag) == [(s, v) for s, v in _series(straight_tb, tag) if s > EPOCH], tag
-    assert [step for step, _ in _series(resumed_tb, "train/loss")] == [100]  # nothing at or before the resume point
+        assert series(resumed_tb, tag) == [(s, v) for s, v in series(straight_tb, tag) if s > EPOCH], tag
+    assert [step for step, _ in series(resumed_tb, "train/loss")] == [100]  # nothing at or before the resume point
     # the final validation image, byte for byte
     assert sorted(p.name for p in (runs.resumed / "val").iterdir()) == ["render-00000120.png"]
     png = (runs.resumed / "val" / "render-00000120.png").read_bytes()

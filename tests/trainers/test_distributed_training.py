@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.tb_events import events as tb_events
+from tests.tb_events import series
 from tests.trainers.ranks import start_ranks, torchrun, wait_ranks
 from trainers.checkpoint import load_checkpoint, read_metadata
 
@@ -96,9 +97,7 @@ def test_two_ranks_train_in_lockstep_like_one_process(tmp_path: Path) -> None:
     events = list((out / "tb").rglob("events.out.tfevents.*"))  # the scalars, and add_hparams' file at the end
     assert len(events) == 2
     assert {p.name.split(".")[-2] for p in events} == {str(reports[0]["pid"])}
-    accumulator = EventAccumulator(str(out / "tb"))
-    accumulator.Reload()
-    assert [event.step for event in accumulator.Scalars("val/mse")] == [STEPS, 2 * STEPS]
+    assert [step for step, _ in series(tb_events(out / "tb"), "val/mse")] == [STEPS, 2 * STEPS]
     assert len([d for d in (out / "wandb" / "wandb").glob("offline-run-*") if d.is_dir()]) == 1
     names = sorted(p.name for p in (out / "checkpoints").glob("step-*.pt"))
     assert names == [f"step-{STEPS:08d}.pt", f"step-{2 * STEPS:08d}.pt"]
