@@ -4,8 +4,8 @@ Cases, for a model of about 1 MB and one of about 64 MB (an MLP with Adam state,
 
 * save: ``torch.save`` of the same state dicts to a path (no fsync, not atomic) vs ``trainer.save_checkpoint``
   (plain-type check, temp file, fsync, ``os.replace``, directory fsync, RNG capture, metadata);
-* load: ``torch.load(weights_only=True)`` vs ``trainers.checkpoint.load_checkpoint`` (CRC-32 check of every record,
-  then the same load) vs ``read_metadata`` (memory-mapped: no tensor data read);
+* load: ``torch.load(weights_only=True)`` vs ``trainers.checkpoint.format.load_checkpoint`` (CRC-32 check of every
+  record, then the same load) vs ``read_metadata`` (memory-mapped: no tensor data read);
 * resume position: ``trainer.resume(file)`` plus the first ``iterate()``, for a checkpoint taken early in an epoch
   and one taken near its end: no batch is replayed, so both cost the same.
 
@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from trainers.base import BaseTrainer
-from trainers.checkpoint import load_checkpoint, read_metadata
+from trainers.checkpoint.format import load_checkpoint, read_metadata
+from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["main"]
 

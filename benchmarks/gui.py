@@ -1,7 +1,7 @@
 """The GUI's cost and responsiveness: the reference app trained in ``stepbus gui``'s window next to the same app
 trained headless, for the same wall time, in one run.
 
-Both build the default app (``trainers/configs/image_field.yaml``: LR decay, pruning, validation every epoch,
+Both build the default app (``trainers/apps/configs/image_field.yaml``: LR decay, pruning, validation every epoch,
 TensorBoard, checkpoints, metrics.json; no progress bar, which draws on a terminal) into temporary run directories.
 The headless run calls ``trainer.run_for(seconds)``; the windowed one adds the ``Preview`` callback (every 0.5 s) and
 runs :class:`~trainers.gui.TrainingWindow`'s ticks (``run_for(budget)`` each, then a refresh) for the same time.
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-from trainers.base import BaseTrainer
-from trainers.builder import build
+from trainers.config.builder import build
+from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["main"]
 
 RESULTS = Path(__file__).with_name("results-gui.md")
-APP = Path(__file__).resolve().parents[1] / "trainers" / "configs" / "image_field.yaml"
+APP = Path(__file__).resolve().parents[1] / "trainers" / "apps" / "configs" / "image_field.yaml"
 
 
 def _trainer(run_dir: Path, *, preview: bool, quick: bool) -> BaseTrainer:

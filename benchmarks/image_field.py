@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainers.builder import build
-from trainers.data import mix_seed
-from trainers.image_field.field import ImageField
-from trainers.image_field.image import default_image
+from trainers.apps.image_field.field import ImageField
+from trainers.apps.image_field.image import default_image
+from trainers.config.builder import build
+from trainers.data.feeder import mix_seed
 
 __all__ = ["main"]
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from benchmarks.workload import Batch, default_set, make_batches, make_model, run_stepbus
 from callbacks import Callback
-from trainers.base import BaseTrainer
+from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["report", "run", "slope"]
 
@@ -102,7 +102,7 @@ def _raw(batches: list[Batch], epochs: int, every: int, record: _Recorder, tmp: 
 
 
 def _where(filename: str) -> str:
-    """A file as a reader knows it: ``rich/cells.py``, ``trainers/metric_flow.py``."""
+    """A file as a reader knows it: ``rich/cells.py``, ``callbacks/loggers/metric_flow.py``."""
     path = Path(filename)
     parts = path.parts
     if "site-packages" in parts:

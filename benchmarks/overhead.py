@@ -62,7 +62,7 @@ from callbacks import (
     Validator,
     WandbLogger,
 )
-from trainers.base import BaseTrainer
+from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["default_set", "report", "run", "ten_noop_callbacks"]
 

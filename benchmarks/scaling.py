@@ -28,7 +28,7 @@ from benchmarks.workload import NullStepTrainer, make_batches, run_stepbus
 from callbacks import Callback
 from lifecycle import Event, State
 from lifecycle.bus import Bus
-from trainers.base import BaseTrainer
+from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["report", "run"]
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from callbacks import Callback, Checkpointer, GradientGuard, LRDecay, ProgressBar, TensorBoardLogger
 from lifecycle import Event, Status
-from trainers.base import BaseTrainer
+from trainers.engine.trainer import BaseTrainer
 
 __all__ = [
     "Batch",

@@ -16,14 +16,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from callbacks.early_stopping import EarlyStopping
     from callbacks.gradient_guard import GradientGuard, NonFiniteError
     from callbacks.grid_pruning import GridPruning
+    from callbacks.loggers.metrics_file import MetricsFile
+    from callbacks.loggers.tensorboard import TensorBoardLogger
+    from callbacks.loggers.wandb import WandbLogger
     from callbacks.lr_decay import LRDecay
     from callbacks.metrics import mse, psnr
-    from callbacks.metrics_file import MetricsFile
     from callbacks.preview import Frame, Preview
     from callbacks.progress import ProgressBar
-    from callbacks.tensorboard_logger import TensorBoardLogger
     from callbacks.validator import Validator
-    from callbacks.wandb_logger import WandbLogger
 
 __all__ = [
     "Callback",
@@ -52,13 +52,13 @@ _WHERE = {
     "NonFiniteError": "callbacks.gradient_guard",
     "GridPruning": "callbacks.grid_pruning",
     "LRDecay": "callbacks.lr_decay",
-    "MetricsFile": "callbacks.metrics_file",
+    "MetricsFile": "callbacks.loggers.metrics_file",
     "ProgressBar": "callbacks.progress",
     "Preview": "callbacks.preview",
     "Frame": "callbacks.preview",
-    "TensorBoardLogger": "callbacks.tensorboard_logger",
+    "TensorBoardLogger": "callbacks.loggers.tensorboard",
     "Validator": "callbacks.validator",
-    "WandbLogger": "callbacks.wandb_logger",
+    "WandbLogger": "callbacks.loggers.wandb",
     "mse": "callbacks.metrics",
     "psnr": "callbacks.metrics",
 }

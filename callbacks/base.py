@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from lifecycle import Event, Priority, Schedule, ScheduleSpec
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; callbacks never need torch to be imported here
-    from trainers.base import BaseTrainer
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["Callback", "HandlerSpec", "output_dir", "parse_schedule", "periodic_event"]
 

@@ -9,7 +9,7 @@ that falls on an epoch's last step is taken after that epoch's ``post_epoch``, t
 ``train()``: the save happens after the current step, before the cut-short epoch's ``post_epoch``).
 
 Files, in ``dir`` (default ``<run_dir>/checkpoints``): ``step-<iteration>.pt``, written atomically (see
-``trainers.checkpoint``); ``last.pt`` and ``best.pt``, symbolic links (hard links where symlinks are unavailable)
+``trainers.checkpoint.format``); ``last.pt`` and ``best.pt``, symbolic links (hard links where symlinks are unavailable)
 replaced atomically and only after the file they name is durable. Retention keeps the ``keep_last`` newest and the
 ``keep_best`` best-scoring files and deletes the rest only after the links were moved, so a link never dangles.
 Which files it owns is part of its state, saved in every checkpoint: files it does not know (another run's, or the
@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from callbacks.base import Callback, HandlerSpec, output_dir, parse_schedule, periodic_event
 from callbacks.metrics import Mode, as_scalar, monitor_mode
 from lifecycle import Event, Priority, Schedule, ScheduleSpec, Status
-from trainers.atomic import fsync_directory, temporary_name
-from trainers.checkpoint import CheckpointError, list_checkpoints
+from trainers.checkpoint.atomic import fsync_directory, temporary_name
+from trainers.checkpoint.format import CheckpointError, list_checkpoints
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainers.base import BaseTrainer
-    from trainers.collective import RankZeroFailure
+    from trainers.distributed.collective import RankZeroFailure
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["Checkpointer"]
 

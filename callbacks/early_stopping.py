@@ -21,7 +21,7 @@ from lifecycle import Priority
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping
 
-    from trainers.base import BaseTrainer
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["EarlyStopping"]
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from torch import nn
 
-    from trainers.base import BaseTrainer
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["GradientGuard", "NonFiniteError"]
 

@@ -22,7 +22,7 @@ from lifecycle import Event, Priority, ScheduleSpec
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from trainers.base import BaseTrainer
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["GridPruning", "PruneFn"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from trainers.atomic import atomic_write
+from trainers.checkpoint.atomic import atomic_write
 
 __all__ = ["encode_png", "tensor_bytes", "to_uint8_hwc", "write_png"]
 

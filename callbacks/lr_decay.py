@@ -23,7 +23,7 @@ from callbacks.base import Callback, HandlerSpec
 from lifecycle import Event, Priority
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainers.base import BaseTrainer
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["LRDecay", "SchedulerSpec"]
 
@@ -57,7 +57,7 @@ class LRDecay(Callback):
     ``warmup_start * lr`` to the scheduled LR, reaching it at step ``warmup``; it multiplies either mode.
 
     Per-group LR multipliers (Wisp's ``grid_lr_weight``) belong to the optimizer's construction: see
-    ``trainers.optim_groups``, which selects groups by module. Every group is decayed by the same factor.
+    ``trainers.engine.optim_groups``, which selects groups by module. Every group is decayed by the same factor.
     """
 
     priority = Priority.STATE

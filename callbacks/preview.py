@@ -32,8 +32,8 @@ from callbacks.images import tensor_bytes, to_uint8_hwc
 from lifecycle import Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainers.base import BaseTrainer
-    from trainers.metric_flow import Window
+    from callbacks.loggers.metric_flow import Window
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["Frame", "Preview"]
 

@@ -30,8 +30,8 @@ from lifecycle import Event, Priority, Status
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping
 
-    from trainers.base import BaseTrainer
-    from trainers.metric_flow import Window
+    from callbacks.loggers.metric_flow import Window
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["ProgressBar"]
 

@@ -27,7 +27,7 @@ from callbacks.metrics import Mode, as_scalar, improves, metric_mode
 from lifecycle import Event, Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainers.base import BaseTrainer
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["ValidateFn", "Validator"]
 

@@ -10,13 +10,13 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainers.base import BaseTrainer, LossFn, OptimizerSpec
-    from trainers.builder import build, load_config
-    from trainers.config import RunConfig
-    from trainers.config_error import ConfigError
-    from trainers.data import BatchPlan, mix_seed
-    from trainers.optim_groups import param_groups
-    from trainers.registry import Registry, RegistryError
+    from trainers.config.builder import build, load_config
+    from trainers.config.errors import ConfigError
+    from trainers.config.registry import Registry, RegistryError
+    from trainers.config.schema import RunConfig
+    from trainers.data.feeder import BatchPlan, mix_seed
+    from trainers.engine.optim_groups import param_groups
+    from trainers.engine.trainer import BaseTrainer, LossFn, OptimizerSpec
 
 __all__ = [
     "BaseTrainer",
@@ -34,18 +34,18 @@ __all__ = [
 ]
 
 _WHERE = {
-    "BaseTrainer": "trainers.base",
-    "LossFn": "trainers.base",
-    "OptimizerSpec": "trainers.base",
-    "BatchPlan": "trainers.data",
-    "mix_seed": "trainers.data",
-    "param_groups": "trainers.optim_groups",
-    "build": "trainers.builder",
-    "load_config": "trainers.builder",
-    "RunConfig": "trainers.config",
-    "ConfigError": "trainers.config_error",
-    "Registry": "trainers.registry",
-    "RegistryError": "trainers.registry",
+    "BaseTrainer": "trainers.engine.trainer",
+    "LossFn": "trainers.engine.trainer",
+    "OptimizerSpec": "trainers.engine.trainer",
+    "BatchPlan": "trainers.data.feeder",
+    "mix_seed": "trainers.data.feeder",
+    "param_groups": "trainers.engine.optim_groups",
+    "build": "trainers.config.builder",
+    "load_config": "trainers.config.builder",
+    "RunConfig": "trainers.config.schema",
+    "ConfigError": "trainers.config.errors",
+    "Registry": "trainers.config.registry",
+    "RegistryError": "trainers.config.registry",
 }
 
 

@@ -9,14 +9,14 @@ Commands::
     stepbus config show [FILE] [--set ...]  # the resolved config (defaults filled in)
     stepbus config validate FILE [--set ...]
 
-Without ``--config`` the built-in default runs: the reference app, ``trainers/configs/image_field.yaml`` (the small
-MLP demo is ``--config trainers/configs/demo.yaml``). ``--epochs N`` and ``--seed S`` are short for
+Without ``--config`` the built-in default runs: the reference app, ``trainers/apps/configs/image_field.yaml`` (the small
+MLP demo is ``--config trainers/apps/configs/demo.yaml``). ``--epochs N`` and ``--seed S`` are short for
 ``--set trainer.max_epochs=N`` and ``--set run.seed=S``. ``--resume`` reuses the config saved in the
 checkpoint (``--config``/``--set`` still override it).
 
 Distributed: ``torchrun --nproc-per-node=N -m trainers train ...`` runs N ranks (multi-node through torchrun's
 rendezvous); ``stepbus train --nproc N ...`` starts that ``torchrun --standalone`` itself. Rank 0 picks the run
-directory and prints; the trainer does the rest (see ``trainers.base.BaseTrainer``).
+directory and prints; the trainer does the rest (see ``trainers.engine.trainer.BaseTrainer``).
 
 Exit codes: 0 when the run completed or was stopped by a callback (early stopping), 128 + the signal number when
 SIGINT/SIGTERM interrupted it (130 for Ctrl-C; a checkpoint was saved first), 2 for a bad config, bad arguments or an
@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.markup import escape
 
-from trainers.config_error import ConfigError
-from trainers.signals import exit_code
+from trainers.config.errors import ConfigError
+from trainers.engine.signals import exit_code
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainers.base import BaseTrainer
-    from trainers.config import RunConfig
-    from trainers.registry import Registry
+    from trainers.config.registry import Registry
+    from trainers.config.schema import RunConfig
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["main", "resolve_run_dir"]
 
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepbus", description="stepbus: a PyTorch training loop built on events.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser(
-        "train", help="train from a config (default: the reference app, trainers/configs/image_field.yaml)"
+        "train", help="train from a config (default: the reference app, trainers/apps/configs/image_field.yaml)"
     )
     _config_options(train, file_flag=True)
     train.add_argument("--epochs", type=int, default=None, help="short for --set trainer.max_epochs=N")
@@ -251,14 +251,14 @@ def _train(args: argparse.Namespace) -> int:
         errors.print(f"[red]error:[/red] --resume {escape(args.resume)}: no such file or directory (or use 'auto')")
         return 2
     # torch is imported only when a command needs it
-    from trainers.registry import Registry
+    from trainers.config.registry import Registry
 
     registry = Registry.default()
     config, run_dir, resume = _prepare(args.config, _overrides(args), args.run_dir, args.resume, registry)
     started = _start_job(config, args.backend)
     if started:
         run_dir, resume = _agreed_run_dir(run_dir, resume)
-        from trainers.distributed import rank
+        from trainers.distributed.environment import rank
 
         if rank() != 0:
             console = Console(quiet=True)  # rank 0 speaks for the job
@@ -276,8 +276,8 @@ def _start_job(config: RunConfig, backend: str) -> bool:
     trainer is built (the trainer would start it itself otherwise). Returns whether this process started it."""
     import torch.distributed as dist
 
-    from trainers.distributed import init_from_env, launched_world_size, local_device
-    from trainers.placement import resolve_device
+    from trainers.data.placement import resolve_device
+    from trainers.distributed.environment import init_from_env, launched_world_size, local_device
 
     if launched_world_size() <= 1 or dist.is_initialized():
         return False
@@ -305,10 +305,10 @@ def _run(
     errors: Console,
 ) -> int:
     from lifecycle import Status
-    from trainers.builder import build
-    from trainers.checkpoint import CheckpointError
-    from trainers.peers import PeerFailure
-    from trainers.signals import TrainingInterrupted
+    from trainers.checkpoint.format import CheckpointError
+    from trainers.config.builder import build
+    from trainers.distributed.peer_failure import PeerFailure
+    from trainers.engine.signals import TrainingInterrupted
 
     if args.dry_run:
         trainer = build(config, run_dir=run_dir, registry=registry, objects={"console": console})
@@ -369,10 +369,10 @@ def _gui(args: argparse.Namespace) -> int:
         return 2
     import tkinter as tk
 
-    from trainers.builder import build
-    from trainers.checkpoint import CheckpointError
+    from trainers.checkpoint.format import CheckpointError
+    from trainers.config.builder import build
+    from trainers.config.registry import Registry
     from trainers.gui import TrainingWindow
-    from trainers.registry import Registry
 
     registry = Registry.default()
     overrides = ["callbacks.preview.enabled=true", *_overrides(args)]  # a --set may still turn it off
@@ -444,7 +444,7 @@ def _prepare(
     config_file: Path | None, overrides: list[str], run_dir: Path | None, resume: str | None, registry: Registry
 ) -> tuple[RunConfig, Path, str | None]:
     """The checked config, the run directory and what to resume from, for ``train`` and ``gui``."""
-    from trainers.builder import load_config
+    from trainers.config.builder import load_config
 
     config = load_config(config_file, overrides=overrides, registry=registry)
     run_dir, resume = resolve_run_dir(run_dir, resume, runs=Path(config.run["dir"]), name=str(config.run["name"]))
@@ -459,7 +459,7 @@ def _prepare(
 def _checkpoint_config(resume: str, run_dir: Path) -> tuple[dict[str, Any], str] | None:
     """The config saved in the checkpoint ``--resume`` points at (newest first for a directory or ``auto``), or
     None when there is none to read (the resume itself then reports what is wrong)."""
-    from trainers.checkpoint import CheckpointError, list_checkpoints, read_metadata
+    from trainers.checkpoint.format import CheckpointError, list_checkpoints, read_metadata
 
     source = Path(resume) if resume != "auto" else run_dir / "checkpoints"
     files = [source] if source.is_file() else [c.path for c in list_checkpoints(source)] if source.is_dir() else []
@@ -504,7 +504,7 @@ def _print_dry_run(console: Console, config: RunConfig, trainer: BaseTrainer, ru
 
 def _print_yaml(console: Console, data: dict[str, Any]) -> None:
     """YAML as is: never wrapped at the console's width, so ``stepbus config show > run.yaml`` is valid YAML."""
-    from trainers.config import dump_yaml
+    from trainers.config.schema import dump_yaml
 
     console.file.write(dump_yaml(data))
     console.file.flush()
@@ -513,7 +513,7 @@ def _print_yaml(console: Console, data: dict[str, Any]) -> None:
 def _callbacks() -> int:
     from rich.table import Table
 
-    from trainers.registry import Registry
+    from trainers.config.registry import Registry
 
     registry = Registry.default()
     console = Console()
@@ -548,13 +548,13 @@ def _print_trainers(console: Console, registry: Registry) -> None:
 
 
 def _required() -> Any:
-    from trainers.params import REQUIRED
+    from trainers.config.params import REQUIRED
 
     return REQUIRED
 
 
 def _config(args: argparse.Namespace) -> int:
-    from trainers.builder import load_config
+    from trainers.config.builder import load_config
 
     config = load_config(args.file, overrides=args.overrides)
     console = Console()

@@ -24,7 +24,7 @@ from callbacks import Callback, Checkpointer, Validator
 from lifecycle import CallbackError, Status
 from tests.trainers.support import Recorder, full_run, make_trainer, mse, params_of, same_params
 from trainers import BaseTrainer
-from trainers.checkpoint import CheckpointError, check_plain, list_checkpoints, load_checkpoint, read_metadata
+from trainers.checkpoint.format import CheckpointError, check_plain, list_checkpoints, load_checkpoint, read_metadata
 
 # make_trainer: 6 items in batches of 2 -> 3 iterations per epoch
 STEPS = 3

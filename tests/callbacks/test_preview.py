@@ -33,10 +33,10 @@ from callbacks.images import tensor_bytes, to_uint8_hwc
 from callbacks.preview import Frame
 from lifecycle import CallbackError, Priority, Status
 from trainers import BaseTrainer, ConfigError
-from trainers.builder import build
+from trainers.apps.demo import demo_trainer
+from trainers.apps.image_field import ImageFieldTrainer, image_field_trainer
 from trainers.cli import main
-from trainers.demo import demo_trainer
-from trainers.image_field import ImageFieldTrainer, image_field_trainer
+from trainers.config.builder import build
 
 #: a handler at this priority runs right after Preview's handler of the same event
 AFTER_PREVIEW = Priority.LOGGING - 1

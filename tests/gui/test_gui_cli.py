@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.trainers.live_process import LiveProcess
-from trainers.checkpoint import list_checkpoints, read_metadata
+from trainers.checkpoint.format import list_checkpoints, read_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = str(ROOT / "trainers" / "configs" / "demo.yaml")
+DEMO = str(ROOT / "trainers" / "apps" / "configs" / "demo.yaml")
 
 pytestmark = pytest.mark.usefixtures("display")
 

@@ -15,12 +15,12 @@ from callbacks import Checkpointer, Preview
 from lifecycle import Phase, Status
 from tests.gui.drive import Recorder, click, press, pump, pump_until
 from tests.trainers.support import EVENT_METHODS
-from trainers.base import BaseTrainer
-from trainers.checkpoint import list_checkpoints, load_checkpoint, read_metadata
-from trainers.demo import demo_trainer
+from trainers.apps.demo import demo_trainer
+from trainers.apps.image_field.trainer import image_field_trainer
+from trainers.checkpoint.format import list_checkpoints, load_checkpoint, read_metadata
+from trainers.engine.trainer import BaseTrainer
 from trainers.gui import TrainingWindow
 from trainers.gui.photo import netpbm
-from trainers.image_field.trainer import image_field_trainer
 
 pytestmark = pytest.mark.usefixtures("display")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.trainers.support import make_trainer
-from trainers.checkpoint import CheckpointError
+from trainers.checkpoint.format import CheckpointError
 
 
 def _write_note(note: Path, **fields: Any) -> None:

@@ -12,9 +12,9 @@ import torch
 from rich.console import Console
 
 from tests.trainers.support import Recorder
-from trainers.base import BaseTrainer
-from trainers.demo import demo_trainer
-from trainers.distributed import init_from_env
+from trainers.apps.demo import demo_trainer
+from trainers.distributed.environment import init_from_env
+from trainers.engine.trainer import BaseTrainer
 
 
 class Counter(Recorder):

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from callbacks import Callback, GridPruning
-from trainers.base import BaseTrainer
-from trainers.image_field import image_field_trainer
+from trainers.apps.image_field import image_field_trainer
+from trainers.engine.trainer import BaseTrainer
 
 
 class PruneLog(Callback):

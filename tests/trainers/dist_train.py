@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 from callbacks import Callback, Checkpointer, EarlyStopping, TensorBoardLogger, Validator, WandbLogger
 from lifecycle import Status
 from tests.trainers.support import Recorder
-from trainers.base import BaseTrainer
+from trainers.engine.trainer import BaseTrainer
 
 
 class Mishap(Callback):

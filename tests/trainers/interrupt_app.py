@@ -7,9 +7,9 @@ signal lands known instead of a matter of timing:
 * ``--hold-finishing``: in ``post_training`` of an interrupted run it prints ``HOLD finishing`` and waits (at most
   60 s) for a second signal, which then aborts the run from inside the finishing events.
 
-Nothing of the library is replaced: the demo trainer is built by ``trainers.demo.demo_trainer`` (the factory the
+Nothing of the library is replaced: the demo trainer is built by ``trainers.apps.demo.demo_trainer`` (the factory the
 config names) and gets the callback added, and the CLI's ``main`` runs unchanged. Only the demo gets it: give
-``train --config trainers/configs/demo.yaml`` (the built-in default is the image-field app).
+``train --config trainers/apps/configs/demo.yaml`` (the built-in default is the image-field app).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import trainers.demo
+import trainers.apps.demo
 from callbacks import Callback
 from lifecycle import Status
 from trainers import BaseTrainer
@@ -62,7 +62,7 @@ def run(argv: list[str]) -> int:
             finishing = True
         else:
             raise SystemExit(f"unknown option {option}")
-    make = trainers.demo.demo_trainer
+    make = trainers.apps.demo.demo_trainer
 
     @functools.wraps(make)  # the same signature: the config's trainer keys stay valid
     def make_held(**kwargs: Any) -> BaseTrainer:
@@ -70,7 +70,7 @@ def run(argv: list[str]) -> int:
         trainer.add_callback(Hold(at, finishing))
         return trainer
 
-    trainers.demo.demo_trainer = make_held  # the registry looks it up in trainers.demo when main() builds
+    trainers.apps.demo.demo_trainer = make_held  # the registry looks it up in trainers.apps.demo when main() builds
     return main(argv)
 
 

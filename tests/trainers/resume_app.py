@@ -65,7 +65,7 @@ from torch.utils.data import Dataset
 from callbacks import Checkpointer, EarlyStopping, GradientGuard, GridPruning, LRDecay, Validator
 from tests.callbacks.grid_model import GridModel, image_data
 from trainers import BaseTrainer
-from trainers.checkpoint import list_checkpoints
+from trainers.checkpoint.format import list_checkpoints
 
 EPOCHS = 4
 IMAGE = 8  # 8 x 8 pixels = 64 items

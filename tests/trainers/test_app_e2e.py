@@ -30,9 +30,9 @@ from PIL import Image
 
 from tests.tb_events import events as read_events
 from tests.tb_events import series
-from trainers.builder import load_config
-from trainers.checkpoint import read_metadata
-from trainers.image_field.image import default_image
+from trainers.apps.image_field.image import default_image
+from trainers.checkpoint.format import read_metadata
+from trainers.config.builder import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCH = 60  # iterations per epoch

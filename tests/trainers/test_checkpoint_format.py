@@ -1,6 +1,6 @@
-"""The checkpoint file (``trainers.checkpoint``, ``trainers.rng`` and the trainer's save/resume) with real files and
-real torch: the exact round trip of keys, metadata and tensors; ``read_metadata`` not loading tensor data;
-``check_plain`` naming the key path of a non-plain value and leaving the disk untouched; crafted malicious files
+"""The checkpoint file (``trainers.checkpoint.format``, ``trainers.checkpoint.rng`` and the trainer's save/resume) with
+real files and real torch: the exact round trip of keys, metadata and tensors; ``read_metadata`` not loading tensor
+data; ``check_plain`` naming the key path of a non-plain value and leaving the disk untouched; crafted malicious files
 refused without running their code; damaged files (truncated at many offsets, random bytes, a flipped bit in tensor
 data, wrong structure or format) each reported with the file and the specific reason; checkpoints that do not fit a
 trainer refused with the trainer left bit-identical and still trainable; the newest-loadable fallback of
@@ -38,7 +38,7 @@ from torch import nn
 from callbacks import Callback
 from tests.trainers.support import Recorder, full_run, make_trainer, params_of, same_params
 from trainers import BaseTrainer
-from trainers.checkpoint import (
+from trainers.checkpoint.format import (
     FORMAT,
     CheckpointError,
     check_plain,
@@ -48,7 +48,7 @@ from trainers.checkpoint import (
     stepbus_version,
     write_checkpoint,
 )
-from trainers.rng import capture_rng, check_rng, restore_rng
+from trainers.checkpoint.rng import capture_rng, check_rng, restore_rng
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = Path(__file__).with_name("checkpoint_faults.py")
@@ -217,7 +217,7 @@ def test_round_trip_has_exactly_the_keys_metadata_and_tensors(tmp_path: Path) ->
     assert (meta["max_epochs"], meta["iterations_per_epoch"]) == (3, STEPS)
     assert meta["metrics"] == {"val/mse": 0.25, "lr": 1e-3, "note": "x", "count": 3}  # the tensor metric is left out
     assert meta["config"] == trainer.config
-    assert meta["trainer"] == "trainers.base.BaseTrainer"
+    assert meta["trainer"] == "trainers.engine.trainer.BaseTrainer"
     assert (meta["score"], meta["tag"]) == (0.5, "t")
 
     assert loaded["trainer"] == {
@@ -694,7 +694,7 @@ def test_checkpoints_that_do_not_fit_are_refused_and_change_nothing(tmp_path: Pa
         (
             trained(2).save_checkpoint(tmp_path / "crash.pt", reason="exception", resumable=False),
             "not resumable: it was written at iteration 2 because of 'exception' (the state at a failure, mid-step); "
-            "load it with trainers.checkpoint.load_checkpoint to inspect it",
+            "load it with trainers.checkpoint.format.load_checkpoint to inspect it",
         ),
     ]
     trainer = _target()

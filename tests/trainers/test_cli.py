@@ -13,7 +13,9 @@ import pytest
 from trainers.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = str(ROOT / "trainers" / "configs" / "demo.yaml")  # the fast MLP demo (the default is the image-field app)
+DEMO = str(
+    ROOT / "trainers" / "apps" / "configs" / "demo.yaml"
+)  # the fast MLP demo (the default is the image-field app)
 PROGRESS = re.compile(r"^epoch 1/1\s+iteration\s+128/128\s+loss (\d+\.\d{5})$", re.MULTILINE)
 
 

@@ -24,16 +24,16 @@ import pytest
 import yaml
 
 from tests.trainers.live_process import LiveProcess
-from trainers.builder import load_config
-from trainers.checkpoint import read_metadata
+from trainers.checkpoint.format import read_metadata
 from trainers.cli import main
-from trainers.config import default_config_path, dump_yaml
-from trainers.config_error import ConfigError
+from trainers.config.builder import load_config
+from trainers.config.errors import ConfigError
+from trainers.config.schema import default_config_path, dump_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
-IMAGE_FIELD = ROOT / "trainers" / "configs" / "image_field.yaml"  # the built-in default: the reference app
-DEMO = str(ROOT / "trainers" / "configs" / "demo.yaml")  # the fast MLP demo, for the tests that train
+IMAGE_FIELD = ROOT / "trainers" / "apps" / "configs" / "image_field.yaml"  # the built-in default: the reference app
+DEMO = str(ROOT / "trainers" / "apps" / "configs" / "demo.yaml")  # the fast MLP demo, for the tests that train
 CLI = "trainers"  # python -m trainers: the stepbus command
 APP = "tests.trainers.interrupt_app"  # the same command with a Hold callback (--hold-at N stops at iteration N)
 BUILT_IN: tuple[str, ...] = ("lr_decay", "grid_pruning", "gradient_guard", "validator", "early_stopping")
@@ -429,14 +429,14 @@ def test_a_bad_config_exits_2_with_every_problem_on_stderr_and_nothing_on_stdout
 
 
 def _optimizers() -> list[str]:
-    from trainers.optimizer_config import optimizer_classes
+    from trainers.config.optimizer import optimizer_classes
 
     return list(optimizer_classes())
 
 
 def _constructor_error(name: str, **kwargs: Any) -> str:
     """The message of the ValueError the callback's own constructor raises for ``kwargs``."""
-    from trainers.registry import Registry
+    from trainers.config.registry import Registry
 
     cls = Registry.default(plugins=False).entry("callback", name, name).load()
     with pytest.raises(ValueError) as info:  # noqa: PT011 - the constructor's own message is what the CLI shows

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from tests.tb_events import events as tb_events
 from tests.tb_events import series
-from trainers.checkpoint import read_metadata
+from trainers.checkpoint.format import read_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-DEMO = str(ROOT / "trainers" / "configs" / "demo.yaml")
+DEMO = str(ROOT / "trainers" / "apps" / "configs" / "demo.yaml")
 
 
 def _stepbus(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -29,21 +29,21 @@ from callbacks.checkpointer import Checkpointer
 from callbacks.early_stopping import EarlyStopping
 from callbacks.gradient_guard import GradientGuard
 from callbacks.grid_pruning import GridPruning
+from callbacks.loggers.metrics_file import MetricsFile
+from callbacks.loggers.tensorboard import TensorBoardLogger
+from callbacks.loggers.wandb import WandbLogger
 from callbacks.lr_decay import LRDecay
-from callbacks.metrics_file import MetricsFile
 from callbacks.preview import Preview
 from callbacks.progress import ProgressBar
-from callbacks.tensorboard_logger import TensorBoardLogger
 from callbacks.validator import Validator
-from callbacks.wandb_logger import WandbLogger
 from lifecycle import Event, Status
 from trainers import BaseTrainer, ConfigError, Registry, RegistryError, RunConfig, load_config
-from trainers.base import OptimizerSpec
-from trainers.builder import build
-from trainers.checkpoint import read_metadata
-from trainers.config import apply_overrides, default_config_path, parse_override
-from trainers.demo import ReportProgress
-from trainers.image_field import ImageFieldTrainer
+from trainers.apps.demo import ReportProgress
+from trainers.apps.image_field import ImageFieldTrainer
+from trainers.checkpoint.format import read_metadata
+from trainers.config.builder import build
+from trainers.config.schema import apply_overrides, default_config_path, parse_override
+from trainers.engine.trainer import OptimizerSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTINS = [
@@ -81,7 +81,9 @@ SCHEDULE_FORMS = (
     "'<T>h' (wall time), 'once', or at=[...] with optional start=/end= bounds"
 )
 SMALL = ["trainer.samples=256", "trainer.max_epochs=1"]  # 4 iterations of 64 (of the demo)
-DEMO = ROOT / "trainers" / "configs" / "demo.yaml"  # the fast MLP demo (the built-in default is the image-field app)
+DEMO = (
+    ROOT / "trainers" / "apps" / "configs" / "demo.yaml"
+)  # the fast MLP demo (the built-in default is the image-field app)
 
 
 def _env() -> dict[str, str]:
@@ -314,7 +316,7 @@ def test_round_trip_file_build_train_saves_the_resolved_config(tmp_path: Path) -
 
 def test_default_config_is_the_image_field_yaml_and_builds_the_reference_app(tmp_path: Path) -> None:
     default = load_config(None)
-    assert default_config_path() == ROOT / "trainers" / "configs" / "image_field.yaml"
+    assert default_config_path() == ROOT / "trainers" / "apps" / "configs" / "image_field.yaml"
     assert default.source == str(default_config_path())
     assert load_config(default_config_path()).data == default.data
     assert default.trainer.name == "image_field"

@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trainers import ConfigError, Registry, RunConfig, load_config
-from trainers.config import default_config_path, dump_yaml, parse_override
-from trainers.config_error import Problem
-from trainers.registry import BUILTIN_CALLBACKS
+from trainers.config.errors import Problem
+from trainers.config.registry import BUILTIN_CALLBACKS
+from trainers.config.schema import default_config_path, dump_yaml, parse_override
 
 #: the file the fuzz mutates: the demo's config, a fixed file -- not the built-in default, which may change (it is the
 #: image-field app now; ``base=None`` below and the last test cover it)
-DEMO_PATH = Path(__file__).resolve().parents[2] / "trainers" / "configs" / "demo.yaml"
+DEMO_PATH = Path(__file__).resolve().parents[2] / "trainers" / "apps" / "configs" / "demo.yaml"
 DEMO: dict[str, Any] = yaml.safe_load(DEMO_PATH.read_text(encoding="utf-8"))
 REGISTRY = Registry.default()  # shared: an entry reads its class's parameters once
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -20,7 +20,7 @@ import torch
 from tests.tb_events import events as tb_events
 from tests.tb_events import series
 from tests.trainers.ranks import start_ranks, torchrun, wait_ranks
-from trainers.checkpoint import load_checkpoint, read_metadata
+from trainers.checkpoint.format import load_checkpoint, read_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "tests" / "trainers" / "dist_train.py"

@@ -22,10 +22,9 @@ from lifecycle.bus import Bus
 from lifecycle.events import Event
 from lifecycle.state import State
 from tests.trainers.ranks import start_ranks, wait_ranks
-from trainers.base import _check_shares
-from trainers.collective import gist
-from trainers.data import BatchPlan, Feeder, SeededBatch, _PlanSampler, mix_seed, shard_batch
-from trainers.distributed import (
+from trainers.data.feeder import BatchPlan, Feeder, SeededBatch, _PlanSampler, mix_seed, shard_batch
+from trainers.distributed.collective import gist
+from trainers.distributed.environment import (
     DEFAULT_TIMEOUT,
     collective_timeout,
     default_backend,
@@ -33,7 +32,8 @@ from trainers.distributed import (
     launched_world_size,
     local_device,
 )
-from trainers.peers import PeerFailure, describe, is_collective_failure
+from trainers.distributed.peer_failure import PeerFailure, describe, is_collective_failure
+from trainers.engine.trainer import _check_shares
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -502,7 +502,8 @@ def test_init_from_env_outside_a_job_returns_false(monkeypatch: pytest.MonkeyPat
 def test_init_from_env_rejects_a_bad_backend_before_starting_a_group(
     monkeypatch: pytest.MonkeyPatch, backend: str, message: str
 ) -> None:
-    # both checks come before init_process_group (see trainers/distributed.py), so no rendezvous is attempted
+    # both checks come before init_process_group (see trainers/distributed/environment.py), so no rendezvous is
+    # attempted
     assert not dist.is_initialized()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -604,9 +605,9 @@ import torch.distributed as dist
 from torch import nn
 
 from trainers import distributed
-from trainers.collective import Collective
-from trainers.ddp import LossModule, wrap
-from trainers.stop_vote import StopVote
+from trainers.distributed.collective import Collective
+from trainers.distributed.ddp import LossModule, wrap
+from trainers.distributed.stop_vote import StopVote
 
 out = sys.argv[1]
 report = {}

@@ -18,18 +18,18 @@ import torch
 from PIL import Image
 
 from callbacks import Checkpointer, GridPruning, LRDecay, Validator
-from trainers.builder import build, load_config
-from trainers.checkpoint import load_checkpoint
-from trainers.config import load_yaml
-from trainers.config_error import ConfigError
-from trainers.image_field import ImageField, ImageFieldTrainer, image_field_trainer
-from trainers.image_field.grid import _PRIME, MultiResGrid
-from trainers.image_field.image import default_image, load_image
-from trainers.image_field.occupancy import Occupancy
-from trainers.optimizer_config import optimizer_factory
+from trainers.apps.image_field import ImageField, ImageFieldTrainer, image_field_trainer
+from trainers.apps.image_field.grid import _PRIME, MultiResGrid
+from trainers.apps.image_field.image import default_image, load_image
+from trainers.apps.image_field.occupancy import Occupancy
+from trainers.checkpoint.format import load_checkpoint
+from trainers.config.builder import build, load_config
+from trainers.config.errors import ConfigError
+from trainers.config.optimizer import optimizer_factory
+from trainers.config.schema import load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-YAML = ROOT / "trainers" / "configs" / "image_field.yaml"
+YAML = ROOT / "trainers" / "apps" / "configs" / "image_field.yaml"
 
 #: the small configuration every training test uses: a 64x64 image in 8x8 blocks of 8x8 pixels
 SIZE, CELLS, BLOCK = 64, 8, 8

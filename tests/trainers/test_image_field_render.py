@@ -22,8 +22,8 @@ from rich.console import Console
 
 from callbacks import GridPruning
 from lifecycle import Status
-from trainers.demo import demo_trainer
-from trainers.image_field import ImageField, ImageFieldTrainer, image_field_trainer
+from trainers.apps.demo import demo_trainer
+from trainers.apps.image_field import ImageField, ImageFieldTrainer, image_field_trainer
 
 HEIGHT, WIDTH = 67, 50  # divisible by neither 2 nor 3
 CELLS = 8  # blocks of ceil(67 / 8) = 9 rows by ceil(50 / 8) = 7 columns

@@ -1,4 +1,4 @@
-"""SIGINT / SIGTERM during ``train()`` (``trainers.signals``, ``BaseTrainer.train`` / ``_on_signal``, the
+"""SIGINT / SIGTERM during ``train()`` (``trainers.engine.signals``, ``BaseTrainer.train`` / ``_on_signal``, the
 ``"interrupt"`` request a :class:`~callbacks.Checkpointer` serves, the CLI's exit codes).
 
 Every signal here is real: ``signal.raise_signal`` from a handler on the main thread (Python runs the handler
@@ -29,9 +29,9 @@ from lifecycle import CallbackError, Loop, Status
 from tests.trainers.live_process import LiveProcess
 from tests.trainers.support import Recorder, Row, full_run, make_trainer, params_of, same_params
 from trainers import BaseTrainer
-from trainers.checkpoint import list_checkpoints, load_checkpoint, read_metadata
+from trainers.checkpoint.format import list_checkpoints, load_checkpoint, read_metadata
 from trainers.cli import main
-from trainers.signals import TrainingInterrupted
+from trainers.engine.signals import TrainingInterrupted
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 3  # make_trainer: 6 items in batches of 2
@@ -548,7 +548,7 @@ CLI = "trainers"  # python -m trainers: the stepbus command
 APP = "tests.trainers.interrupt_app"  # the same command with a Hold callback (see interrupt_app.py)
 #: the fast MLP demo (128 iterations per epoch; the built-in default is the image-field app). A resume without
 #: --config (the command the interrupted run prints) continues with the config saved in the checkpoint: the demo
-DEMO = str(ROOT / "trainers" / "configs" / "demo.yaml")
+DEMO = str(ROOT / "trainers" / "apps" / "configs" / "demo.yaml")
 INTERRUPTED = re.compile(
     r"interrupted by (SIGINT|SIGTERM) at epoch (\d+)/(\d+), step (\d+)/128, iteration (\d+); continue with: "
     r"stepbus train --epochs (\d+) --resume auto --run-dir (\S+)"

@@ -1,4 +1,4 @@
-"""``trainer.request_validation()`` (``trainers.requests``) on real training runs: served at once between
+"""``trainer.request_validation()`` (``trainers.engine.requests``) on real training runs: served at once between
 ``iterate()`` calls, queued and served at the next safe point from a handler (after ``post_step``, after
 ``post_epoch``, before ``post_training``), coalescing, one validation per iteration per validator, servers added
 and removed with their callbacks, and failures inside and outside ``iterate()``."""

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from tests.trainers import resume_app as app
-from trainers.checkpoint import list_checkpoints, load_checkpoint, read_metadata
+from trainers.checkpoint.format import list_checkpoints, load_checkpoint, read_metadata
 
 N = app.ITERATIONS  # 32
 IPE = app.ITERATIONS_PER_EPOCH  # 8

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from tkinter import ttk
 from typing import TYPE_CHECKING, Any
 
-from callbacks.log_values import numbers
+from callbacks.loggers.values import numbers
 from lifecycle import Phase
 from trainers.gui.curve import Curve
 from trainers.gui.photo import ImageView
@@ -24,7 +24,7 @@ from trainers.gui.photo import ImageView
 if TYPE_CHECKING:  # pragma: no cover
     from callbacks import Callback
     from callbacks.preview import Preview
-    from trainers.base import BaseTrainer
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["TrainerPanel"]
 

@@ -21,7 +21,7 @@ from trainers.gui.frames import FrameClock
 from trainers.gui.panel import TrainerPanel
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainers.base import BaseTrainer
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["TrainingWindow"]
 

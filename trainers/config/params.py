@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, ForwardRef, Literal, Union
 
-from trainers.config_error import Problem, show_value
+from trainers.config.errors import Problem, show_value
 
 __all__ = ["REQUIRED", "CodeOnly", "Param", "check_values", "describe", "params_of"]
 
@@ -112,7 +112,7 @@ def check_values(
     missing required ones and bad values are problems at ``<path>.<key>``. Returns the checked values and the
     problems (the values are only meaningful without problems). Keys in ``handled`` are checked by the caller:
     valid here (and listed among the valid keys), but neither validated nor returned."""
-    from trainers.config_error import did_you_mean
+    from trainers.config.errors import did_you_mean
 
     checked: dict[str, Any] = {}
     problems: list[Problem] = []

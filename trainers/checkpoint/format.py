@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from trainers.atomic import atomic_write
+from trainers.checkpoint.atomic import atomic_write
 
 __all__ = [
     "FORMAT",

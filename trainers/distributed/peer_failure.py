@@ -1,8 +1,9 @@
 """When a collective fails because a peer died or hangs: say which rank, where, and what the backend said.
 
 A gloo or nccl error reads ``Connection closed by peer [127.0.0.1]:18086`` -- an address, not a rank. After such a
-failure every surviving rank probes every peer on a side group (:meth:`trainers.collective.Collective.probe`) and
-raises :class:`PeerFailure` naming the ranks that did not answer.
+failure every surviving rank probes every peer on a side group
+(:meth:`trainers.distributed.collective.Collective.probe`) and raises :class:`PeerFailure` naming the ranks that did
+not answer.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from trainers.collective import gist
+from trainers.distributed.collective import gist
 
 __all__ = ["PeerFailure", "is_collective_failure"]
 

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-import trainers.distributed as distributed
+import trainers.distributed.environment as distributed
 from callbacks.base import Callback
+from callbacks.loggers.metric_flow import MetricFlow
 from lifecycle import Bus, Event, Handle, Loop, Phase, ScheduleSpec, State, Status
-from trainers.checkpoint import (
+from trainers.checkpoint.format import (
     FORMAT,
     CheckpointError,
     check_model_fits,
@@ -31,16 +32,15 @@ from trainers.checkpoint import (
     stepbus_version,
     write_checkpoint,
 )
-from trainers.collective import Collective, RankZeroFailure
-from trainers.data import BatchPlan, Feeder
-from trainers.ddp import wrap as ddp_wrap
-from trainers.metric_flow import MetricFlow
-from trainers.peers import describe, is_collective_failure
-from trainers.placement import resolve_device, to_device
-from trainers.requests import Requests
-from trainers.rng import capture_rng, check_rng, restore_rng
-from trainers.signals import TrainingInterrupted, graceful_signals
-from trainers.stop_vote import INTERRUPT, STOP, StopVote
+from trainers.checkpoint.rng import capture_rng, check_rng, restore_rng
+from trainers.data.feeder import BatchPlan, Feeder
+from trainers.data.placement import resolve_device, to_device
+from trainers.distributed.collective import Collective, RankZeroFailure
+from trainers.distributed.ddp import wrap as ddp_wrap
+from trainers.distributed.peer_failure import describe, is_collective_failure
+from trainers.distributed.stop_vote import INTERRUPT, STOP, StopVote
+from trainers.engine.requests import Requests
+from trainers.engine.signals import TrainingInterrupted, graceful_signals
 
 __all__ = ["BaseTrainer", "LossFn", "OptimizerSpec"]
 
@@ -175,8 +175,8 @@ class BaseTrainer:
             epoch boundary); a larger value saves one small collective per step for tiny models, and a stop asked
             for during a step then lands up to ``2 * vote_every - 1`` steps later (on every rank alike).
 
-    In a ``torchrun`` job (see ``trainers.distributed``) the trainer starts the process group, wraps the loss in
-    DDP (``trainer.pipeline`` stays the plain module), gives each rank its share of every global batch of
+    In a ``torchrun`` job (see ``trainers.distributed.environment``) the trainer starts the process group, wraps the
+    loss in DDP (``trainer.pipeline`` stays the plain module), gives each rank its share of every global batch of
     ``batch_size`` items, and makes ``stop()``, checkpoints and validation collective (see the README).
     """
 
@@ -401,7 +401,7 @@ class BaseTrainer:
         step finishes, ``"interrupt"`` requests are served (a :class:`~callbacks.Checkpointer` saves), then
         ``post_epoch`` and ``post_training(status="interrupted")`` fire and ``train()`` returns
         ``Status.INTERRUPTED`` (:attr:`interrupted_by` names the signal). A second signal raises
-        :class:`~trainers.signals.TrainingInterrupted` at once. The previous handlers are restored on return."""
+        :class:`~trainers.engine.signals.TrainingInterrupted` at once. The previous handlers are restored on return."""
         if self._collective is not None and self._collective.closed:
             self._refuse_closed()
         loop, host = self._loop, self._host
@@ -424,7 +424,7 @@ class BaseTrainer:
         if self._loop.ending:
             return  # the run is ending anyway: let post_training finish (a second signal still aborts it)
         if self._vote is not None:
-            self._vote.want(INTERRUPT)  # the ranks agree on it (trainers.stop_vote); the save follows then
+            self._vote.want(INTERRUPT)  # the ranks agree on it (trainers.distributed.stop_vote); the save follows then
             return
         self._loop.request_stop(Status.INTERRUPTED)
         self._queue_interrupt()
@@ -485,7 +485,7 @@ class BaseTrainer:
         loadable checkpoint in the directory of each callback that has a ``checkpoint_dir`` (a Checkpointer),
         else in ``run_dir/checkpoints``. In a directory, a checkpoint that is damaged, incompatible or not a
         stepbus file is reported with a warning and the next newest is tried; ``"auto"`` with no checkpoint at all
-        starts from scratch (and returns ``None``). Every other failure is a :class:`~trainers.checkpoint.
+        starts from scratch (and returns ``None``). Every other failure is a :class:`~trainers.checkpoint.format.
         CheckpointError` naming the file and the reason, raised before anything is changed.
 
         The resumed run emits ``pre_training(resumed=True)``, then ``pre_epoch`` again when the checkpoint was
@@ -580,7 +580,8 @@ class BaseTrainer:
             raise CheckpointError(
                 path,
                 f"not resumable: it was written at iteration {meta.get('iteration')} because of {meta.get('reason')!r} "
-                "(the state at a failure, mid-step); load it with trainers.checkpoint.load_checkpoint to inspect it",
+                "(the state at a failure, mid-step); load it with "
+                "trainers.checkpoint.format.load_checkpoint to inspect it",
             )
         try:
             counters = self._checked_counters(loaded["trainer"])
@@ -694,7 +695,7 @@ class BaseTrainer:
         return obj
 
     def checkpoint_state(self, *, reason: str = "manual", resumable: bool = True) -> dict[str, Any]:
-        """Everything an exact resume needs, as tensors and plain containers (see ``trainers.checkpoint``).
+        """Everything an exact resume needs, as tensors and plain containers (see ``trainers.checkpoint.format``).
 
         Raises ``RuntimeError`` for a resumable checkpoint asked for where the run is not at a resumable point:
         inside a step (between ``pre_step`` and ``post_step``) or at an epoch's last step before its ``post_epoch``.
@@ -740,9 +741,10 @@ class BaseTrainer:
         resumable: bool = True,
         metadata: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write :meth:`checkpoint_state` to ``path`` atomically (see :func:`trainers.checkpoint.write_checkpoint`);
-        ``metadata`` adds plain keys to the metadata block. Raises :class:`~trainers.checkpoint.CheckpointError`
-        when the file cannot be written; the previous file at ``path`` is then intact."""
+        """Write :meth:`checkpoint_state` to ``path`` atomically (see
+        :func:`trainers.checkpoint.format.write_checkpoint`); ``metadata`` adds plain keys to the metadata block.
+        Raises :class:`~trainers.checkpoint.format.CheckpointError` when the file cannot be written; the previous file
+        at ``path`` is then intact."""
         collective = self._collective
         if collective is None or not resumable:
             payload = self.checkpoint_state(reason=reason, resumable=resumable)
@@ -797,8 +799,8 @@ class BaseTrainer:
     ) -> T:
         """``fn()`` on rank 0 only and its result (small, picklable) on every rank; ``fn()`` itself in a single
         process. A collective. If ``fn`` raises, rank 0 re-raises it once every other rank heard of it, and those
-        raise ``elsewhere(failure)`` (a :class:`~trainers.collective.RankZeroFailure`: the type name, message and
-        ``reason`` of rank 0's error), by default a ``RuntimeError`` that names rank 0 and ``fn``."""
+        raise ``elsewhere(failure)`` (a :class:`~trainers.distributed.collective.RankZeroFailure`: the type name,
+        message and ``reason`` of rank 0's error), by default a ``RuntimeError`` that names rank 0 and ``fn``."""
         if self._collective is None:
             return fn()
         if elsewhere is None:
@@ -820,9 +822,9 @@ class BaseTrainer:
         """End the run: from a handler, after the current step (``post_epoch`` and ``post_training(status=
         "stopped")`` follow once each); from outside ``iterate()``, at once. Idempotent.
 
-        In a distributed run a stop on any rank stops every rank at the same iteration (``trainers.stop_vote``):
-        asked for at an epoch boundary (``pre_training``, ``pre_epoch``, ``post_epoch``, validation there) it ends
-        the run there; asked for during a step, after the next step."""
+        In a distributed run a stop on any rank stops every rank at the same iteration
+        (``trainers.distributed.stop_vote``): asked for at an epoch boundary (``pre_training``, ``pre_epoch``,
+        ``post_epoch``, validation there) it ends the run there; asked for during a step, after the next step."""
         if self._vote is not None:
             if not self._loop.ending:
                 self._vote.want(STOP)
@@ -831,7 +833,7 @@ class BaseTrainer:
 
     def request_validation(self) -> None:
         """Ask every registered validator to run: at once when called between steps (a GUI button), or at the
-        next safe point of the running ``iterate()`` when called from a handler (see ``trainers.requests``).
+        next safe point of the running ``iterate()`` when called from a handler (see ``trainers.engine.requests``).
         Raises ``RuntimeError`` when no callback serves validation requests."""
         self.request("validation")
 
@@ -872,7 +874,7 @@ class BaseTrainer:
 
     @property
     def metric_flow(self) -> MetricFlow:
-        """The step outputs accumulated on the device for loggers (``trainers.metric_flow``); created, and its
+        """The step outputs accumulated on the device for loggers (``callbacks.loggers.metric_flow``); created, and its
         handlers connected, on first use, so a run without loggers pays nothing for it."""
         flow = self._metric_flow
         if flow is None:
@@ -1033,7 +1035,8 @@ class BaseTrainer:
     def close(self) -> None:
         """Release DataLoader workers (also done when the trainer is garbage-collected) and, in a distributed run,
         the trainer's own side groups: a closed distributed trainer cannot train on. The default process group is
-        left alone (whoever started it destroys it; :func:`~trainers.distributed.init_from_env` does so at exit)."""
+        left alone (whoever started it destroys it; :func:`~trainers.distributed.environment.init_from_env` does so at
+        exit)."""
         self._feeder.close()
         if self._collective is not None:
             if self._vote is not None:

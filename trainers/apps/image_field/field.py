@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from trainers.image_field.grid import MultiResGrid
-from trainers.image_field.occupancy import Occupancy
+from trainers.apps.image_field.grid import MultiResGrid
+from trainers.apps.image_field.occupancy import Occupancy
 
 __all__ = ["ImageField"]
 

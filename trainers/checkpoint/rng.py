@@ -3,8 +3,9 @@
 The state is kept to tensors and plain containers so that it survives ``torch.load(..., weights_only=True)``:
 torch's CPU generator and each CUDA device's generator as ``uint8`` tensors, Python's ``random`` state as nested
 tuples of ints, and numpy's legacy global generator (only when numpy is loaded in this process) with its key as an
-``int64`` tensor. The trainer never seeds these generators itself (data order has its own, see ``trainers.data``);
-it only carries them across a resume so that dropout, augmentation or sampling in the model repeat bit for bit.
+``int64`` tensor. The trainer never seeds these generators itself (data order has its own, see
+``trainers.data.feeder``); it only carries them across a resume so that dropout, augmentation or sampling in the model
+repeat bit for bit.
 """
 
 from __future__ import annotations

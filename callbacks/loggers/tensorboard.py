@@ -21,17 +21,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from callbacks.backend import BackendGuard, BackendLogger, OnError, require_package
 from callbacks.base import output_dir, parse_schedule
 from callbacks.images import to_uint8_hwc
-from callbacks.log_values import as_markdown, flat_scalars, numbers, published, validation_numbers
+from callbacks.loggers.failure_policy import BackendGuard, BackendLogger, OnError, require_package
+from callbacks.loggers.values import as_markdown, flat_scalars, numbers, published, validation_numbers
 from lifecycle import Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.tensorboard import SummaryWriter
 
-    from trainers.base import BaseTrainer
-    from trainers.metric_flow import Window
+    from callbacks.loggers.metric_flow import Window
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["TensorBoardLogger"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from trainers.config_error import ConfigError, Problem, did_you_mean, show_value
+from trainers.config.errors import ConfigError, Problem, did_you_mean, show_value
 
 __all__ = ["check_optimizer", "optimizer_classes", "optimizer_factory"]
 
@@ -26,7 +26,7 @@ def optimizer_classes() -> dict[str, type]:
 def check_optimizer(block: Any, path: str) -> dict[str, Any]:
     """``block`` checked: a known ``name`` and keyword arguments that the optimizer accepts, with valid values.
     Returns ``{"name": <lower-case name>, **kwargs}`` (values normalised, e.g. ``betas`` a list)."""
-    from trainers.params import check_values, params_of
+    from trainers.config.params import check_values, params_of
 
     if isinstance(block, str):
         block = {"name": block}

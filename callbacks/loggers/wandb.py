@@ -27,18 +27,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from callbacks.backend import BackendGuard, BackendLogger, OnError, require_package
 from callbacks.base import output_dir, parse_schedule
 from callbacks.images import to_uint8_hwc
-from callbacks.log_values import numbers, published, validation_numbers
+from callbacks.loggers.failure_policy import BackendGuard, BackendLogger, OnError, require_package
+from callbacks.loggers.values import numbers, published, validation_numbers
 from lifecycle import Event, Phase, Priority, ScheduleSpec, Status
-from trainers.signals import exit_code as signal_exit_code
+from trainers.engine.signals import exit_code as signal_exit_code
 
 if TYPE_CHECKING:  # pragma: no cover
     from wandb import Run
 
-    from trainers.base import BaseTrainer
-    from trainers.metric_flow import Window
+    from callbacks.loggers.metric_flow import Window
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["WandbLogger"]
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
-from trainers.config_error import ConfigError, Problem, did_you_mean
-from trainers.params import Param, params_of
+from trainers.config.errors import ConfigError, Problem, did_you_mean
+from trainers.config.params import Param, params_of
 
 __all__ = ["BUILTIN_CALLBACKS", "BUILTIN_TRAINERS", "Entry", "Registry", "RegistryError"]
 
@@ -36,18 +36,18 @@ BUILTIN_CALLBACKS: dict[str, str] = {
     "gradient_guard": "callbacks.gradient_guard:GradientGuard",
     "validator": "callbacks.validator:Validator",
     "early_stopping": "callbacks.early_stopping:EarlyStopping",
-    "tensorboard": "callbacks.tensorboard_logger:TensorBoardLogger",
-    "wandb": "callbacks.wandb_logger:WandbLogger",
+    "tensorboard": "callbacks.loggers.tensorboard:TensorBoardLogger",
+    "wandb": "callbacks.loggers.wandb:WandbLogger",
     "progress": "callbacks.progress:ProgressBar",
     "checkpointer": "callbacks.checkpointer:Checkpointer",
-    "metrics_file": "callbacks.metrics_file:MetricsFile",
+    "metrics_file": "callbacks.loggers.metrics_file:MetricsFile",
     "preview": "callbacks.preview:Preview",
 }
 
 #: config name -> "module:attribute" of the built-in trainer factories
 BUILTIN_TRAINERS: dict[str, str] = {
-    "demo": "trainers.demo:demo_trainer",
-    "image_field": "trainers.image_field.trainer:image_field_trainer",
+    "demo": "trainers.apps.demo:demo_trainer",
+    "image_field": "trainers.apps.image_field.trainer:image_field_trainer",
 }
 
 #: parameters of a trainer factory that the builder supplies (not config keys of the ``trainer:`` block)

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from trainers.base import BaseTrainer
-from trainers.image_field.field import ImageField
-from trainers.image_field.image import default_image, load_image
-from trainers.optim_groups import param_groups
+from trainers.apps.image_field.field import ImageField
+from trainers.apps.image_field.image import default_image, load_image
+from trainers.engine.optim_groups import param_groups
+from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["ImageFieldTrainer", "image_field_trainer"]
 

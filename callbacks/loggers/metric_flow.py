@@ -34,7 +34,7 @@ import torch
 from lifecycle import Event, Priority
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainers.base import BaseTrainer
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["MetricFlow", "Window"]
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from trainers.config_error import ConfigError, Problem, did_you_mean, show_value
-from trainers.params import REQUIRED, check_values
-from trainers.registry import Entry, Registry
+from trainers.config.errors import ConfigError, Problem, did_you_mean, show_value
+from trainers.config.params import REQUIRED, check_values
+from trainers.config.registry import Entry, Registry
 
 __all__ = [
     "CallbackSpec",
@@ -77,11 +77,11 @@ class RunConfig:
 
 
 def default_config_path() -> Path:
-    """The built-in default config: ``trainers/configs/image_field.yaml``, the reference app (a neural field fit to
-    an image, see :mod:`trainers.image_field`). It is what ``stepbus train`` runs with no ``--config`` and what
-    ``stepbus config show`` prints with no file. The small, fast MLP demo is ``trainers/configs/demo.yaml``
-    (``stepbus train --config trainers/configs/demo.yaml``)."""
-    return Path(__file__).with_name("configs") / "image_field.yaml"
+    """The built-in default config: ``trainers/apps/configs/image_field.yaml``, the reference app (a neural field fit to
+    an image, see :mod:`trainers.apps.image_field`). It is what ``stepbus train`` runs with no ``--config`` and what
+    ``stepbus config show`` prints with no file. The small, fast MLP demo is ``trainers/apps/configs/demo.yaml``
+    (``stepbus train --config trainers/apps/configs/demo.yaml``)."""
+    return Path(__file__).parents[1] / "apps" / "configs" / "image_field.yaml"
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -250,7 +250,7 @@ def _trainer_section(
     optimizer = values.pop("optimizer", None) if "optimizer" in params else None
     kwargs: dict[str, Any] = {}
     if optimizer is not None:
-        from trainers.optimizer_config import check_optimizer
+        from trainers.config.optimizer import check_optimizer
 
         try:
             kwargs["optimizer"] = check_optimizer(optimizer, "trainer.optimizer")

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from callbacks.base import Callback, output_dir
 from lifecycle import Priority, Status
-from trainers.atomic import atomic_write
+from trainers.checkpoint.atomic import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainers.base import BaseTrainer
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["MetricsFile"]
 

@@ -1,6 +1,6 @@
 """A small, fast example training: an MLP fits a 2-D function, callbacks do the rest.
 
-``demo_trainer`` is the factory behind ``trainer: {name: demo}`` in a config (``trainers/configs/demo.yaml``; the
+``demo_trainer`` is the factory behind ``trainer: {name: demo}`` in a config (``trainers/apps/configs/demo.yaml``; the
 built-in default is the reference app, ``image_field.yaml``): a ``loss_fn`` instead of a training subclass,
 ``validate()`` on held-out points, and one app-specific callback, :class:`ReportProgress`, that reads the loss only
 when it reports (one ``.item()`` per report, never per step). The config adds the built-in callbacks: LR decay,
@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 
 from callbacks import Callback
 from lifecycle import Priority, Status
-from trainers.base import BaseTrainer, OptimizerSpec
+from trainers.engine.trainer import BaseTrainer, OptimizerSpec
 
 __all__ = ["ReportProgress", "demo_trainer"]
 

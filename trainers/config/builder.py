@@ -16,12 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainers.config import RunConfig, default_config_path, dump_yaml, load_yaml, resolve
-from trainers.config_error import ConfigError, Problem
-from trainers.registry import Registry
+from trainers.config.errors import ConfigError, Problem
+from trainers.config.registry import Registry
+from trainers.config.schema import RunConfig, default_config_path, dump_yaml, load_yaml, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainers.base import BaseTrainer
+    from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["build", "load_config", "new_run_dir"]
 
@@ -34,7 +34,7 @@ def load_config(
 ) -> RunConfig:
     """A checked :class:`RunConfig` from a file path, a mapping or ``None`` (the built-in default), with
     ``overrides`` (``"trainer.max_epochs=5"``) applied first."""
-    from trainers.config import apply_overrides
+    from trainers.config.schema import apply_overrides
 
     if isinstance(config, RunConfig):
         if not overrides:
@@ -82,7 +82,7 @@ def build(
     factory = resolved.trainer.load()
     kwargs = dict(resolved.trainer_kwargs)
     if "optimizer" in kwargs:
-        from trainers.optimizer_config import optimizer_factory
+        from trainers.config.optimizer import optimizer_factory
 
         kwargs["optimizer"] = optimizer_factory(kwargs["optimizer"])
     accepted = inspect.signature(factory).parameters
@@ -113,7 +113,7 @@ def _write_config_at_start(trainer: BaseTrainer, resolved: RunConfig) -> None:
     """``<run_dir>/config.yaml`` (atomically) at each ``pre_training``: the config this process runs with (by rank 0
     in a distributed run: the ranks run the same config)."""
     from lifecycle import Event
-    from trainers.atomic import atomic_write
+    from trainers.checkpoint.atomic import atomic_write
 
     def write(t: BaseTrainer, **payload: Any) -> None:
         if t.run_dir is None or not t.is_global_zero:
