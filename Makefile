@@ -11,7 +11,7 @@ export WANDB_SILENT ?= true
 setup: $(STAMP)
 
 # torch is pinned first: the pinned CPU build installs from local disk in seconds, while an unpinned torch
-# would pull a multi-GB CUDA build. pyproject keeps a range (torch>=2.3) that the pin satisfies.
+# would pull a multi-GB CUDA build. pyproject keeps a range (torch>=2.6) that the pin satisfies.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
@@ -31,6 +31,7 @@ gui: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy

@@ -6,7 +6,7 @@ Cases, for a model of about 1 MB and one of about 64 MB (an MLP with Adam state,
   (plain-type check, temp file, fsync, ``os.replace``, directory fsync, RNG capture, metadata);
 * load: ``torch.load(weights_only=True)`` vs ``trainers.checkpoint.format.load_checkpoint`` (CRC-32 check of every
   record, then the same load) vs ``read_metadata`` (memory-mapped: no tensor data read);
-* resume position: ``trainer.resume(file)`` plus the first ``iterate()``, for a checkpoint taken early in an epoch
+* resume position: ``trainer.restore(file)`` plus the first ``iterate()``, for a checkpoint taken early in an epoch
   and one taken near its end: no batch is replayed, so both cost the same.
 
 Run: ``python -m benchmarks.checkpoint`` (``--quick`` for a smoke run). Prints a markdown table and writes it to
@@ -104,7 +104,7 @@ def run(*, repeats: int, widths: Sequence[int], folder: Path) -> list[tuple[str,
         for label in list(positions)[:: -1 if repeat % 2 else 1]:
             fresh = _trainer(64, items=200_000, step=False)
             start = time.perf_counter()
-            fresh.resume(paths[label])
+            fresh.restore(paths[label])
             fresh.iterate()
             samples[label].append(time.perf_counter() - start)
             fresh.close()

@@ -35,7 +35,7 @@ from torch import nn
 from trainers.apps.image_field.field import ImageField
 from trainers.apps.image_field.image import default_image
 from trainers.config.builder import build
-from trainers.data.feeder import mix_seed
+from trainers.data.plan import mix_seed
 
 __all__ = ["main"]
 

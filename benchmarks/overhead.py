@@ -62,6 +62,7 @@ from callbacks import (
     Validator,
     WandbLogger,
 )
+from callbacks.loggers.metric_flow import MetricFlow
 from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["default_set", "report", "run", "ten_noop_callbacks"]
@@ -248,7 +249,7 @@ class _FlowReader(Callback):
     every = "50it"
 
     def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self.window = trainer.metric_flow.window()
+        self.window = MetricFlow.of(trainer).window()
 
     def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
         self.window.take()

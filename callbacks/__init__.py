@@ -1,75 +1,46 @@
 """Callbacks: independent behaviours that subscribe to lifecycle events. One module per callback.
 
+:data:`BUILT_IN` is the one place a built-in callback is registered: its config name and ``module:Class``. This
+package's exports (``from callbacks import Checkpointer``) and the config registry (``trainers.config.registry``)
+are derived from it, so adding a callback is its module plus one line there. Third-party callbacks register the
+same way through the ``stepbus.callbacks`` entry-point group, without touching stepbus.
+
 The built-in callbacks import torch; they are loaded on first use, so ``from callbacks import Callback`` stays
-torch-free.
+torch-free. (Type checkers see the lazily loaded names as ``Any``; import from the defining module, e.g.
+``from callbacks.checkpointer import Checkpointer``, for full types.)
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from lifecycle.callback import Callback, HandlerSpec
+from lifecycle.lazy import lazy_attributes
 
-from callbacks.base import Callback, HandlerSpec
+#: config name -> "module:Class" of every built-in callback, in the order ``stepbus callbacks`` lists them
+BUILT_IN: dict[str, str] = {
+    "lr_decay": "callbacks.lr_decay:LRDecay",
+    "grid_pruning": "callbacks.grid_pruning:GridPruning",
+    "gradient_guard": "callbacks.gradient_guard:GradientGuard",
+    "validator": "callbacks.validator:Validator",
+    "early_stopping": "callbacks.early_stopping:EarlyStopping",
+    "tensorboard": "callbacks.loggers.tensorboard:TensorBoardLogger",
+    "wandb": "callbacks.loggers.wandb:WandbLogger",
+    "progress": "callbacks.progress:ProgressBar",
+    "checkpointer": "callbacks.checkpointer:Checkpointer",
+    "metrics_file": "callbacks.loggers.metrics_file:MetricsFile",
+    "preview": "callbacks.preview:Preview",
+}
 
-if TYPE_CHECKING:  # pragma: no cover
-    from callbacks.checkpointer import Checkpointer
-    from callbacks.early_stopping import EarlyStopping
-    from callbacks.gradient_guard import GradientGuard, NonFiniteError
-    from callbacks.grid_pruning import GridPruning
-    from callbacks.loggers.metrics_file import MetricsFile
-    from callbacks.loggers.tensorboard import TensorBoardLogger
-    from callbacks.loggers.wandb import WandbLogger
-    from callbacks.lr_decay import LRDecay
-    from callbacks.metrics import mse, psnr
-    from callbacks.preview import Frame, Preview
-    from callbacks.progress import ProgressBar
-    from callbacks.validator import Validator
-
-__all__ = [
-    "Callback",
-    "Checkpointer",
-    "EarlyStopping",
-    "Frame",
-    "GradientGuard",
-    "GridPruning",
-    "HandlerSpec",
-    "LRDecay",
-    "MetricsFile",
-    "NonFiniteError",
-    "Preview",
-    "ProgressBar",
-    "TensorBoardLogger",
-    "Validator",
-    "WandbLogger",
-    "mse",
-    "psnr",
-]
-
-_WHERE = {
-    "Checkpointer": "callbacks.checkpointer",
-    "EarlyStopping": "callbacks.early_stopping",
-    "GradientGuard": "callbacks.gradient_guard",
+#: the other public names the callbacks' modules define (an error type, a record, metric functions)
+_ALSO = {
     "NonFiniteError": "callbacks.gradient_guard",
-    "GridPruning": "callbacks.grid_pruning",
-    "LRDecay": "callbacks.lr_decay",
-    "MetricsFile": "callbacks.loggers.metrics_file",
-    "ProgressBar": "callbacks.progress",
-    "Preview": "callbacks.preview",
     "Frame": "callbacks.preview",
-    "TensorBoardLogger": "callbacks.loggers.tensorboard",
-    "Validator": "callbacks.validator",
-    "WandbLogger": "callbacks.loggers.wandb",
     "mse": "callbacks.metrics",
     "psnr": "callbacks.metrics",
 }
 
+_WHERE = {target.partition(":")[2]: target.partition(":")[0] for target in BUILT_IN.values()} | _ALSO
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'callbacks' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__all__ = ["BUILT_IN", "Callback", "HandlerSpec", *sorted(_WHERE)]
 
 
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes("callbacks", _WHERE, __all__)

@@ -32,9 +32,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from callbacks.base import Callback, HandlerSpec, output_dir, parse_schedule, periodic_event
+from callbacks.helpers import output_dir, parse_schedule, periodic_event
 from callbacks.metrics import Mode, as_scalar, monitor_mode
-from lifecycle import Event, Priority, Schedule, ScheduleSpec, Status
+from lifecycle import Callback, Event, HandlerSpec, Priority, SavedCheckpoint, Schedule, ScheduleSpec, State, Status
 from trainers.checkpoint.atomic import fsync_directory, temporary_name
 from trainers.checkpoint.format import CheckpointError, list_checkpoints
 
@@ -49,15 +49,19 @@ _TEMPORARY = re.compile(r"^\.(?:step-\d+\.pt|last\.pt|best\.pt|crash-\d+\.pt)\.(
 
 
 class _Saved:
-    """One checkpoint file this checkpointer wrote: name, iteration, score (``None``: not eligible as best)."""
+    """One checkpoint file this checkpointer wrote: name, iteration, score (``None``: not eligible as best), and
+    why it was written (``"restored"`` for a file listed in the checkpoint this run was restored from)."""
 
-    __slots__ = ("iteration", "name", "score")
+    __slots__ = ("iteration", "name", "reason", "score")
 
-    def __init__(self, name: str, iteration: int, score: float | None) -> None:
-        self.name, self.iteration, self.score = name, iteration, score
+    def __init__(self, name: str, iteration: int, score: float | None, reason: str) -> None:
+        self.name, self.iteration, self.score, self.reason = name, iteration, score, reason
 
     def as_list(self) -> list[Any]:
-        return [self.name, self.iteration, self.score]
+        return [self.name, self.iteration, self.score]  # the reason is not kept: it only describes this process's saves
+
+    def published(self, path: Path) -> SavedCheckpoint:
+        return SavedCheckpoint(path, self.iteration, self.reason, self.score)
 
 
 class Checkpointer(Callback):
@@ -128,7 +132,7 @@ class Checkpointer(Callback):
         self._refused = False
         self._warned_monitor = False
         self._unserve: list[Any] = []
-        self._trainer_metrics: dict[str, Any] | None = None
+        self._trainer_state: State | None = None  # where the saved files are published (state.last_checkpoint)
         #: the newest checkpoint written and the best-scoring one, once there are such files
         self.last_path: Path | None = None
         self.best_path: Path | None = None
@@ -150,7 +154,7 @@ class Checkpointer(Callback):
         yield Event.EXCEPTION, self.exception, None
 
     def setup(self, trainer: BaseTrainer) -> None:
-        self._trainer_metrics = trainer.state.metrics
+        self._trainer_state = trainer.state
         self.directory = output_dir(self, self.directory, trainer, "checkpoints")
         name = f"{self.state_key}.request"
         self._unserve = [trainer.serve("checkpoint", self._on_request, name=name)]
@@ -190,7 +194,7 @@ class Checkpointer(Callback):
             raise CheckpointError(
                 directory,
                 f"holds {len(strangers)} checkpoint(s) of an earlier run (newest {newest.path.name}, iteration "
-                f"{newest.iteration}); continue that run with trainer.resume('auto') (stepbus train --resume auto), "
+                f"{newest.iteration}); continue that run with trainer.restore('auto') (stepbus train --resume auto), "
                 "or move them away or choose another directory -- nothing was overwritten",
             )
         if strangers:
@@ -256,7 +260,7 @@ class Checkpointer(Callback):
             return self.last_path  # the same position was just saved (e.g. by the schedule, then at the end)
         directory = self._dir()
         name = f"step-{iteration:08d}.pt"
-        entry = _Saved(name, iteration, self._score(trainer))
+        entry = _Saved(name, iteration, self._score(trainer), reason)
         before = list(self._files)
         candidates = [saved for saved in self._files if saved.name != name] + [entry]
         # the checkpoint records the files that remain after its own retention, so it never claims a file that
@@ -282,8 +286,8 @@ class Checkpointer(Callback):
             self._delete(directory, doomed)
         else:  # rank 0 maintains the links and deletes; this rank knows the file
             self.last_path = path
-            if self._trainer_metrics is not None:
-                self._trainer_metrics["checkpoint/last"] = str(path)
+            if self._trainer_state is not None:
+                self._trainer_state.last_checkpoint = entry.published(path)
         return path
 
     def _score(self, trainer: BaseTrainer) -> float | None:
@@ -326,12 +330,12 @@ class Checkpointer(Callback):
         ranked = self._ranked() if self.keep_best else []
         if ranked:
             self.best_path = self._link(directory, "best.pt", ranked[0].name)
-        # for progress displays and summaries (callbacks cooperate through state.metrics)
-        metrics = self._trainer_metrics
-        if metrics is not None:
-            metrics["checkpoint/last"] = str(self.last_path)
-            if self.best_path is not None:
-                metrics["checkpoint/best"] = str(self.best_path)
+        # for loggers, progress displays and summaries (callbacks cooperate through the trainer's state)
+        state = self._trainer_state
+        if state is not None:
+            state.last_checkpoint = last.published(self.last_path)
+            if ranked and self.best_path is not None:
+                state.best_checkpoint = ranked[0].published(self.best_path)
 
     def _link(self, directory: Path, link: str, target: str) -> Path:
         path = directory / link
@@ -405,6 +409,8 @@ class Checkpointer(Callback):
         if not isinstance(files, list) or not all(isinstance(f, list) and len(f) == 3 for f in files):
             raise ValueError(f"expected 'files' as a list of [name, iteration, score], got {files!r}")
         self._loaded_dir = state.get("directory")
-        self._files = [_Saved(str(name), int(it), None if score is None else float(score)) for name, it, score in files]
+        self._files = [
+            _Saved(str(name), int(it), None if score is None else float(score), "restored") for name, it, score in files
+        ]
         self._saved_iteration = None
         self._failed = False

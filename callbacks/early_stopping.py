@@ -14,9 +14,8 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-from callbacks.base import Callback
 from callbacks.metrics import Mode, improves, monitor_mode
-from lifecycle import Priority
+from lifecycle import Callback, Priority
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping

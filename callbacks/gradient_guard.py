@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from callbacks.base import Callback, HandlerSpec, parse_schedule
-from lifecycle import Event, Priority, ScheduleSpec
+from callbacks.helpers import parse_schedule
+from lifecycle import Callback, Event, HandlerSpec, Priority, ScheduleSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from callbacks.base import Callback, HandlerSpec, parse_schedule, periodic_event
+from callbacks.helpers import parse_schedule, periodic_event
 from callbacks.metrics import as_scalar
-from lifecycle import Event, Priority, ScheduleSpec
+from lifecycle import Callback, Event, HandlerSpec, Priority, ScheduleSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn

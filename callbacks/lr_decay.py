@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from callbacks.base import Callback, HandlerSpec
-from lifecycle import Event, Priority
+from lifecycle import Callback, Event, HandlerSpec, Priority
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from callbacks.base import Callback
 from callbacks.images import tensor_bytes, to_uint8_hwc
-from lifecycle import Priority, ScheduleSpec, Status
+from callbacks.loggers.metric_flow import MetricFlow
+from lifecycle import Callback, Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
     from callbacks.loggers.metric_flow import Window
@@ -108,7 +108,7 @@ class Preview(Callback):
         """Open a window on the metric flow (created then, like the loggers', so a trainer that is built but never
         run keeps no flow handlers)."""
         if self._window is None:
-            self._window = trainer.metric_flow.window()
+            self._window = MetricFlow.of(trainer).window()
 
     def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
         self.capture(trainer)

@@ -2,7 +2,7 @@
 
 Events used: ``pre_training`` (starts the display), ``pre_epoch`` (resets the epoch bar), ``post_step`` (every step,
 but throttled: the display is refreshed at most ``refresh_per_second`` times a second whatever the step or epoch
-rate, and only a refresh reads the loss back -- one host copy from ``trainer.metric_flow``), ``post_epoch`` (a line
+rate, and only a refresh reads the loss back -- one host copy from ``MetricFlow.of(trainer)``), ``post_epoch`` (a line
 per epoch on a plain console),
 ``post_validation`` (a small table) and ``post_training`` (stops the display and prints the summary: status,
 iterations, time, the ``best/*`` metrics and the checkpoint files the checkpointer published). The summary runs at
@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from callbacks.base import Callback
-from lifecycle import Event, Priority, Status
+from callbacks.loggers.metric_flow import MetricFlow
+from lifecycle import Callback, Event, Priority, Status
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping
@@ -85,7 +85,7 @@ class ProgressBar(Callback):
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self._window = trainer.metric_flow.window()
+        self._window = MetricFlow.of(trainer).window()
         self._started = time.perf_counter()
         self._next = self._started + (self.interval if self.console.is_terminal else self.plain_every)
         if not self.console.is_terminal:
@@ -127,7 +127,7 @@ class ProgressBar(Callback):
             return
         self._refresh(trainer)
         state = trainer.state
-        loss = trainer.metric_flow.epoch_means().get("epoch/loss")
+        loss = MetricFlow.of(trainer).epoch_means().get("epoch/loss")
         shown = f"  epoch/loss {loss:.5g}" if loss is not None else ""
         self.console.print(f"epoch {state.epoch}/{state.max_epochs} done at iteration {state.iteration}{shown}")
 
@@ -159,9 +159,8 @@ class ProgressBar(Callback):
         for key, value in sorted(state.metrics.items()):
             if isinstance(key, str) and key.startswith("best/"):
                 table.add_row(key, _fmt(value))
-        for key in ("checkpoint/last", "checkpoint/best"):
-            if isinstance(state.metrics.get(key), str):
-                table.add_row(key, str(state.metrics[key]))
+        for role, saved in state.saved_checkpoints().items():
+            table.add_row(f"checkpoint/{role}", str(saved.path))
         self.console.print(table)
 
     # ------------------------------------------------------------------ drawing

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from callbacks.base import Callback, HandlerSpec, parse_schedule, periodic_event
+from callbacks.helpers import parse_schedule, periodic_event
 from callbacks.images import to_uint8_hwc, write_png
 from callbacks.metrics import Mode, as_scalar, improves, metric_mode
-from lifecycle import Event, Priority, ScheduleSpec, Status
+from lifecycle import Callback, Event, HandlerSpec, Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer

@@ -21,7 +21,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from blinker import ANY, NamedSignal, Namespace
 
@@ -30,12 +30,14 @@ from lifecycle.events import Event, as_event
 from lifecycle.schedule import Predicate, Schedule, ScheduleSpec
 from lifecycle.state import State
 
-__all__ = ["Bus", "Channel", "Handle", "describe"]
+__all__ = ["Bus", "Channel", "Handle", "handler_name"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 Handler = Callable[..., Any]
 
 
-def describe(fn: object) -> str:
+def handler_name(fn: object) -> str:
     """A readable name for a handler: ``Class.method``, ``module.function``, or ``<lambda> at file:line``."""
     self_obj = getattr(fn, "__self__", None)
     func = getattr(fn, "__func__", fn)
@@ -284,7 +286,7 @@ class Bus:
         Returns a :class:`Handle` to toggle (``handle.enabled = False``) or remove it.
         """
         ev = as_event(event)
-        label = name if name is not None else describe(fn)
+        label = name if name is not None else handler_name(fn)
         if not callable(fn):
             raise TypeError(f"handler {label!r} for event {ev.value!r} is not callable: {fn!r}")
         if isinstance(priority, bool) or not isinstance(priority, int):
@@ -305,6 +307,16 @@ class Bus:
         )
         channel._add(handle)
         return handle
+
+    def on(self, event: Event | str, *, every: ScheduleSpec = None, priority: int = 0) -> Callable[[F], F]:
+        """Decorator: ``@bus.on("post_step", every="100it")`` connects ``fn``; returns it unchanged (use
+        :meth:`connect` for a :class:`Handle`)."""
+
+        def register(fn: F) -> F:
+            self.connect(event, fn, priority=priority, every=every)
+            return fn
+
+        return register
 
     def emit(self, event: Event | str, sender: object, /, **payload: Any) -> None:
         """Emit ``event``: the ordered handlers run, then plain blinker receivers, each as ``fn(sender, **payload)``."""

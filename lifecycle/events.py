@@ -1,17 +1,5 @@
-"""The lifecycle events, in loop order.
-
-One ``iterate()`` call emits a slice of this sequence (see ``lifecycle.loop``)::
-
-    pre_training                      once, on the first iterate() (again with resumed=True after a resume)
-      pre_epoch                       once per epoch
-        pre_step(batch)               before the forward pass
-        step(loss, outputs)           gradients ready, optimizer NOT stepped yet
-        post_step(outputs)            optimizer stepped; counters final for this step
-      post_epoch                      once per epoch, also for an epoch cut short by stop()
-      pre_validation / post_validation(metrics)   whenever a validator runs
-    post_training(status)             exactly once: completed | stopped | interrupted | failed
-    exception(error)                  when anything raises; then post_training(status="failed")
-"""
+"""The lifecycle events (listed, in loop order, in :class:`Event`), the final :class:`Status`, and the event
+groups that schedules filter."""
 
 from __future__ import annotations
 
@@ -22,7 +10,22 @@ __all__ = ["EPOCH_EVENTS", "STEP_EVENTS", "Event", "Status", "as_event"]
 
 class Event(str, Enum):
     """A lifecycle event. The value is the lowercase name, which is also the blinker signal name and the name
-    of the ``Callback`` method that handles it."""
+    of the :class:`~lifecycle.Callback` method that handles it: ``def post_step(self, trainer, **payload)``.
+
+    The events in loop order, with their payloads (keyword arguments; receivers take ``**payload`` so that new
+    keys break nothing). One ``iterate()`` emits a slice of this sequence (see ``lifecycle.loop``)::
+
+        pre_training(resumed)             once, on the first iterate() (resumed=True after a restore)
+          pre_epoch                       once per epoch
+            pre_step(batch)               before the forward pass
+            step(loss, outputs)           gradients ready, optimizer NOT stepped yet (clip, inspect, skip)
+            post_step(outputs)            optimizer stepped; counters final for this step
+          post_epoch                      once per epoch, also for an epoch cut short by stop()
+          pre_validation(validator, reason)   whenever a validator runs, before it computes
+          post_validation(metrics, ...)   after it published its metrics (images, best values, its name)
+        post_training(status)             exactly once: completed | stopped | interrupted | failed
+        exception(error)                  when anything raises; then post_training(status="failed")
+    """
 
     PRE_TRAINING = "pre_training"
     PRE_EPOCH = "pre_epoch"

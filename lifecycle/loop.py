@@ -1,7 +1,8 @@
 """The loop state machine: which lifecycle events one ``iterate()`` emits.
 
-It is torch-free and drives a *host* (the trainer) through five callbacks, so every ordering rule is testable with
-a plain Python object. One ``iterate()`` runs at most one step, plus whatever events fall before or after it::
+It is torch-free and calls a *driver* (the trainer's, ``trainers.engine.driver``) at each phase, so every ordering rule
+is testable with a plain Python object. One ``iterate()`` runs at most one step, plus whatever events fall before or
+after it::
 
     first call:        pre_training, pre_epoch, <step 1>
     mid-epoch:         <step>
@@ -9,7 +10,7 @@ a plain Python object. One ``iterate()`` runs at most one step, plus whatever ev
     run's last step:   <step>, post_epoch, post_training(status="completed")  -> returns False
     after the end:     nothing                                                 -> returns False
 
-``<step>`` is the host's ``run_step()`` (``pre_step``, ``step``, ``post_step``). Counters are advanced by the loop
+``<step>`` is the driver's ``run_step()`` (``pre_step``, ``step``, ``post_step``). Counters are advanced by the loop
 before the event that starts them: ``state.epoch`` before ``pre_epoch``, ``state.iteration`` and
 ``state.epoch_iteration`` before ``pre_step``; so inside any handler they describe the current epoch and step.
 
@@ -34,7 +35,7 @@ from typing import Protocol
 from lifecycle.events import Status
 from lifecycle.state import State
 
-__all__ = ["Host", "Loop", "Phase"]
+__all__ = ["Driver", "Loop", "Phase"]
 
 _log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ class Phase(str, Enum):
     DONE = "done"  #: post_training was emitted (or the run was stopped before it started)
 
 
-class Host(Protocol):
-    """What the loop drives; ``BaseTrainer`` implements it with its overridable lifecycle methods."""
+class Driver(Protocol):
+    """What the loop calls at each phase; ``trainers.engine.driver.LoopDriver`` does it for a ``BaseTrainer``."""
 
     def begin_training(self) -> None:
         """Emit ``pre_training`` (``resumed=True`` after :meth:`Loop.restore`)."""
@@ -76,7 +77,7 @@ class Host(Protocol):
 
 
 class Loop:
-    """The state machine. ``iterate(host)`` is the only method that emits anything during normal operation."""
+    """The state machine. ``iterate(driver)`` is the only method that emits anything during normal operation."""
 
     __slots__ = (
         "_in_iterate",
@@ -116,7 +117,7 @@ class Loop:
 
     def restore(self, *, ended: bool = True) -> None:
         """Continue from the counters now in ``state`` (loaded from a checkpoint) on the next ``iterate()``:
-        ``pre_training`` fires again (the host passes ``resumed=True``), then ``pre_epoch`` for the open epoch if the
+        ``pre_training`` fires again (the driver passes ``resumed=True``), then ``pre_epoch`` for the open epoch if the
         checkpoint was taken mid-epoch, then the next step. No consumed step is repeated.
 
         At the run's end the counters say nothing is left to step; ``ended=False`` says the saved run had not yet
@@ -131,7 +132,7 @@ class Loop:
             state.epoch_iteration = state.iterations_per_epoch if state.epoch > 0 else 0
         self.resumed = state.iteration > 0
 
-    def iterate(self, host: Host) -> bool:
+    def iterate(self, driver: Driver) -> bool:
         """Run one step with the events around it; return whether training continues."""
         if self.phase is Phase.DONE:
             return False
@@ -146,39 +147,39 @@ class Loop:
                 if self.phase is Phase.IDLE:
                     self.phase, self.status = Phase.DONE, self.stop_status
                     return False
-                return self._finish(host, self.stop_status)
+                return self._finish(driver, self.stop_status)
             if self.phase is Phase.IDLE:
                 if state.iteration >= state.max_iterations:  # a restored run with no step left
                     if not self.pending_end:  # ... that had ended: nothing to emit
                         self.phase, self.status = Phase.DONE, Status.COMPLETED
                         return False
                     self.phase = Phase.BETWEEN_EPOCHS
-                    host.begin_training()
-                    return self._complete(host, Status.COMPLETED)
+                    driver.begin_training()
+                    return self._complete(driver, Status.COMPLETED)
                 open_epoch = 0 < state.epoch_iteration < state.iterations_per_epoch
                 self.phase = Phase.IN_EPOCH if open_epoch else Phase.BETWEEN_EPOCHS
-                host.begin_training()
+                driver.begin_training()
                 if open_epoch:
-                    host.begin_epoch()
+                    driver.begin_epoch()
                 if self.stop_requested:
-                    return self._finish(host, self.stop_status)
+                    return self._finish(driver, self.stop_status)
             if self.phase is Phase.BETWEEN_EPOCHS:
                 state.epoch += 1
                 state.epoch_iteration = 0
                 self.phase = Phase.IN_EPOCH
-                host.begin_epoch()
+                driver.begin_epoch()
                 if self.stop_requested:
-                    return self._finish(host, self.stop_status)
+                    return self._finish(driver, self.stop_status)
             state.iteration += 1
             state.epoch_iteration += 1
-            host.run_step()
+            driver.run_step()
             if state.epoch_iteration >= state.iterations_per_epoch:
-                return self._end_epoch(host)
+                return self._end_epoch(driver)
             if self.stop_requested:
-                return self._finish(host, self.stop_status)
+                return self._finish(driver, self.stop_status)
             return True
         except BaseException as error:
-            self._fail(host, error)
+            self._fail(driver, error)
             raise
         finally:
             self._in_iterate = False
@@ -197,7 +198,7 @@ class Loop:
             self.stop_status = status
         self.stop_requested = True
 
-    def stop(self, host: Host) -> None:
+    def stop(self, driver: Driver) -> None:
         """Request a stop. Inside ``iterate()`` it is honoured at the next boundary; outside it finishes now."""
         if self.ending:
             return
@@ -209,37 +210,37 @@ class Loop:
             return
         self._in_iterate = True
         try:
-            self._finish(host, self.stop_status)
+            self._finish(driver, self.stop_status)
         except BaseException as error:
-            self._fail(host, error)
+            self._fail(driver, error)
             raise
         finally:
             self._in_iterate = False
 
-    def _end_epoch(self, host: Host) -> bool:
+    def _end_epoch(self, driver: Driver) -> bool:
         state = self.state
         self.phase = Phase.BETWEEN_EPOCHS
-        host.end_epoch()
+        driver.end_epoch()
         if state.epoch >= state.max_epochs and state.epoch_iteration >= state.iterations_per_epoch:
-            return self._complete(host, Status.COMPLETED)
+            return self._complete(driver, Status.COMPLETED)
         if self.stop_requested:
-            return self._complete(host, self.stop_status)
+            return self._complete(driver, self.stop_status)
         return True
 
-    def _finish(self, host: Host, status: Status) -> bool:
-        host.serve_requests()  # e.g. the checkpoint an interrupt asked for: taken before post_epoch cuts the epoch
+    def _finish(self, driver: Driver, status: Status) -> bool:
+        driver.serve_requests()  # e.g. the checkpoint an interrupt asked for: taken before post_epoch cuts the epoch
         if self.phase is Phase.IN_EPOCH:
             self.phase = Phase.BETWEEN_EPOCHS
-            host.end_epoch()
-        return self._complete(host, status)
+            driver.end_epoch()
+        return self._complete(driver, status)
 
-    def _complete(self, host: Host, status: Status) -> bool:
+    def _complete(self, driver: Driver, status: Status) -> bool:
         self.phase, self.status = Phase.FINISHING, status
-        host.end_training(status)
+        driver.end_training(status)
         self.phase = Phase.DONE
         return False
 
-    def _fail(self, host: Host, error: BaseException) -> None:
+    def _fail(self, driver: Driver, error: BaseException) -> None:
         already_finishing = self.phase is Phase.FINISHING
         if self.state.iteration:
             _note(error, f"stepbus: raised at iteration {self.state.iteration} ({self.state})")
@@ -248,13 +249,13 @@ class Loop:
         self.phase, self.status = (Phase.FINISHING if already_finishing else Phase.FAILING), status
         try:
             try:
-                host.fail(error)
+                driver.fail(error)
             except BaseException as secondary:  # noqa: BLE001 - reported on the original, which must win
                 _attach(error, "an 'exception' handler", secondary)
             self.phase = Phase.FINISHING
             if not already_finishing:
                 try:
-                    host.end_training(status)
+                    driver.end_training(status)
                 except BaseException as secondary:  # noqa: BLE001
                     _attach(error, "a 'post_training' handler", secondary)
         finally:

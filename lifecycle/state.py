@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["State"]
+__all__ = ["SavedCheckpoint", "State"]
 
 _COUNTERS = ("epoch", "iteration", "epoch_iteration", "max_epochs", "iterations_per_epoch")
+
+
+@dataclass(frozen=True, slots=True)
+class SavedCheckpoint:
+    """A checkpoint file a callback wrote: what loggers, summaries and GUIs show or upload."""
+
+    path: Path  #: the file itself (not a ``last.pt`` link to it)
+    iteration: int  #: ``state.iteration`` when it was taken
+    reason: str  #: why: ``"schedule"``, ``"end"``, ``"request"``, ``"interrupt"`` ...
+    score: float | None = None  #: the monitored metric's value, when the checkpointer ranks by one
 
 
 @dataclass(slots=True)
@@ -19,6 +30,8 @@ class State:
     * ``epoch_iteration``: 1-based step inside the current epoch; 0 before the epoch's first step.
     * ``max_epochs``, ``iterations_per_epoch``: the run's length.
     * ``metrics``: latest values published by callbacks (``"val/psnr"``, ``"lr"`` ...).
+    * ``last_checkpoint``, ``best_checkpoint``: the newest checkpoint written in this process and the best-ranked
+      one (:class:`SavedCheckpoint`), published by a checkpointer; ``None`` until it saves one.
     """
 
     max_epochs: int = 1
@@ -27,11 +40,18 @@ class State:
     iteration: int = 0
     epoch_iteration: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    last_checkpoint: SavedCheckpoint | None = None
+    best_checkpoint: SavedCheckpoint | None = None
 
     @property
     def max_iterations(self) -> int:
         """Total steps of a run that is not stopped early."""
         return self.max_epochs * self.iterations_per_epoch
+
+    def saved_checkpoints(self) -> dict[str, SavedCheckpoint]:
+        """The published checkpoints by role, ``{"last": ..., "best": ...}``, leaving out those not written."""
+        saved = {"last": self.last_checkpoint, "best": self.best_checkpoint}
+        return {role: checkpoint for role, checkpoint in saved.items() if checkpoint is not None}
 
     @property
     def epoch_finished(self) -> bool:

@@ -1,4 +1,4 @@
-"""Stress: ``kill -9`` a checkpointing training at many random moments; each time ``resume("auto")`` must load the
+"""Stress: ``kill -9`` a checkpointing training at many random moments; each time ``restore("auto")`` must load the
 newest checkpoint on disk and the resumed run must end bit-identical to the uninterrupted one.
 
     python -m tests.stress_kill_resume --trials 200 [--seed S] [--jobs 2] [--fresh-every 10] [--keep DIR]

@@ -6,15 +6,16 @@ Names are imported lazily, so ``stepbus --help`` and argument errors answer with
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lifecycle.lazy import lazy_attributes
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.config.builder import build, load_config
     from trainers.config.errors import ConfigError
     from trainers.config.registry import Registry, RegistryError
     from trainers.config.schema import RunConfig
-    from trainers.data.feeder import BatchPlan, mix_seed
+    from trainers.data.plan import BatchPlan, mix_seed
     from trainers.engine.optim_groups import param_groups
     from trainers.engine.trainer import BaseTrainer, LossFn, OptimizerSpec
 
@@ -37,8 +38,8 @@ _WHERE = {
     "BaseTrainer": "trainers.engine.trainer",
     "LossFn": "trainers.engine.trainer",
     "OptimizerSpec": "trainers.engine.trainer",
-    "BatchPlan": "trainers.data.feeder",
-    "mix_seed": "trainers.data.feeder",
+    "BatchPlan": "trainers.data.plan",
+    "mix_seed": "trainers.data.plan",
     "param_groups": "trainers.engine.optim_groups",
     "build": "trainers.config.builder",
     "load_config": "trainers.config.builder",
@@ -49,12 +50,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'trainers' has no attribute {name!r}")
-    return getattr(import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes("trainers", _WHERE, __all__)

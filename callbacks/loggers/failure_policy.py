@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
-from callbacks.base import Callback
+from lifecycle import Callback
 
 __all__ = ["ON_ERROR", "BackendGuard", "BackendLogger", "OnError", "check_on_error", "require_package"]
 

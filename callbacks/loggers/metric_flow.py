@@ -1,10 +1,10 @@
 """Step outputs accumulated on the device, read back once per log point: the metric flow every logger shares.
 
-``trainer.metric_flow`` (created on first use, so a run without loggers pays nothing) adds each step's scalar outputs
--- the ``"loss"`` and whatever else ``compute_loss`` returned as a one-element tensor or a number -- to running
-totals that stay on the device, whatever the number of loggers, with no host synchronisation and no tensor op per
-step: a step appends references, and every ``FOLD_EVERY`` (32) steps, or when a logger reads, one ``stack`` and one
-``sum`` per key add them to the totals. A logger holds a :class:`Window` (``flow.window()``):
+``MetricFlow.of(trainer)`` (one per trainer, created on first use, so a run without loggers pays nothing) adds each
+step's scalar outputs -- the ``"loss"`` and whatever else ``compute_loss`` returned as a one-element tensor or a number
+-- to running totals that stay on the device, whatever the number of loggers, with no host synchronisation and no
+tensor op per step: a step appends references, and every ``FOLD_EVERY`` (32) steps, or when a logger reads, one
+``stack`` and one ``sum`` per key add them to the totals. A logger holds a :class:`Window` (``flow.window()``):
 ``window.take()`` returns the means since its previous ``take()`` with a single ``tolist()`` -- one device-to-host
 copy per log point, never one per step. Windows are cursors over the shared totals, so loggers on different
 schedules never disturb one another.
@@ -48,6 +48,11 @@ FOLD_EVERY = 32
 
 class MetricFlow:
     """The running totals of one trainer's step outputs (see the module docstring)."""
+
+    @classmethod
+    def of(cls, trainer: BaseTrainer) -> MetricFlow:
+        """The trainer's metric flow, shared by every logger; created, and its handlers connected, on first use."""
+        return trainer.extension(cls)
 
     def __init__(self, trainer: BaseTrainer) -> None:
         self._device = trainer.device

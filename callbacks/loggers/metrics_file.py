@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from callbacks.base import Callback, output_dir
-from lifecycle import Priority, Status
+from callbacks.helpers import output_dir
+from lifecycle import Callback, Priority, Status
 from trainers.checkpoint.atomic import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,7 +69,6 @@ class MetricsFile(Callback):
             k: (v if math.isfinite(v) else None)
             for k, v in ((k, float(v)) for k, v in state.metrics.items() if _is_number(v))
         }
-        paths = {k.split("/", 1)[1]: v for k, v in state.metrics.items() if k.startswith("checkpoint/")}
         report = {
             "status": str(status),
             "iterations": state.iteration,
@@ -79,7 +78,7 @@ class MetricsFile(Callback):
             "final": {k: v for k, v in numbers.items() if k.startswith("val/")},
             "best": {k: v for k, v in numbers.items() if k.startswith("best/")},
             "metrics": numbers,
-            "checkpoints": {k: str(v) for k, v in paths.items() if isinstance(v, str)},
+            "checkpoints": {role: str(saved.path) for role, saved in state.saved_checkpoints().items()},
         }
         text = (json.dumps(report, indent=2, sort_keys=False) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)

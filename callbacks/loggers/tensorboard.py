@@ -3,7 +3,7 @@
 Events used: ``pre_training`` (opens ``torch.utils.tensorboard.SummaryWriter`` under ``<run_dir>/tb``; after a
 resume with ``purge_step`` = the next iteration, so events a crashed run wrote beyond its checkpoint are discarded and
 no step is written twice or goes backwards), ``post_step`` on its schedule (the window means of the step outputs from
-``trainer.metric_flow`` -- one host copy per write -- plus every number callbacks published in ``state.metrics``
+``MetricFlow.of(trainer)`` -- one host copy per write -- plus every number callbacks published in ``state.metrics``
 outside ``val/`` and ``best/``, e.g. ``lr``, ``grad_norm``), ``post_epoch`` (``epoch/*`` means, ``time/epoch_s``,
 then a flush), ``post_validation`` (``val/*``, ``best/*`` and the images) and ``post_training`` (hyper-parameters with
 the final metrics, then close, whatever the status). Every scalar's step is ``state.iteration``.
@@ -21,9 +21,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from callbacks.base import output_dir, parse_schedule
+from callbacks.helpers import output_dir, parse_schedule
 from callbacks.images import to_uint8_hwc
 from callbacks.loggers.failure_policy import BackendGuard, BackendLogger, OnError, require_package
+from callbacks.loggers.metric_flow import MetricFlow
 from callbacks.loggers.values import as_markdown, flat_scalars, numbers, published, validation_numbers
 from lifecycle import Priority, ScheduleSpec, Status
 
@@ -80,7 +81,7 @@ class TensorBoardLogger(BackendLogger):
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
-        self._window = trainer.metric_flow.window()
+        self._window = MetricFlow.of(trainer).window()
         step = trainer.state.iteration
 
         def open_writer() -> None:
@@ -106,7 +107,7 @@ class TensorBoardLogger(BackendLogger):
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
         if self._writer is None:
             return
-        values = trainer.metric_flow.epoch_means()
+        values = MetricFlow.of(trainer).epoch_means()
         values["time/epoch_s"] = time.perf_counter() - self._epoch_start
         self._scalars(values, trainer.state.iteration)
         writer = self._writer

@@ -2,7 +2,7 @@
 the same names and the same numbers.
 
 Nothing here converts a tensor: a tensor left in ``state.metrics`` is skipped rather than synced to the host. The
-per-step values come from ``trainer.metric_flow`` (one host copy per read); what is here is already a Python number.
+per-step values come from ``MetricFlow.of(trainer)`` (one host copy per read); what is here is already a Python number.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Events used: ``pre_training`` (``wandb.init`` with the resolved config; a resumed run continues the same run id with
 ``resume="allow"``), ``post_step`` on its schedule (the window means of the step outputs from
-``trainer.metric_flow`` -- one host copy per row -- plus the numbers callbacks published, e.g. ``lr``),
+``MetricFlow.of(trainer)`` -- one host copy per row -- plus the numbers callbacks published, e.g. ``lr``),
 ``post_epoch`` (``epoch/*``, ``time/epoch_s``), ``post_validation`` (``val/*``, ``best/*`` and the images as
 ``wandb.Image``), ``exception`` (a failure inside ``post_training`` still finishes the run) and ``post_training`` at
 priority ``FINAL`` -- after the checkpointer's end save, so the final checkpoint can be logged as an artifact --
@@ -27,9 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from callbacks.base import output_dir, parse_schedule
+from callbacks.helpers import output_dir, parse_schedule
 from callbacks.images import to_uint8_hwc
 from callbacks.loggers.failure_policy import BackendGuard, BackendLogger, OnError, require_package
+from callbacks.loggers.metric_flow import MetricFlow
 from callbacks.loggers.values import numbers, published, validation_numbers
 from lifecycle import Event, Phase, Priority, ScheduleSpec, Status
 from trainers.engine.signals import exit_code as signal_exit_code
@@ -59,7 +60,7 @@ class WandbLogger(BackendLogger):
             or ``"disabled"`` (W&B's no-op mode).
         every: the schedule of the step rows (``"50it"``); epoch and validation values come at their events.
         log_images: log validation images as ``wandb.Image``.
-        log_checkpoint: log the run's final checkpoint (``state.metrics["checkpoint/last"]``, published by the
+        log_checkpoint: log the run's final checkpoint (``state.last_checkpoint``, published by the
             checkpointer) as a ``model`` artifact at the end, plus the best one (alias ``best``) when it differs.
         id: the run id; ``None`` for a new random one, or the id saved in the checkpoint when resuming.
         entity, group, tags, notes: passed to ``wandb.init``.
@@ -139,7 +140,7 @@ class WandbLogger(BackendLogger):
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
-        self._window = trainer.metric_flow.window()
+        self._window = MetricFlow.of(trainer).window()
         if self.run_id is None:
             self.run_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
         state = trainer.state
@@ -189,7 +190,7 @@ class WandbLogger(BackendLogger):
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
         if self.run is None:
             return
-        values: dict[str, Any] = trainer.metric_flow.epoch_means()
+        values: dict[str, Any] = MetricFlow.of(trainer).epoch_means()
         values["time/epoch_s"] = time.perf_counter() - self._epoch_start
         self._row(values, trainer.state.iteration)
 
@@ -241,9 +242,8 @@ class WandbLogger(BackendLogger):
                     summary.update(iterations=state.iteration, epochs=state.epoch, exit_code=exit_code)
                     if status is not None:
                         summary["status"] = str(status)
-                    for key in ("checkpoint/last", "checkpoint/best"):
-                        if isinstance(state.metrics.get(key), str):
-                            summary[key] = state.metrics[key]
+                    for role, saved in state.saved_checkpoints().items():
+                        summary[f"checkpoint/{role}"] = str(saved.path)
                     run.summary.update(summary)
                     if self.log_checkpoint:
                         self._log_checkpoints(run, trainer, status)
@@ -255,9 +255,9 @@ class WandbLogger(BackendLogger):
     def _log_checkpoints(self, run: Run, trainer: BaseTrainer, status: Status | None) -> None:
         import wandb
 
-        metrics, state = trainer.state.metrics, trainer.state
-        last, best = metrics.get("checkpoint/last"), metrics.get("checkpoint/best")
-        if not isinstance(last, str):
+        state = trainer.state
+        last, best = state.last_checkpoint, state.best_checkpoint
+        if last is None:
             _log.warning(
                 "WandbLogger %r: log_checkpoint=True but no checkpoint was published (add a Checkpointer); "
                 "no artifact logged",
@@ -265,9 +265,9 @@ class WandbLogger(BackendLogger):
             )
             return
         files: dict[str, Path] = {}
-        if isinstance(best, str):
-            files["best"] = Path(best).resolve()
-        files["last"] = Path(last).resolve()  # logged last: W&B gives "latest" to the newest version logged
+        if best is not None:
+            files["best"] = best.path.resolve()
+        files["last"] = last.path.resolve()  # logged last: W&B gives "latest" to the newest version logged
         same = files.get("best") == files["last"]
         for role, path in files.items():
             if role == "best" and same:

@@ -385,7 +385,7 @@ def test_a_run_resumed_from_its_checkpoint_neither_repeats_nor_skips_events(tmp_
         max_epochs=epochs,
         callbacks=[second_counter, second_rec, Checkpointer(directory, every=every, keep_last=None)],
     )
-    assert second.resume(directory / step(k)) == directory / step(k)
+    assert second.restore(directory / step(k)) == directory / step(k)
     assert second.train() is Status.COMPLETED
 
     # the rows the first run logged: up to iteration k's post_step, and its post_epoch at an epoch's last step
@@ -603,7 +603,7 @@ def test_best_pt_never_dangles_when_a_resumed_run_no_longer_monitors(tmp_path: P
     log, hi, lo = probes(tmp_path)
     validator = Validator(Script([5.0, 5.0], "loss"), every="1ep")
     second = make_trainer(items=2, max_epochs=5, callbacks=[validator, hi, Checkpointer(tmp_path, keep_last=1), lo])
-    assert second.resume("auto") == tmp_path / step(3)
+    assert second.restore("auto") == tmp_path / step(3)
     assert second.train() is Status.COMPLETED
     # after every save, no link names a missing file (best.pt goes, or keeps its file, but never dangles)
     for _, event, iteration, snap in log:
@@ -635,7 +635,7 @@ def test_a_fresh_run_refuses_a_directory_with_another_runs_checkpoints_and_chang
     assert isinstance(cause, CheckpointError)
     assert cause.path == tmp_path
     assert "holds 3 checkpoint(s) of an earlier run (newest step-00000009.pt, iteration 9)" in cause.reason
-    assert "resume('auto')" in cause.reason
+    assert "restore('auto')" in cause.reason
     assert str(tmp_path) in message
     assert step(9) in message
     assert fresh.status is Status.FAILED
@@ -652,7 +652,7 @@ def test_a_run_resumed_from_a_checkpoint_taken_before_the_first_step_is_not_refu
     assert read_metadata(tmp_path / step(0))["resumable"] is True
 
     second = make_trainer(max_epochs=2, callbacks=[Checkpointer(tmp_path, keep_last=None)])
-    assert second.resume(tmp_path / step(0)) == tmp_path / step(0)
+    assert second.restore(tmp_path / step(0)) == tmp_path / step(0)
     # a resumed run, not a fresh one: step-3 is the abandoned future, replaced by this run's own save at 3
     assert second.train() is Status.COMPLETED
     assert step_files(tmp_path) == [step(0), step(3), step(6)]
@@ -669,7 +669,7 @@ def test_files_it_does_not_own_survive_a_resumed_run(tmp_path: Path, caplog: pyt
     foreign = {name: (tmp_path / name).read_bytes() for name in (step(0), step(100), "notes.txt")}
 
     second = make_trainer(items=2, max_epochs=7, callbacks=[Checkpointer(tmp_path, keep_last=2)])
-    assert second.resume(tmp_path / step(3)) == tmp_path / step(3)
+    assert second.restore(tmp_path / step(3)) == tmp_path / step(3)
     with caplog.at_level(logging.WARNING, logger="stepbus.checkpointer"):
         assert second.train() is Status.COMPLETED
     assert step_files(tmp_path) == [step(0), step(6), step(7), step(100)]
@@ -689,7 +689,7 @@ def test_a_file_deleted_right_after_a_checkpoint_is_not_owned_by_a_run_resumed_f
     foreign = (tmp_path / step(1)).read_bytes()
 
     second = make_trainer(items=2, max_epochs=5, callbacks=[Checkpointer(tmp_path, keep_last=2)])
-    assert second.resume(tmp_path / step(3)) == tmp_path / step(3)
+    assert second.restore(tmp_path / step(3)) == tmp_path / step(3)
     assert second.train() is Status.COMPLETED
     assert step_files(tmp_path) == [step(1), step(4), step(5)]
     assert (tmp_path / step(1)).read_bytes() == foreign
@@ -737,7 +737,7 @@ def test_a_resume_from_another_directory_deletes_nothing_in_the_new_one(tmp_path
     new_before = {name: (new / name).read_bytes() for name in (step(1), step(2))}
 
     second = make_trainer(items=2, max_epochs=6, callbacks=[Checkpointer(new, keep_last=1)])
-    assert second.resume(old / step(3)) == old / step(3)
+    assert second.restore(old / step(3)) == old / step(3)
     assert second.train() is Status.COMPLETED
     assert step_files(new) == [step(1), step(2), step(6)]
     assert {name: (new / name).read_bytes() for name in new_before} == new_before
@@ -862,9 +862,9 @@ def test_on_exception_writes_a_non_resumable_crash_dump_and_the_error_propagates
     assert checkpointer.state_dict()["files"] == [[step(3), 3, None]]  # never counted
 
     again = make_trainer(max_epochs=3, callbacks=[Checkpointer(tmp_path, every="1ep")])
-    assert again.resume("auto") == tmp_path / step(3)
+    assert again.restore("auto") == tmp_path / step(3)
     with pytest.raises(CheckpointError, match="not resumable: it was written at iteration 5") as refused:
-        make_trainer(max_epochs=3, callbacks=[Checkpointer(tmp_path)]).resume(tmp_path / crash(5))
+        make_trainer(max_epochs=3, callbacks=[Checkpointer(tmp_path)]).restore(tmp_path / crash(5))
     assert refused.value.path == tmp_path / crash(5)
     assert "exception: Boom: loss exploded" in refused.value.reason
 
@@ -889,7 +889,7 @@ def test_a_failure_before_any_save_leaves_only_the_crash_dump(tmp_path: Path) ->
         trainer.train()
     assert sorted(p.name for p in tmp_path.iterdir()) == [crash(1)]
     fresh = make_trainer(max_epochs=2, callbacks=[Checkpointer(tmp_path)])
-    assert fresh.resume("auto") is None  # the crash dump is not a checkpoint to continue from
+    assert fresh.restore("auto") is None  # the crash dump is not a checkpoint to continue from
     assert fresh.train() is Status.COMPLETED
     assert sorted(p.name for p in tmp_path.iterdir()) == [crash(1), "last.pt", step(3), step(6)]
 

@@ -107,7 +107,7 @@ def test_a_resumed_run_appends_with_no_duplicate_or_backward_step(tmp_path: Path
     assert [step for step, _ in series(before, "train/loss")] == [1, 2, 3, 4, 5, 6, 7]
 
     second, _ = make(tmp_path, TensorBoardLogger(every="1it"), Checkpointer(every="1ep"))
-    assert second.resume("auto") == tmp_path / "checkpoints" / "step-00000005.pt"
+    assert second.restore("auto") == tmp_path / "checkpoints" / "step-00000005.pt"
     assert second.train() is Status.COMPLETED
     acc = events(tmp_path / "tb")
     # steps 6 and 7 of the dead run were purged; the resumed run wrote them again, once

@@ -398,8 +398,9 @@ def test_log_checkpoint_logs_the_final_save_and_the_best_one_and_the_summary_nam
     checkpointer = Checkpointer(every="3it", monitor="val/mse", mode="max")
     trainer, rec = make(tmp_path / "run", logger, checkpointer, images=False)
     assert trainer.train() is Status.COMPLETED
-    metrics = trainer.state.metrics
-    last, best = Path(metrics["checkpoint/last"]), Path(metrics["checkpoint/best"])
+    assert trainer.state.last_checkpoint is not None
+    assert trainer.state.best_checkpoint is not None
+    last, best = trainer.state.last_checkpoint.path, trainer.state.best_checkpoint.path
     assert last.name == "step-00000010.pt"  # the checkpointer's end save
     assert best.name == "step-00000006.pt"
     path = run_file(logger)
@@ -485,7 +486,7 @@ def test_a_resume_after_a_killed_process_continues_the_run_id_from_the_checkpoin
 
     logger = WandbLogger(every="1it")
     trainer, rec = make(run_dir, logger, Checkpointer(every="1ep"), images=False)
-    assert trainer.resume("auto") == run_dir / "checkpoints" / "step-00000005.pt"
+    assert trainer.restore("auto") == run_dir / "checkpoints" / "step-00000005.pt"
     assert logger.run_id == dead_id  # from the checkpoint
     assert trainer.train() is Status.COMPLETED
     path = run_file(logger)
@@ -513,7 +514,8 @@ def test_an_explicit_id_wins_over_the_checkpoints(tmp_path: Path) -> None:
 
     logger = WandbLogger(every="1it", id="myid1234")
     trainer, _ = make(tmp_path / "second", logger, Checkpointer(every="1ep"), images=False)
-    assert trainer.resume(tmp_path / "first" / "checkpoints") == tmp_path / "first" / "checkpoints" / "step-00000005.pt"
+    first = tmp_path / "first" / "checkpoints"
+    assert trainer.restore(first) == first / "step-00000005.pt"
     assert logger.run_id == "myid1234"
     assert trainer.train() is Status.COMPLETED
     path = run_file(logger)

@@ -16,7 +16,7 @@ from typing import Any
 import blinker
 import pytest
 
-from lifecycle import Bus, CallbackError, Event, Handle, Priority, State, describe
+from lifecycle import Bus, CallbackError, Event, Handle, Priority, State, handler_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,12 +38,12 @@ def payload_recorder(log: Log, label: str) -> Callable[..., None]:
 
 
 def module_level_handler(sender: object, **payload: Any) -> None:
-    """A plain function, for describe()."""
+    """A plain function, for handler_name()."""
 
 
 class Saver:
     def post_step(self, sender: object, **payload: Any) -> None:
-        """A bound method, for describe()."""
+        """A bound method, for handler_name()."""
 
     def __call__(self, sender: object, **payload: Any) -> None:
         """A callable instance."""
@@ -579,15 +579,15 @@ def test_derived_handler_names_in_errors() -> None:
 
 
 def test_describe() -> None:
-    assert describe(Saver().post_step) == "Saver.post_step"
-    assert describe(Saver()) == "Saver"
+    assert handler_name(Saver().post_step) == "Saver.post_step"
+    assert handler_name(Saver()) == "Saver"
     fn = lambda sender: None  # noqa: E731
-    assert describe(fn) == f"test_describe.<locals>.<lambda> at {__file__}:{fn.__code__.co_firstlineno}"
+    assert handler_name(fn) == f"test_describe.<locals>.<lambda> at {__file__}:{fn.__code__.co_firstlineno}"
 
 
 def test_describe_module_function() -> None:
     # the docstring promises ``module.function`` for plain functions
-    assert describe(module_level_handler) == f"{__name__}.module_level_handler"
+    assert handler_name(module_level_handler) == f"{__name__}.module_level_handler"
 
 
 def test_failing_raw_receiver_is_named() -> None:

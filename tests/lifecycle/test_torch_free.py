@@ -33,13 +33,28 @@ def test_importing_lifecycle_does_not_import_torch() -> None:
         import sys
         import lifecycle
         import lifecycle.bus, lifecycle.errors, lifecycle.events, lifecycle.loop
-        import lifecycle.priority, lifecycle.schedule, lifecycle.state
+        import lifecycle.priority, lifecycle.schedule, lifecycle.state, lifecycle.callback
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "numpy", "callbacks", "trainers"})
         print("LOADED", heavy)
         """
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "LOADED []"
+
+
+def test_the_callback_base_and_the_callbacks_package_import_no_torch() -> None:
+    result = run_python(
+        """
+        import sys
+        from callbacks import BUILT_IN, Callback
+        from lifecycle import Callback as Base
+        assert Callback is Base, (Callback, Base)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "numpy", "trainers"})
+        print("LOADED", heavy, len(BUILT_IN))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "LOADED [] 11"
 
 
 def test_lifecycle_works_with_torch_unimportable() -> None:
@@ -61,7 +76,7 @@ def test_lifecycle_works_with_torch_unimportable() -> None:
         seen = []
         bus.connect("post_step", lambda sender, **kw: seen.append(state.iteration), every="2it")
 
-        class Host:
+        class Driver:
             def begin_training(self): pass
             def begin_epoch(self): pass
             def run_step(self): bus.emit("post_step", self)
@@ -70,8 +85,8 @@ def test_lifecycle_works_with_torch_unimportable() -> None:
             def fail(self, error): pass
             def serve_requests(self): pass
 
-        host = Host()
-        while loop.iterate(host):
+        driver = Driver()
+        while loop.iterate(driver):
             pass
         print(seen)
         """

@@ -114,7 +114,7 @@ def main(spec_file: Path) -> int:
     code = 0
     try:
         if spec.get("resume"):
-            trainer.resume(spec["resume"])
+            trainer.restore(spec["resume"])
         status = trainer.train()
         report["status"] = str(status)
         report["interrupted_by"] = trainer.interrupted_by

@@ -192,10 +192,11 @@ def snapshot(trainer: BaseTrainer, *, steps_run: int | None = None) -> dict[str,
         "optimizer": trainer.optimizer.state_dict(),
         "trainer": trainer.state_dict(),
         "status": None if trainer.status is None else str(trainer.status),
-        # the checkpointer publishes its files' paths: relative to the run, like its directory above
-        "metrics": {
-            k: os.path.relpath(v, trainer.run_dir) if k.startswith("checkpoint/") and trainer.run_dir else v
-            for k, v in trainer.state.metrics.items()
+        "metrics": dict(trainer.state.metrics),
+        # the checkpointer publishes its files: relative to the run, like its directory above
+        "checkpoints": {
+            role: [os.path.relpath(saved.path, trainer.run_dir or "."), saved.iteration, saved.reason, saved.score]
+            for role, saved in trainer.state.saved_checkpoints().items()
         },
         "callbacks": callbacks,
         "steps_run": steps_run,
@@ -324,7 +325,7 @@ def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] | None =
                 say("dying")
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    resumed = trainer.resume(args.resume) if args.resume is not None else None
+    resumed = trainer.restore(args.resume) if args.resume is not None else None
     say(f"resumed {resumed}")
     steps = 0
 
@@ -536,9 +537,9 @@ def kill_run(plan: KillPlan, run_dir: Path) -> KillOutcome:
 
 @dataclass
 class ResumeOutcome:
-    loaded: Path | None  # what resume("auto") loaded (None: no checkpoint, started fresh)
+    loaded: Path | None  # what restore("auto") loaded (None: no checkpoint, started fresh)
     newest: Path | None  # the newest step file on disk before the resume
-    fallback: bool  # resume("auto") skipped a damaged newer file
+    fallback: bool  # restore("auto") skipped a damaged newer file
     warnings: list[str]
     snapshot: dict[str, Any]
     files_after: list[str]  # the checkpoint directory after the resumed run
@@ -561,7 +562,7 @@ def run_in_process(
     resume: bool = True,
     at_step: dict[int, Callable[[BaseTrainer], object]] | None = None,
 ) -> ResumeOutcome:
-    """In this process: build the trainer on ``run_dir``, ``resume("auto")`` (with ``resume``), train to the end.
+    """In this process: build the trainer on ``run_dir``, ``restore("auto")`` (with ``resume``), train to the end.
     ``at_step`` maps iterations to functions called at their ``post_step``."""
     directory = run_dir / "checkpoints"
     listed = list_checkpoints(directory)
@@ -582,7 +583,7 @@ def run_in_process(
 
         trainer.on("post_step")(count)
         try:
-            loaded = trainer.resume("auto") if resume else None
+            loaded = trainer.restore("auto") if resume else None
             trainer.train(handle_signals=False)
         finally:
             trainer.close()
@@ -601,7 +602,7 @@ def run_in_process(
 
 
 def resume_in_process(run_dir: Path, *, num_workers: int, every: str) -> ResumeOutcome:
-    """:func:`run_in_process` resuming from the newest checkpoint in ``run_dir`` (``resume("auto")``)."""
+    """:func:`run_in_process` resuming from the newest checkpoint in ``run_dir`` (``restore("auto")``)."""
     return run_in_process(run_dir, num_workers=num_workers, every=every)
 
 
@@ -619,7 +620,7 @@ def check_resumed(
     reference: dict[str, Any], killed: KillOutcome, resumed: ResumeOutcome, *, require_kill: bool = True
 ) -> list[str]:
     """What is wrong with one killed-and-resumed run, compared with the uninterrupted ``reference`` snapshot of the
-    same configuration (empty when nothing): it died by SIGKILL (with ``require_kill``); ``resume("auto")`` loaded
+    same configuration (empty when nothing): it died by SIGKILL (with ``require_kill``); ``restore("auto")`` loaded
     the newest file on disk, at least as new as the last save the process had announced; the training ended
     bit-identical; the directory holds exactly the reference's checkpoints and links, no temporary file."""
     plan, problems = killed.plan, []

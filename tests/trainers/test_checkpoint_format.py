@@ -4,7 +4,7 @@ data; ``check_plain`` naming the key path of a non-plain value and leaving the d
 refused without running their code; damaged files (truncated at many offsets, random bytes, a flipped bit in tensor
 data, wrong structure or format) each reported with the file and the specific reason; checkpoints that do not fit a
 trainer refused with the trainer left bit-identical and still trainable; the newest-loadable fallback of
-``resume(dir)`` / ``resume("auto")`` and ``list_checkpoints``; atomicity under ``SIGKILL`` at every stage of a
+``restore(dir)`` / ``restore("auto")`` and ``list_checkpoints``; atomicity under ``SIGKILL`` at every stage of a
 write, a full disk (``RLIMIT_FSIZE``) and a read-only directory, in real subprocesses (``checkpoint_faults.py``);
 and the RNG state surviving a ``weights_only`` round trip."""
 
@@ -409,10 +409,10 @@ def test_a_checkpoint_whose_unpickling_would_run_code_is_refused_and_the_code_ne
     detail = _refusal(evil, load_checkpoint, evil)
     assert detail.startswith("Unsupported global: GLOBAL exec was not an allowed global by default"), detail
     _refusal(evil, read_metadata, evil)
-    _refusal(evil, make_trainer(callbacks=[Holder()]).resume, evil)
+    _refusal(evil, make_trainer(callbacks=[Holder()]).restore, evil)
     trainer = make_trainer(callbacks=[Holder()])
     with caplog.at_level(logging.WARNING, logger="stepbus"), pytest.raises(CheckpointError) as info:
-        trainer.resume(evil.parent)
+        trainer.restore(evil.parent)
     assert info.value.path == evil.parent
     assert info.value.reason.startswith(f"no loadable checkpoint: checkpoint {evil}: refused: it contains objects")
     assert [r.getMessage().split(": refused:")[0] for r in caplog.records] == [f"resume: skipping checkpoint {evil}"]
@@ -429,7 +429,7 @@ def test_a_checkpoint_calling_os_system_is_refused_naming_the_global(tmp_path: P
     evil = tmp_path / step(5)
     torch.save({"stepbus": {"format": FORMAT}, "model": {"weight": Touch(marker)}}, evil)
     detail = _refusal(evil, load_checkpoint, evil)
-    _refusal(evil, make_trainer().resume, evil)
+    _refusal(evil, make_trainer().restore, evil)
     assert not marker.exists()
     # the reason names what was refused, and never advises the unsafe load torch suggests in its own message
     assert "posix.system" in detail, detail
@@ -446,7 +446,7 @@ def test_a_plain_pickle_file_is_refused_without_unpickling_it(tmp_path: Path) ->
         pickle.dump({"stepbus": {"format": FORMAT}, "x": Touch(marker)}, handle)
     expect_error(path, TRUNCATED, load_checkpoint, path)
     expect_error(path, TRUNCATED, read_metadata, path)
-    expect_error(path, TRUNCATED, make_trainer().resume, path)
+    expect_error(path, TRUNCATED, make_trainer().restore, path)
     assert not marker.exists()
     with path.open("rb") as handle:
         pickle.load(handle)  # proves that the file would run code
@@ -474,7 +474,7 @@ def test_a_file_truncated_anywhere_is_reported_as_truncated(tmp_path: Path) -> N
         path.write_bytes(data[:cut])
         expect_error(path, TRUNCATED, load_checkpoint, path)
         expect_error(path, TRUNCATED, read_metadata, path)
-        expect_error(path, TRUNCATED, trainer.resume, path)
+        expect_error(path, TRUNCATED, trainer.restore, path)
     assert (trainer.state.iteration, trainer.resumed_from) == (0, None)
 
 
@@ -492,7 +492,7 @@ def test_a_changed_byte_in_tensor_data_or_in_the_pickle_fails_the_crc_check(tmp_
         path.write_bytes(bytes(flipped))
         reason = f"corrupted: record {record!r} fails its CRC-32 check (bytes changed on disk)"
         expect_error(path, reason, load_checkpoint, path)
-        expect_error(path, reason, make_trainer(model=BigModel()).resume, path)
+        expect_error(path, reason, make_trainer(model=BigModel()).restore, path)
         if record == table:  # read_metadata checks only the pickle record: it never reads tensor data
             assert read_metadata(path) == read_metadata(good)
         else:
@@ -515,7 +515,7 @@ def test_random_bytes_a_directory_and_a_missing_file_are_reported(tmp_path: Path
     expect_error(folder, "is a directory, not a checkpoint file", read_metadata, folder)
     missing = tmp_path / "missing.pt"
     expect_error(missing, "no such file", load_checkpoint, missing)
-    expect_error(missing, "no such file", make_trainer().resume, missing)
+    expect_error(missing, "no such file", make_trainer().restore, missing)
 
 
 def test_wrong_structure_or_format_is_reported_with_the_specific_reason(tmp_path: Path) -> None:
@@ -566,7 +566,7 @@ def test_wrong_structure_or_format_is_reported_with_the_specific_reason(tmp_path
         path = tmp_path / f"{name}.pt"
         torch.save(payload, path)
         expect_error(path, reason, load_checkpoint, path)
-        expect_error(path, reason, trainer.resume, path)
+        expect_error(path, reason, trainer.restore, path)
         if reason.startswith(("not a stepbus", "incompatible")):
             expect_error(path, reason, read_metadata, path)
         else:  # read_metadata only needs the metadata block
@@ -701,7 +701,7 @@ def test_checkpoints_that_do_not_fit_are_refused_and_change_nothing(tmp_path: Pa
     before = _snapshot(trainer)
     for path, reason in cases:
         load_checkpoint(path)  # each one is a sound file: it is only this trainer it does not fit
-        expect_error(path, reason, trainer.resume, path)
+        expect_error(path, reason, trainer.restore, path)
         same_tree(_snapshot(trainer), before, f"after {path.name}")
     _assert_unchanged_and_trainable(trainer, before)
 
@@ -711,7 +711,7 @@ def test_a_malformed_optimizer_state_is_a_checkpoint_error_and_changes_nothing(t
     trainer = _target()
     before = _snapshot(trainer)
     with pytest.raises(CheckpointError) as info:
-        trainer.resume(path)
+        trainer.restore(path)
     assert info.value.path == path
     assert "optimizer" in info.value.reason
     _assert_unchanged_and_trainable(trainer, before)
@@ -726,7 +726,7 @@ def test_a_callback_refusing_its_saved_state_changes_nothing(tmp_path: Path) -> 
     expect_error(
         path,
         "callback 'Holder' (Holder) refused its saved state: ValueError: unknown mode 'turbo'",
-        trainer.resume,
+        trainer.restore,
         path,
     )
     # resume() promises: "Every other failure is a CheckpointError ... raised before anything is changed"
@@ -798,7 +798,7 @@ def test_resume_falls_back_past_a_damaged_newer_checkpoint(tmp_path: Path, caplo
         caplog.clear()
         trainer = make_trainer(callbacks=[Holder()], run_dir=tmp_path / "run")
         with caplog.at_level(logging.INFO, logger="stepbus"):
-            loaded = trainer.resume(directory if how == "dir" else "auto")
+            loaded = trainer.restore(directory if how == "dir" else "auto")
         assert loaded == older
         assert trainer.resumed_from == older
         warnings = [(r.name, r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
@@ -839,7 +839,7 @@ def test_resume_from_a_directory_of_damaged_checkpoints_lists_them_all(
         trainer = _target(run_dir=tmp_path / "run")
         before = _snapshot(trainer)
         with caplog.at_level(logging.WARNING, logger="stepbus"):
-            expect_error(directory, reason, trainer.resume, how)
+            expect_error(directory, reason, trainer.restore, how)
         assert [r.getMessage() for r in caplog.records] == [
             f"resume: skipping checkpoint {newer}: {TRUNCATED}; trying the next newest checkpoint",
             f"resume: skipping checkpoint {older}: {TRUNCATED}; trying the next newest checkpoint",
@@ -852,10 +852,10 @@ def test_resume_auto_without_checkpoints_starts_fresh(tmp_path: Path, caplog: py
     trainer = _target(run_dir=tmp_path / "run")
     before = _snapshot(trainer)
     with caplog.at_level(logging.WARNING, logger="stepbus"):
-        assert trainer.resume("auto") is None
+        assert trainer.restore("auto") is None
     checkpoints = tmp_path / "run" / "checkpoints"
     assert [(r.name, r.getMessage()) for r in caplog.records] == [
-        ("stepbus", f"resume('auto'): no checkpoint in {checkpoints}; starting from scratch")
+        ("stepbus", f"restore('auto'): no checkpoint in {checkpoints}; starting from scratch")
     ]
     _assert_unchanged_and_trainable(trainer, before)  # its log starts with pre_training(resumed=False) at iteration 0
 
@@ -863,7 +863,7 @@ def test_resume_auto_without_checkpoints_starts_fresh(tmp_path: Path, caplog: py
     empty.mkdir()
     (empty / "last.pt").symlink_to(step(3))
     (empty / f".{step(3)}.1.0a1b2c3d.tmp").write_bytes(b"x")
-    expect_error(empty, "no step-<iteration>.pt checkpoint in this directory", make_trainer().resume, empty)
+    expect_error(empty, "no step-<iteration>.pt checkpoint in this directory", make_trainer().restore, empty)
 
 
 # ---------------------------------------------------------------------------------------------------- faults
@@ -981,7 +981,7 @@ def test_a_crash_at_any_stage_of_a_write_leaves_the_old_or_the_new_file_complete
             assert (folder / step(2)).read_bytes() == old_bytes, name
         # a resume from the folder takes the newest complete checkpoint and ignores the temporary files
         expected_resume = target if stage == "after_replace" else folder / step(2)
-        assert make_trainer().resume(folder) == expected_resume, name
+        assert make_trainer().restore(folder) == expected_resume, name
         checked.append(name)
     assert len(checked) == 14
 

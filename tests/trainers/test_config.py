@@ -294,12 +294,19 @@ def test_round_trip_file_build_train_saves_the_resolved_config(tmp_path: Path) -
     assert sorted(trainer.state.metrics) == [
         "best/holdout/mse",
         "best/mse",
-        "checkpoint/best",
-        "checkpoint/last",
         "holdout/mse",
         "lr",
         "val/mse",
     ]
+    last, best = trainer.state.last_checkpoint, trainer.state.best_checkpoint
+    assert last is not None
+    assert best is not None
+    assert (last.path, last.iteration, last.reason) == (
+        run_dir / "checkpoints" / "step-00000004.pt",
+        4,
+        "end (completed)",
+    )
+    assert best.path == last.path
     assert trainer.state.metrics["lr"] == pytest.approx(0.025)  # gamma 0.5 applied at the 0.5 milestone
     assert metrics_file.path == run_dir / "outcome.json"
     outcome = json.loads((run_dir / "outcome.json").read_text(encoding="utf-8"))

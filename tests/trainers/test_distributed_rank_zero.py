@@ -53,7 +53,7 @@ report["custom"] = outcome(
 report["in_step_1"] = in_step()
 report["save"] = outcome(lambda: str(trainer.save_checkpoint(out / "blocker" / "c.pt")))
 report["in_step_2"] = in_step()
-report["resume"] = outcome(lambda: str(trainer.resume(out / "missing.pt")))
+report["resume"] = outcome(lambda: str(trainer.restore(out / "missing.pt")))
 report["in_step_3"] = in_step()
 validator = trainer.add_callback(Validator(fn=bad_metric, at_end=False))
 report["validate"] = outcome(lambda: validator.run(trainer))

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from tests.trainers.support import make_trainer
-from trainers import distributed
+from trainers.distributed import environment as distributed
 
 
 def threads():
@@ -90,7 +90,7 @@ def test_a_closed_distributed_trainer_refuses_to_step_and_to_communicate(
 ) -> None:
     closed = (
         "this trainer was closed at iteration 4: in a distributed run close() releases its side groups, so it "
-        "cannot step on (build a new trainer, and resume() from a checkpoint to continue)"
+        "cannot step on (build a new trainer, and restore() from a checkpoint to continue)"
     )
     side = "the trainer's side group was closed (trainer.close()): no collective can run on it"
     for report in ranks[0]:

@@ -1,5 +1,6 @@
-"""Unit tests of the distributed pieces: batch shares, share checks, environment parsing, error gists, the stop vote,
-the side-channel collectives and the DDP wrapper (the last three in two real gloo processes), and the bus clock."""
+"""Unit tests of the distributed pieces: batch shares, share checks, environment parsing, backend error reasons, the
+stop vote, the side-channel collectives and the DDP wrapper (the last three in two real gloo processes), and the bus
+clock."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from lifecycle.bus import Bus
 from lifecycle.events import Event
 from lifecycle.state import State
 from tests.trainers.ranks import start_ranks, wait_ranks
-from trainers.data.feeder import BatchPlan, Feeder, SeededBatch, _PlanSampler, mix_seed, shard_batch
-from trainers.distributed.collective import gist
+from trainers.data.feeder import Feeder, SeededBatch, _PlanSampler, shard_batch
+from trainers.data.plan import BatchPlan, check_shares, mix_seed
+from trainers.distributed.collective import backend_reason
 from trainers.distributed.environment import (
     DEFAULT_TIMEOUT,
     collective_timeout,
@@ -32,8 +34,7 @@ from trainers.distributed.environment import (
     launched_world_size,
     local_device,
 )
-from trainers.distributed.peer_failure import PeerFailure, describe, is_collective_failure
-from trainers.engine.trainer import _check_shares
+from trainers.distributed.peer_failure import PeerFailure, is_collective_failure
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -307,7 +308,7 @@ def test_sampler_seeds_differ_per_rank_in_a_job() -> None:
     assert len(set(per_rank[0])) == 3  # and from batch to batch
 
 
-# ---------------------------------------------------------------------------------------------- _check_shares
+# ----------------------------------------------------------------------------------------------- check_shares
 
 
 def test_check_shares_rejects_a_last_batch_smaller_than_the_world() -> None:
@@ -320,7 +321,7 @@ def test_check_shares_rejects_a_last_batch_smaller_than_the_world() -> None:
             "divides evenly"
         ),
     ):
-        _check_shares(plan, 3, False)
+        check_shares(plan, 3, False)
 
 
 def test_check_shares_rejects_batches_smaller_than_the_world() -> None:
@@ -332,7 +333,7 @@ def test_check_shares_rejects_batches_smaller_than_the_world() -> None:
             "use a batch_size >= 3"
         ),
     ):
-        _check_shares(plan, 3, False)
+        check_shares(plan, 3, False)
 
 
 def _warning(full: int, last: int, world: int, tail: str) -> str:
@@ -365,7 +366,7 @@ def test_check_shares_warns_when_the_shares_are_uneven(
 ) -> None:
     plan = BatchPlan(size, batch_size, seed=0, shuffle=True, drop_last=drop_last)
     with caplog.at_level(logging.DEBUG, logger="stepbus"):
-        _check_shares(plan, world, drop_last)
+        check_shares(plan, world, drop_last)
     records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
     assert records == ([] if message is None else [("stepbus", logging.WARNING, message)])
 
@@ -518,7 +519,7 @@ def test_init_from_env_rejects_a_bad_world_size(monkeypatch: pytest.MonkeyPatch)
         init_from_env(torch.device("cpu"))
 
 
-# ---------------------------------------------------------------------------------------------- gist, peers
+# ---------------------------------------------------------------------------------------- backend reasons, peers
 
 GLOO_CLOSED = (
     "[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:6043. This is "
@@ -548,8 +549,8 @@ GLOO_CLOSED = (
         (KeyError("key"), "'key'"),
     ],
 )
-def test_gist(error: BaseException, expected: str) -> None:
-    assert gist(error) == expected
+def test_backend_reason(error: BaseException, expected: str) -> None:
+    assert backend_reason(error) == expected
 
 
 @pytest.mark.parametrize(
@@ -570,10 +571,10 @@ def test_is_collective_failure(error: BaseException, expected: bool) -> None:
     assert is_collective_failure(error) is expected
 
 
-def test_describe_names_the_lost_ranks() -> None:
+def test_peer_failure_after_probe_names_the_lost_ranks() -> None:
     error = RuntimeError(GLOO_CLOSED)
     failed = {2: "Connection closed by peer [127.0.0.1]:6050", 1: "Timed out waiting 2500ms"}
-    found = describe(0, failed, "at iteration 17 (epoch 2, step 5)", error, timedelta(seconds=2.5))
+    found = PeerFailure.after_probe(0, failed, "at iteration 17 (epoch 2, step 5)", error, timedelta(seconds=2.5))
     assert isinstance(found, PeerFailure)
     assert found.ranks == (1, 2)
     assert str(found) == (
@@ -585,8 +586,9 @@ def test_describe_names_the_lost_ranks() -> None:
     assert is_collective_failure(found) is False
 
 
-def test_describe_when_every_peer_still_answers() -> None:
-    found = describe(3, {}, "in post_epoch at iteration 40", RuntimeError("Timed out waiting 100ms"), DEFAULT_TIMEOUT)
+def test_peer_failure_after_probe_when_every_peer_still_answers() -> None:
+    error = RuntimeError("Timed out waiting 100ms")
+    found = PeerFailure.after_probe(3, {}, "in post_epoch at iteration 40", error, DEFAULT_TIMEOUT)
     assert found.ranks == ()
     assert str(found) == (
         "rank 3: a collective failed in post_epoch at iteration 40, but every peer still answers: Timed out waiting "
@@ -604,7 +606,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainers import distributed
+from trainers.distributed import environment as distributed
 from trainers.distributed.collective import Collective
 from trainers.distributed.ddp import LossModule, wrap
 from trainers.distributed.stop_vote import StopVote

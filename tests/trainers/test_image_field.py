@@ -746,7 +746,7 @@ def test_resume_after_pruning_is_bit_exact(tmp_path: Path) -> None:
     interrupted.close()
 
     resumed = resume_trainer(tmp_path / "run")
-    assert resumed.resume(checkpoint) == checkpoint
+    assert resumed.restore(checkpoint) == checkpoint
     assert torch.equal(resumed.pipeline.occupancy.density, saved_density)
     assert len(resumed.pipeline.occupancy.pixels()) == round(fractions[20] * SIZE * SIZE)
     assert str(resumed.train()) == "completed"

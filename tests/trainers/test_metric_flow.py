@@ -1,4 +1,4 @@
-"""``trainer.metric_flow``: step outputs summed on the device, read back once per log point, exact means per window
+"""``MetricFlow.of(trainer)``: step outputs summed on the device, read back once per log point, exact means per window
 and per epoch, independent windows, and no host sync per step (counted with a spy on torch's conversions)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from callbacks.loggers.metric_flow import MetricFlow
 from lifecycle import Event, Status
 from tests.trainers.support import make_trainer
 from trainers import BaseTrainer
@@ -55,7 +56,7 @@ def mean(values: list[float]) -> float:
 
 def test_windows_give_exact_means_on_their_own_schedules() -> None:
     trainer = make_trainer(items=ITEMS, batch_size=BATCH, max_epochs=3, loss_fn=outputs_fn(aux_every=2))
-    flow = trainer.metric_flow
+    flow = MetricFlow.of(trainer)
     every2, every5 = flow.window(), flow.window()
     taken: dict[str, list[tuple[int, dict[str, float]]]] = {"2": [], "5": []}
 
@@ -91,7 +92,7 @@ def test_windows_give_exact_means_on_their_own_schedules() -> None:
 
 def test_epoch_means_cover_the_current_epoch() -> None:
     trainer = make_trainer(items=ITEMS, batch_size=BATCH, max_epochs=2, loss_fn=outputs_fn())
-    flow = trainer.metric_flow
+    flow = MetricFlow.of(trainer)
     assert flow.epoch_means() == {}
     seen: list[dict[str, float]] = []
     trainer.on(Event.POST_EPOCH)(lambda t, **_: seen.append(flow.epoch_means()))
@@ -107,7 +108,7 @@ def test_epoch_means_cover_the_current_epoch() -> None:
 
 def test_an_empty_window_and_a_key_that_appears_late() -> None:
     trainer = make_trainer(items=ITEMS, batch_size=BATCH, max_epochs=1, loss_fn=outputs_fn(aux_every=3))
-    early = trainer.metric_flow.window()
+    early = MetricFlow.of(trainer).window()
     assert early.take() == {}  # nothing stepped yet
     trainer.iterate()
     first = early.take()
@@ -146,7 +147,7 @@ def test_one_host_copy_per_log_point_and_none_per_step() -> None:
     # they would blur the count of what stepbus does)
     sgd = lambda params: torch.optim.SGD(params, lr=0.01)  # noqa: E731
     trainer = make_trainer(items=64, batch_size=4, max_epochs=5, loss_fn=outputs_fn(aux_every=7), optimizer=sgd)
-    window = trainer.metric_flow.window()
+    window = MetricFlow.of(trainer).window()
     logged: list[dict[str, float]] = []
     trainer.on(Event.POST_STEP, every="20it", priority=-200)(lambda t, **_: logged.append(window.take()))
     with host_syncs() as counts:
@@ -161,8 +162,8 @@ def test_the_flow_costs_nothing_until_a_logger_asks_for_it() -> None:
     events = (Event.PRE_STEP, Event.POST_STEP, Event.PRE_EPOCH, Event.PRE_TRAINING)
     before = {event: len(trainer.bus.handles(event)) for event in events}
     assert before == {Event.PRE_STEP: 0, Event.POST_STEP: 0, Event.PRE_EPOCH: 0, Event.PRE_TRAINING: 0}
-    flow = trainer.metric_flow
-    assert trainer.metric_flow is flow  # one per trainer, shared by every logger
+    flow = MetricFlow.of(trainer)
+    assert MetricFlow.of(trainer) is flow  # one per trainer, shared by every logger
     after = {event: [h.name for h in trainer.bus.handles(event)] for event in before}
     assert after == {
         Event.PRE_STEP: ["metric_flow.pre_step"],
@@ -174,7 +175,7 @@ def test_the_flow_costs_nothing_until_a_logger_asks_for_it() -> None:
 
 def test_totals_stay_on_the_device_in_float64() -> None:
     trainer = make_trainer(items=ITEMS, batch_size=BATCH, max_epochs=1, loss_fn=outputs_fn())
-    flow = trainer.metric_flow
+    flow = MetricFlow.of(trainer)
     trainer.train()
     # float64 totals: a window's mean (a difference of two totals) keeps float32 precision after millions of steps
     assert flow._totals().dtype == torch.float64
@@ -193,7 +194,7 @@ def test_a_window_opened_in_pre_training_times_steps_from_the_first_step_not_the
 
     @trainer.on(Event.PRE_TRAINING, priority=10)
     def open_window(t: BaseTrainer, **_: Any) -> None:
-        window.append(t.metric_flow.window())
+        window.append(MetricFlow.of(t).window())
 
     @trainer.on(Event.PRE_TRAINING, priority=5)
     def slow_set_up(t: BaseTrainer, **_: Any) -> None:

@@ -67,7 +67,8 @@ def test_worker_startup_does_not_draw_from_the_global_torch_rng() -> None:
     its own generator the main process's stream is untouched, at the first epoch and at every later one."""
     from torch.utils.data import TensorDataset
 
-    from trainers.data.feeder import BatchPlan, Feeder
+    from trainers.data.feeder import Feeder
+    from trainers.data.plan import BatchPlan
 
     def feeder(num_workers: int) -> Feeder:
         plan = BatchPlan(12, 4, seed=3, shuffle=True, drop_last=False)

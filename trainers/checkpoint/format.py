@@ -221,7 +221,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and check a checkpoint (on the CPU): integrity, ``weights_only=True``, format version, required keys.
-    Applying it to a trainer is ``trainer.resume(path)``."""
+    Applying it to a trainer is ``trainer.restore(path)``."""
     file = Path(path)
     _verify_archive(file)
     loaded = _torch_load(file, mmap=False)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
+from callbacks import BUILT_IN
+from lifecycle import Callback
 from trainers.config.errors import ConfigError, Problem, did_you_mean
 from trainers.config.params import Param, params_of
 
@@ -29,20 +31,8 @@ Kind = Literal["callback", "trainer"]
 _GROUPS: dict[Kind, str] = {"callback": "stepbus.callbacks", "trainer": "stepbus.trainers"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
-#: config name -> "module:attribute" of the built-in callbacks
-BUILTIN_CALLBACKS: dict[str, str] = {
-    "lr_decay": "callbacks.lr_decay:LRDecay",
-    "grid_pruning": "callbacks.grid_pruning:GridPruning",
-    "gradient_guard": "callbacks.gradient_guard:GradientGuard",
-    "validator": "callbacks.validator:Validator",
-    "early_stopping": "callbacks.early_stopping:EarlyStopping",
-    "tensorboard": "callbacks.loggers.tensorboard:TensorBoardLogger",
-    "wandb": "callbacks.loggers.wandb:WandbLogger",
-    "progress": "callbacks.progress:ProgressBar",
-    "checkpointer": "callbacks.checkpointer:Checkpointer",
-    "metrics_file": "callbacks.loggers.metrics_file:MetricsFile",
-    "preview": "callbacks.preview:Preview",
-}
+#: config name -> "module:Class" of the built-in callbacks (registered in one place: ``callbacks.BUILT_IN``)
+BUILTIN_CALLBACKS: dict[str, str] = BUILT_IN
 
 #: config name -> "module:attribute" of the built-in trainer factories
 BUILTIN_TRAINERS: dict[str, str] = {
@@ -131,8 +121,6 @@ class Registry:
 
     def register_callback(self, name: str, cls: type) -> None:
         """Make ``cls`` (a ``Callback`` subclass) available as ``name`` in configs."""
-        from callbacks.base import Callback
-
         if not (isinstance(cls, type) and issubclass(cls, Callback)):
             raise RegistryError(Problem(name, f"register_callback needs a Callback subclass, got {cls!r}"))
         self._add(Entry(name, "callback", "code", f"{cls.__module__}:{cls.__qualname__}", cls))

@@ -1,14 +1,10 @@
-"""Data order as a pure function of (seed, epoch), so a run can start at any (epoch, step) without replaying.
-
-Epoch ``e`` visits the dataset in the permutation drawn from a private generator seeded with ``mix(seed, e)``
-(or in index order with ``shuffle=False``); batch ``j`` is slice ``j`` of that permutation. Nothing here touches
-the main process's global RNGs (DataLoader workers seed their own, per batch), so model code that draws random
-numbers does not shift the data order, and vice versa.
+"""Fetching the batches a :class:`~trainers.data.plan.BatchPlan` names: in-process, or through DataLoader workers
+that each seed their own randomness per batch (``mix(seed, epoch, batch)``), so a resumed run sees the same items
+and the same augmentation at every step.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,72 +13,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
-__all__ = ["BatchPlan", "Feeder", "SeededBatch", "mix_seed", "shard_batch"]
+from trainers.data.plan import BatchPlan, mix_seed
 
-
-def mix_seed(*parts: int) -> int:
-    """Combine integers into one 63-bit seed (splitmix64 steps): stable across processes and platforms."""
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value = (value ^ (part & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        value = (value ^ (value >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return value & 0x7FFFFFFFFFFFFFFF
-
-
-class BatchPlan:
-    """Which dataset indices make each batch of each epoch.
-
-    ``batch_size=None`` means the dataset's items already are batches (each index is one step). With
-    ``world_size`` > 1, ``batch_size`` is the global batch and the index batches are ``rank``'s share of it.
-    """
-
-    def __init__(
-        self,
-        size: int,
-        batch_size: int | None,
-        *,
-        seed: int,
-        shuffle: bool,
-        drop_last: bool,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
-        self.rank, self.world_size = rank, world_size
-        if batch_size is None:
-            self.iterations_per_epoch = size
-        elif drop_last:
-            self.iterations_per_epoch = size // batch_size
-        else:
-            self.iterations_per_epoch = math.ceil(size / batch_size)
-
-    def batch_sizes(self) -> tuple[int, int]:
-        """The (global) sizes of a full batch and of the epoch's last batch (``batch_size=None``: 1, 1)."""
-        if self.batch_size is None:
-            return 1, 1
-        last = self.size - (self.iterations_per_epoch - 1) * self.batch_size
-        return self.batch_size, min(last, self.batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """The permutation of dataset indices for ``epoch`` (1-based)."""
-        if not self.shuffle:
-            return torch.arange(self.size)
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
-        return torch.randperm(self.size, generator=generator)
-
-    def index_batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
-        """Index tensors of the batches of ``epoch`` from batch ``start`` (0-based) on; ``start`` costs nothing."""
-        order = self.order(epoch)
-        step = self.batch_size or 1
-        world, rank = self.world_size, self.rank
-        sharded = world > 1 and self.batch_size is not None
-        for j in range(start, self.iterations_per_epoch):
-            indices = order[j * step : (j + 1) * step]
-            yield indices.tensor_split(world)[rank] if sharded else indices
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[list[int]]:
-        """The same as lists of ints."""
-        return (indices.tolist() for indices in self.index_batches(epoch, start))
+__all__ = ["Feeder", "SeededBatch", "shard_batch"]
 
 
 class SeededBatch(list[int]):
@@ -138,7 +71,7 @@ class _SeededFetch:
         return [self.dataset[i] for i in batch]
 
 
-class _Then:
+class _CollatePrebuilt:
     """Apply the user's collate_fn to a pre-built batch (picklable, unlike a lambda)."""
 
     def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
@@ -148,8 +81,8 @@ class _Then:
         return self.collate_fn(items[0])
 
 
-class _Share:
-    """Then keep this rank's share of the pre-built batch (picklable, for workers)."""
+class _RankShare:
+    """Collate, then keep this rank's share of the pre-built batch (picklable, for workers)."""
 
     def __init__(self, collate_fn: Callable[[Any], Any], rank: int, world_size: int) -> None:
         self.collate_fn, self.rank, self.world_size = collate_fn, rank, world_size
@@ -212,9 +145,9 @@ class Feeder:
             prebuilt = plan.batch_size is None
             collate = self.collate
             if prebuilt:
-                collate = _first if collate_fn is None else _Then(collate_fn)
+                collate = _first if collate_fn is None else _CollatePrebuilt(collate_fn)
             if prebuilt and plan.world_size > 1:
-                collate = _Share(collate, plan.rank, plan.world_size)
+                collate = _RankShare(collate, plan.rank, plan.world_size)
             self._sampler = _PlanSampler(plan)
             # a DataLoader draws its workers' base seed from torch's global RNG when its first iterator is made --
             # in a resumed process at another epoch than in the original one -- unless it has its own generator

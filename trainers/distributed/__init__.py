@@ -1,2 +1,3 @@
-"""Distributed runs under ``torchrun``: the process environment, collectives between ranks, the DDP wrap, the stop
-vote and the error that names a lost peer."""
+"""Distributed runs under ``torchrun``: the process environment (``environment``: ``init_from_env``, ``rank``,
+``world_size`` ...), the trainer's view of the other processes (``ranks``), collectives between ranks, the DDP wrap,
+the stop vote and the error that names a lost peer (``peer_failure.PeerFailure``)."""

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["Collective", "RankZeroFailure", "gist"]
+__all__ = ["Collective", "RankZeroFailure", "backend_reason"]
 
 T = TypeVar("T")
 
@@ -129,7 +129,7 @@ class Collective:
                 sent = dist.isend(mine, dst=peer, group=self.probe_group, tag=0x5B)
                 received = dist.irecv(answer, src=peer, group=self.probe_group, tag=0x5B)
             except Exception as exc:  # noqa: BLE001 - the connection to it is gone
-                failed[peer] = gist(exc)
+                failed[peer] = backend_reason(exc)
                 continue
             works[peer] = (sent, received, answer)
         for peer, (sent, received, answer) in works.items():
@@ -137,15 +137,15 @@ class Collective:
                 received.wait(timeout)
                 sent.wait(timeout)
             except Exception as exc:  # noqa: BLE001 - a closed connection or a timeout: either way, no answer
-                failed[peer] = gist(exc)
+                failed[peer] = backend_reason(exc)
                 continue
             if int(answer.item()) != peer:
                 failed[peer] = f"answered as rank {int(answer.item())}"
         return failed
 
 
-def gist(error: BaseException) -> str:
-    """The gist of a backend error: its first line without gloo's source location and boilerplate advice:
+def backend_reason(error: BaseException) -> str:
+    """The backend_reason of a backend error: its first line without gloo's source location and boilerplate advice:
     ``[.../pair.cc:553] Connection closed by peer [127.0.0.1]:6043. This is typically ...`` ->
     ``Connection closed by peer [127.0.0.1]:6043``."""
     lines = str(error).strip().splitlines()

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from trainers.distributed.collective import gist
+from trainers.distributed.collective import backend_reason
 
 __all__ = ["PeerFailure", "is_collective_failure"]
 
@@ -39,6 +39,24 @@ class PeerFailure(RuntimeError):
         super().__init__(message)
         self.ranks = ranks
 
+    @classmethod
+    def after_probe(
+        cls, rank: int, failed: dict[int, str], where: str, error: BaseException, probe: timedelta
+    ) -> PeerFailure:
+        """The failure of rank ``rank``, whose collective failed ``where`` with ``error``, given the peers that did
+        not answer a probe (``failed``: rank -> why)."""
+        original = backend_reason(error)
+        if not failed:
+            return cls(f"rank {rank}: a collective failed {where}, but every peer still answers: {original}", ranks=())
+        ranks = tuple(sorted(failed))
+        names = ", ".join(f"rank {r} ({failed[r]})" for r in ranks)
+        return cls(
+            f"rank {rank}: lost {names} {where}; a rank that dies, hangs or fails ends the whole run (its own log "
+            f"says why; a peer that did not answer within {probe.total_seconds():g} s may also be stuck). Original "
+            f"error: {original}",
+            ranks=ranks,
+        )
+
 
 def is_collective_failure(error: BaseException) -> bool:
     """Whether ``error`` is a backend's report of a failed collective (a lost peer, a timeout), as opposed to an
@@ -52,21 +70,3 @@ def is_collective_failure(error: BaseException) -> bool:
         return False
     text = str(error).lower()
     return any(sign in text for sign in _SIGNS)
-
-
-def describe(rank: int, failed: dict[int, str], where: str, error: BaseException, probe: timedelta) -> PeerFailure:
-    """The :class:`PeerFailure` for rank ``rank`` whose collective failed ``where`` with ``error``, given the peers
-    that did not answer a probe (``failed``: rank -> why)."""
-    original = gist(error)
-    if not failed:
-        return PeerFailure(
-            f"rank {rank}: a collective failed {where}, but every peer still answers: {original}", ranks=()
-        )
-    ranks = tuple(sorted(failed))
-    names = ", ".join(f"rank {r} ({failed[r]})" for r in ranks)
-    return PeerFailure(
-        f"rank {rank}: lost {names} {where}; a rank that dies, hangs or fails ends the whole run (its own log says "
-        f"why; a peer that did not answer within {probe.total_seconds():g} s may also be stuck). Original error: "
-        f"{original}",
-        ranks=ranks,
-    )

@@ -141,8 +141,9 @@ class TrainerPanel:
         if not trainer.servers("checkpoint"):
             self.message = "no checkpointer: enable one (callbacks.checkpointer) to save from here"
         elif self._guard("save", trainer.request_checkpoint):
-            where = trainer.state.metrics.get("checkpoint/last")
-            self.message = f"checkpoint saved at iteration {trainer.state.iteration}" + (f": {where}" if where else "")
+            saved = trainer.state.last_checkpoint
+            where = f": {saved.path}" if saved is not None else ""
+            self.message = f"checkpoint saved at iteration {trainer.state.iteration}{where}"
         self.refresh()
 
     def toggle(self, callback: Callback, enabled: bool) -> None:

@@ -1,50 +1,25 @@
-"""The ``Callback`` base class: behaviour that subscribes to lifecycle events instead of living in a subclass."""
+"""The ``Callback`` base class: behaviour that subscribes to lifecycle events instead of living in a subclass.
+
+It lives in the torch-free core so that the engine can register callbacks without importing any of them; the
+built-in callbacks (``callbacks``) build on it. A callback's methods receive the trainer, typed ``Any`` here
+because this layer knows nothing of torch: subclasses annotate it as ``BaseTrainer``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lifecycle import Event, Priority, Schedule, ScheduleSpec
+from lifecycle.events import Event
+from lifecycle.priority import Priority
+from lifecycle.schedule import Schedule, ScheduleSpec
 
-if TYPE_CHECKING:  # pragma: no cover - typing only; callbacks never need torch to be imported here
-    from trainers.engine.trainer import BaseTrainer
-
-__all__ = ["Callback", "HandlerSpec", "output_dir", "parse_schedule", "periodic_event"]
+__all__ = ["Callback", "HandlerSpec"]
 
 #: (event, bound method, schedule or None) -- one handler a callback asks the trainer to connect.
 HandlerSpec = tuple[Event, Callable[..., Any], Schedule | None]
 
 _EVENT_NAMES = tuple(event.value for event in Event)
-
-
-def periodic_event(schedule: Schedule) -> Event:
-    """The event a periodic action (validate, prune, ...) runs on: ``post_epoch`` for an epoch schedule (``"1ep"``),
-    ``post_step`` for anything else (``"100it"``, ``"10min"``, ``at=[...]`` iterations)."""
-    return Event.POST_EPOCH if schedule.unit == "ep" else Event.POST_STEP
-
-
-def parse_schedule(spec: ScheduleSpec, owner: str, **bounds: Any) -> Schedule:
-    """``Schedule.parse`` with the error naming the callback (``owner``) that was given the bad schedule."""
-    try:
-        return Schedule.parse(spec, **bounds)
-    except ValueError as exc:
-        raise ValueError(f"callback {owner}: {exc}") from None
-
-
-def output_dir(callback: Callback, given: Path | None, trainer: BaseTrainer, sub: str) -> Path:
-    """Where a file-writing callback writes: the ``dir`` it was given, else ``<trainer.run_dir>/<sub>``; a
-    ``ValueError`` naming the callback when there is neither (raised from ``setup``, so at construction)."""
-    if given is not None:
-        return given
-    if trainer.run_dir is None:
-        kind = type(callback).__name__
-        raise ValueError(
-            f"{kind} {callback.state_key!r} needs a directory: pass {kind}(dir=...) or give the trainer run_dir=... "
-            f"(it then writes to <run_dir>/{sub})"
-        )
-    return trainer.run_dir / sub
 
 
 class Callback:
@@ -59,10 +34,7 @@ class Callback:
             def post_step(self, trainer, *, outputs, **payload):
                 print(trainer.state.iteration, float(outputs["loss"]))
 
-    Methods and their payloads: ``pre_training(trainer, resumed)``, ``pre_epoch(trainer)``,
-    ``pre_step(trainer, batch)``, ``step(trainer, loss, outputs)``, ``post_step(trainer, outputs)``,
-    ``post_epoch(trainer)``, ``post_training(trainer, status)``, ``pre_validation(trainer)``,
-    ``post_validation(trainer, metrics)``, ``exception(trainer, error)``.
+    The events, their order and their payloads are listed once, in :class:`lifecycle.Event`.
 
     Class attributes, each overridable per instance through ``__init__``:
 
@@ -145,10 +117,10 @@ class Callback:
         final checkpoint returns ``Priority.FINAL`` there, so it runs after the checkpointer's end save."""
         return self.priority
 
-    def setup(self, trainer: BaseTrainer) -> None:
+    def setup(self, trainer: Any) -> None:
         """Called by ``trainer.add_callback(self)`` before any handler is connected."""
 
-    def teardown(self, trainer: BaseTrainer) -> None:
+    def teardown(self, trainer: Any) -> None:
         """Called by ``trainer.remove_callback(self)`` after its handlers are removed."""
 
     def state_dict(self) -> dict[str, Any]:

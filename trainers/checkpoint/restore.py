@@ -1,0 +1,250 @@
+"""Loading a checkpoint into a trainer before it starts: choose the file, check that it fits, apply it all or
+nothing.
+
+``restore(path)`` takes a checkpoint file, a directory (its newest loadable checkpoint), or ``"auto"``: the newest
+loadable checkpoint in the directory of each callback that has a ``checkpoint_dir`` (a Checkpointer), else in
+``run_dir/checkpoints``. In a directory, a checkpoint that is damaged, incompatible or not a stepbus file is reported
+with a warning and the next newest is tried; ``"auto"`` with no checkpoint at all starts from scratch. Every other
+failure is a :class:`~trainers.checkpoint.format.CheckpointError` naming the file and the reason, raised before
+anything is changed. In a job, rank 0 chooses the file and every rank loads that same one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lifecycle import State
+from trainers.checkpoint.format import (
+    CheckpointError,
+    check_model_fits,
+    check_optimizer_fits,
+    load_checkpoint,
+    load_newest,
+)
+from trainers.checkpoint.rng import check_rng
+from trainers.distributed.ranks import Ranks
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainers.engine.trainer import BaseTrainer
+
+__all__ = ["Restored", "checked_counters", "checkpoint_dirs", "restore"]
+
+_log = logging.getLogger("stepbus")
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A checkpoint applied to the model, optimizer, callbacks and tracked objects; what the trainer itself takes
+    from it (counters, whether the run had ended, the RNG state to put back at the resume point)."""
+
+    path: Path
+    counters: dict[str, int]
+    ended: bool
+    rng: Any
+
+
+def checkpoint_dirs(trainer: BaseTrainer) -> list[Path]:
+    """Where ``restore("auto")`` looks: every registered callback's ``checkpoint_dir``, else ``run_dir/checkpoints``."""
+    found: list[Path] = []
+    for callback in trainer.callbacks:
+        directory = getattr(callback, "checkpoint_dir", None)
+        if isinstance(directory, Path) and directory not in found:
+            found.append(directory)
+    if not found and trainer.run_dir is not None:
+        found.append(trainer.run_dir / "checkpoints")
+    return found
+
+
+def restore(
+    trainer: BaseTrainer, checkpoint: str | os.PathLike[str], ranks: Ranks, tracked: Mapping[str, Any]
+) -> Restored | None:
+    """Choose, check and apply a checkpoint (see the module docstring); ``None`` when ``"auto"`` found none."""
+    if isinstance(checkpoint, str) and checkpoint == "auto":
+        directories = checkpoint_dirs(trainer)
+        if not directories:
+            raise ValueError(
+                "restore('auto') needs a place to look: give the trainer run_dir=... or add a Checkpointer, "
+                "or pass a checkpoint file or directory"
+            )
+        found = _agreed(ranks, directories[0], lambda: load_newest(directories, required=False))
+        if found is None:
+            _log.warning("restore('auto'): no checkpoint in %s; starting from scratch", _names(directories))
+            return None
+    else:
+        target = Path(checkpoint)
+        if target.is_dir():
+            found = _agreed(ranks, target, lambda: load_newest([target], required=True))
+        else:
+            found = _agreed(ranks, target, lambda: (target, load_checkpoint(target)))
+        assert found is not None
+    return _apply(trainer, *found, tracked)
+
+
+def checked_counters(state: State, seed: int, saved: Any) -> dict[str, int]:
+    """The counters of a trainer state dict, checked against a trainer at ``state`` with ``seed``; raises
+    ``ValueError``. The trainer's own ``max_epochs`` is kept, so a finished run can be extended."""
+    if not isinstance(saved, dict) or "counters" not in saved or "seed" not in saved:
+        raise ValueError(f"not a trainer state dict (expected keys 'counters' and 'seed'): {_short(saved)}")
+    counters = dict(saved["counters"])
+    if counters.get("iterations_per_epoch") != state.iterations_per_epoch:
+        raise ValueError(
+            f"the saved run had {counters.get('iterations_per_epoch')} iterations per epoch, this trainer has "
+            f"{state.iterations_per_epoch}: dataset size, batch_size or drop_last changed, so the data "
+            "position cannot be restored"
+        )
+    if saved["seed"] != seed:
+        raise ValueError(
+            f"the saved run used seed={saved['seed']}, this trainer seed={seed}: the data "
+            f"order would differ; construct the trainer with seed={saved['seed']}"
+        )
+    counters["max_epochs"] = state.max_epochs
+    if counters.get("epoch", 0) > state.max_epochs:
+        raise ValueError(
+            f"the saved run reached epoch {counters.get('epoch')}, beyond this trainer's max_epochs={state.max_epochs}"
+        )
+    State(max_epochs=state.max_epochs).load_state_dict(counters)  # validates without touching the trainer's state
+    return counters
+
+
+def _agreed(
+    ranks: Ranks, asked: Path, choose: Callable[[], tuple[Path, dict[str, Any]] | None]
+) -> tuple[Path, dict[str, Any]] | None:
+    """``choose()`` in a single process. In a job, rank 0 chooses the file and every other rank loads that same
+    file; any rank's failure is raised on every rank (naming the rank), before anything is applied."""
+    if ranks.world_size == 1:
+        return choose()
+    found: tuple[Path, dict[str, Any]] | None = None
+
+    def chosen_on_zero() -> str | None:
+        nonlocal found
+        found = choose()
+        return None if found is None else str(found[0])
+
+    path_text = ranks.on_rank_zero(
+        chosen_on_zero,
+        lambda failure: CheckpointError(asked, f"rank 0 could not resume from it: {failure.reason or failure}"),
+    )
+    if path_text is None:
+        return None
+    error: Exception | None = None
+    if ranks.rank != 0:
+        try:
+            found = (Path(path_text), load_checkpoint(path_text))
+        except Exception as exc:  # noqa: BLE001 - shared with the other ranks, then raised
+            error = exc
+    problems = ranks.all_gather(None if error is None else str(error))
+    if error is not None:
+        raise error
+    for rank, text in enumerate(problems):
+        if text is not None:
+            raise CheckpointError(Path(path_text), f"rank {rank} could not load it: {text}")
+    return found
+
+
+def _apply(trainer: BaseTrainer, path: Path, loaded: dict[str, Any], tracked: Mapping[str, Any]) -> Restored:
+    """Check that ``loaded`` fits ``trainer``, then apply it. Everything that can be checked without changing the
+    trainer is checked first, so a checkpoint that does not fit changes nothing."""
+    meta = loaded["stepbus"]
+    if not meta.get("resumable", True):
+        raise CheckpointError(
+            path,
+            f"not resumable: it was written at iteration {meta.get('iteration')} because of {meta.get('reason')!r} "
+            "(the state at a failure, mid-step); load it with trainers.checkpoint.format.load_checkpoint to "
+            "inspect it",
+        )
+    try:
+        counters = checked_counters(trainer.state, trainer.seed, loaded["trainer"])
+    except ValueError as exc:
+        raise CheckpointError(path, f"does not fit this trainer: {exc}") from None
+    rng = _rng_of_this_rank(trainer, path, loaded)
+    try:
+        check_rng(rng)
+    except ValueError as exc:
+        raise CheckpointError(path, f"malformed: {exc}") from None
+    check_model_fits(path, trainer.pipeline, loaded["model"])
+    check_optimizer_fits(path, trainer.optimizer, loaded["optimizer"])
+    saved_tracked = loaded.get("tracked", {})
+    if not isinstance(saved_tracked, dict):
+        raise CheckpointError(path, f"malformed: 'tracked' is a {type(saved_tracked).__name__}, expected a dict")
+    saved_callbacks = loaded["callbacks"]
+    # all or nothing: the parts are applied in order of how likely they are to refuse (callbacks and tracked
+    # objects run user code), each undone from a snapshot if a later one fails; the model, checked key by key
+    # and shape by shape above, goes last
+    parts: list[tuple[str, Any, Any]] = []
+    for name, obj in tracked.items():
+        if name in saved_tracked:
+            parts.append((f"tracked object {name!r}", obj, saved_tracked[name]))
+        else:
+            _log.warning("resume: %s has no state for tracked object %r; it starts fresh", path, name)
+    for name in sorted(set(saved_tracked) - set(tracked)):
+        _log.warning("resume: %s holds state for tracked object %r, which this trainer does not track", path, name)
+    for callback in trainer.callbacks:
+        key = callback.state_key
+        if key in saved_callbacks:
+            parts.append((f"callback {key!r} ({type(callback).__name__})", callback, saved_callbacks[key]))
+        else:
+            _log.warning("resume: %s has no state for callback %r; it starts fresh", path, key)
+    extra = sorted(set(saved_callbacks) - {cb.state_key for cb in trainer.callbacks})
+    if extra:
+        _log.warning("resume: %s holds state for callbacks %s, which are not registered now", path, extra)
+    parts.append(("the optimizer", trainer.optimizer, loaded["optimizer"]))
+    parts.append((f"the model ({type(trainer.pipeline).__name__})", trainer.pipeline, loaded["model"]))
+    undo: list[tuple[Any, Any]] = []
+    try:
+        for what, obj, saved in parts:
+            before = copy.deepcopy(obj.state_dict()) if obj is not trainer.pipeline else None
+            try:
+                obj.load_state_dict(saved)
+            except Exception as exc:
+                raise CheckpointError(path, f"{what} refused its saved state: {type(exc).__name__}: {exc}") from exc
+            if before is not None:
+                undo.append((obj, before))
+    except CheckpointError:
+        for obj, before in reversed(undo):
+            try:
+                obj.load_state_dict(before)
+            except Exception as exc:  # noqa: BLE001 - reported; the original error is the one raised
+                _log.error("resume: could not undo loading %r after a failure: %s", obj, exc)
+        raise
+    return Restored(path, counters, bool(loaded["trainer"].get("ended", True)), rng)
+
+
+def _rng_of_this_rank(trainer: BaseTrainer, path: Path, loaded: dict[str, Any]) -> Any:
+    """The RNG state this rank restores: its own from a distributed checkpoint's ``rank_rng`` (every rank's, in
+    rank order), else the ``rng`` of the process that saved."""
+    rank, world = trainer.rank, trainer.world_size
+    states = loaded.get("rank_rng")
+    if not isinstance(states, list) or not states:
+        if world > 1 and rank > 0:
+            _log.warning(
+                "resume: %s holds the RNG state of one process; rank %d restores it too (random draws, such "
+                "as dropout, repeat across ranks from here)",
+                path,
+                rank,
+            )
+        return loaded["rng"]
+    if len(states) != world:
+        _log.warning(
+            "resume: %s was saved by %d ranks, this run has %d; rank %d restores the RNG state of rank %d",
+            path,
+            len(states),
+            world,
+            rank,
+            rank % len(states),
+        )
+    return states[rank % len(states)]
+
+
+def _names(paths: Sequence[Path]) -> str:
+    return ", ".join(str(p) for p in paths)
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,102 @@
+"""What a trainer's checkpoint holds, and how it is written: by this process alone, or in a job by rank 0 with
+every rank's RNG state (so that a resumed job draws the same dropout masks on every rank)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lifecycle import Status
+from trainers.checkpoint.format import FORMAT, CheckpointError, now_metadata, stepbus_version, write_checkpoint
+from trainers.checkpoint.rng import capture_rng
+from trainers.distributed.collective import RankZeroFailure
+from trainers.distributed.ranks import Ranks
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainers.engine.trainer import BaseTrainer
+
+__all__ = ["checkpoint_payload", "save"]
+
+
+def checkpoint_payload(
+    trainer: BaseTrainer, *, reason: str, resumable: bool, status: Status | None, tracked: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Everything an exact resume needs, as tensors and plain containers (see ``trainers.checkpoint.format``)."""
+    state = trainer.state
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "version": stepbus_version(),
+        "torch": str(torch.__version__),
+        **now_metadata(),
+        "reason": reason,
+        "resumable": resumable,
+        "iteration": state.iteration,
+        "epoch": state.epoch,
+        "epoch_iteration": state.epoch_iteration,
+        "max_epochs": state.max_epochs,
+        "iterations_per_epoch": state.iterations_per_epoch,
+        "status": str(status) if status is not None else None,
+        "metrics": _plain_metrics(state.metrics),
+        "config": trainer.config,
+        "trainer": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
+        "writer": {"host": socket.gethostname(), "pid": os.getpid(), "rank": trainer.rank},
+        "world_size": trainer.world_size,
+    }
+    return {
+        "stepbus": meta,
+        "trainer": trainer.state_dict(),
+        "model": trainer.pipeline.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "tracked": {name: obj.state_dict() for name, obj in tracked.items()},
+        "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
+        "rng": capture_rng(),
+    }
+
+
+def save(
+    path: Path,
+    payload: Callable[[], dict[str, Any]],
+    ranks: Ranks,
+    *,
+    collective: bool,
+    metadata: Mapping[str, Any] | None,
+) -> Path:
+    """Write ``payload()`` (plus ``metadata`` in its metadata block) to ``path`` atomically.
+
+    With ``collective`` (a resumable checkpoint in a job) every rank sends its RNG state to rank 0 (the entry
+    barrier), rank 0 writes the file, and its outcome is broadcast (the exit barrier): every rank returns the path,
+    or raises (a ``CheckpointError`` where rank 0 raised one)."""
+    if not collective:
+        written = payload()
+        if metadata:
+            written["stepbus"].update(metadata)
+        return write_checkpoint(path, written)
+    states = ranks.gather(capture_rng())
+
+    def write_on_zero() -> str:
+        written = payload()
+        written["rank_rng"] = states
+        if metadata:
+            written["stepbus"].update(metadata)
+        return str(write_checkpoint(path, written))
+
+    def elsewhere(failure: RankZeroFailure) -> Exception:
+        if failure.kind == "CheckpointError" and failure.reason is not None:
+            return CheckpointError(path, f"{failure.reason} (rank 0 writes the checkpoints)")
+        return RuntimeError(f"rank 0 could not save checkpoint {path}: {failure}")
+
+    return Path(ranks.on_rank_zero(write_on_zero, elsewhere))
+
+
+def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int | str]:
+    """The published metrics that are plain numbers or strings (a tensor value is left out: no device sync)."""
+    plain: dict[str, float | int | str] = {}
+    for key, value in metrics.items():
+        if type(value) in (int, float, str) and isinstance(key, str):
+            plain[key] = value
+    return plain

@@ -1,0 +1,78 @@
+"""The ``stepbus`` command line (also ``python -m trainers``).
+
+Commands::
+
+    stepbus train [--config FILE] [--set KEY=VALUE ...] [--resume PATH|auto] [--run-dir DIR] [--dry-run]
+                  [--epochs N] [--seed S] [--nproc N] [--backend auto|gloo|nccl]
+    stepbus gui [--config FILE ...] [--set ...] [--start] [--budget-ms MS]   # train in a window (trainers.gui)
+    stepbus callbacks                       # every registered callback (built-in and plugins), its parameters
+    stepbus config show [FILE] [--set ...]  # the resolved config (defaults filled in)
+    stepbus config validate FILE [--set ...]
+
+Without ``--config`` the built-in default runs: the reference app, ``trainers/apps/configs/image_field.yaml`` (the small
+MLP demo is ``--config trainers/apps/configs/demo.yaml``). ``--epochs N`` and ``--seed S`` are short for
+``--set trainer.max_epochs=N`` and ``--set run.seed=S``. ``--resume`` reuses the config saved in the
+checkpoint (``--config``/``--set`` still override it).
+
+Distributed: ``torchrun --nproc-per-node=N -m trainers train ...`` runs N ranks (multi-node through torchrun's
+rendezvous); ``stepbus train --nproc N ...`` starts that ``torchrun --standalone`` itself. Rank 0 picks the run
+directory and prints; the trainer does the rest (see ``trainers.engine.trainer.BaseTrainer``).
+
+Exit codes: 0 when the run completed or was stopped by a callback (early stopping), 128 + the signal number when
+SIGINT/SIGTERM interrupted it (130 for Ctrl-C; a checkpoint was saved first), 2 for a bad config, bad arguments or an
+unusable checkpoint (nothing was trained), 1 when training failed (in a distributed run: on any rank).
+
+One module per command (``train``, ``launch`` for ``train --nproc``, ``gui``, ``callbacks``, ``config``), the
+argument parser in ``parser``, the config and run directory of ``train`` and ``gui`` in ``prepare``. None of them
+imports torch at module level: ``stepbus --help`` and argument errors answer without it.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+
+from trainers.cli.callbacks import callbacks_command
+from trainers.cli.config import config_command
+from trainers.cli.gui import gui_command
+from trainers.cli.launch import launch
+from trainers.cli.parser import build_parser
+from trainers.cli.prepare import resolve_run_dir
+from trainers.cli.train import train_command
+from trainers.config.errors import ConfigError
+from trainers.engine.signals import exit_code
+
+__all__ = ["main", "resolve_run_dir"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code (see the module docstring)."""
+    args = build_parser().parse_args(argv)
+    errors = Console(stderr=True)
+    try:
+        if args.command == "train" and args.nproc is not None:
+            return launch(args.nproc, list(sys.argv[1:] if argv is None else argv), errors)
+        if args.command == "train":
+            return train_command(args)
+        if args.command == "gui":
+            return gui_command(args)
+        if args.command == "callbacks":
+            return callbacks_command()
+        return config_command(args)
+    except ConfigError as exc:
+        _print_config_error(errors, exc)
+        return 2
+    except KeyboardInterrupt:  # a Ctrl-C outside train()'s graceful handling (setup, or after it returned)
+        errors.print("[red]aborted[/red] by SIGINT")
+        return exit_code(signal.SIGINT)
+
+
+def _print_config_error(console: Console, error: ConfigError) -> None:
+    where = f" in {error.source}" if error.source else ""
+    console.print(f"[red]config error[/red]{escape(where)}:", highlight=False)
+    for problem in error.problems:
+        console.print(f"  {escape(str(problem))}", highlight=False, soft_wrap=True)

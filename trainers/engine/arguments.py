@@ -1,0 +1,91 @@
+"""The checks and defaults behind ``BaseTrainer``'s constructor arguments: each bad argument is a clear error at
+construction, naming the argument and what would be valid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = ["LossFn", "OptimizerSpec", "build_optimizer", "check_arguments", "check_int", "dataset_size", "short"]
+
+#: ``compute_loss`` without subclassing: ``loss_fn(pipeline, batch) -> Tensor | dict`` (a dict has ``"loss"``).
+LossFn = Callable[[nn.Module, Any], "torch.Tensor | dict[str, Any]"]
+#: A built optimizer, or a factory ``params -> optimizer``.
+OptimizerSpec = torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None
+
+
+def check_arguments(
+    trainer: object,
+    pipeline: object,
+    max_epochs: int,
+    batch_size: int | None,
+    seed: int,
+    num_workers: int,
+    vote_every: int,
+    loss_fn: object,
+    overrides_loss: bool,
+) -> None:
+    """The constructor's checks of its plain arguments (``overrides_loss``: the class defines ``compute_loss``)."""
+    if not isinstance(pipeline, nn.Module):
+        raise TypeError(f"pipeline must be a torch.nn.Module, got {type(pipeline).__name__}")
+    check_int("max_epochs", max_epochs, minimum=1)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, minimum=1)
+    check_int("seed", seed, minimum=None)
+    check_int("num_workers", num_workers, minimum=0)
+    check_int("vote_every", vote_every, minimum=1)
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(pipeline, batch), got {loss_fn!r}")
+    if loss_fn is None and not overrides_loss:
+        raise TypeError(
+            f"{type(trainer).__name__} has no loss: override compute_loss(self, batch) in a subclass, or pass "
+            "loss_fn=lambda pipeline, batch: ... to BaseTrainer"
+        )
+
+
+def check_int(name: str, value: object, *, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def dataset_size(dataset: Dataset[Any] | Sequence[Any]) -> int:
+    """``len(dataset)``, or a ``TypeError`` saying that the trainer needs a map-style dataset."""
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"dataset must be map-style (define __len__ and __getitem__); got {type(dataset).__name__}"
+        ) from None
+
+
+def build_optimizer(spec: OptimizerSpec, pipeline: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer ``spec`` describes over ``pipeline``'s parameters (``None``: ``Adam(lr=1e-3)``)."""
+    params = list(pipeline.parameters())
+    if spec is None:
+        if not params:
+            raise ValueError(
+                f"{type(pipeline).__name__} has no parameters to optimise; pass optimizer=... for a custom setup"
+            )
+        return torch.optim.Adam(params, lr=1e-3)
+    if isinstance(spec, torch.optim.Optimizer):
+        return spec
+    if callable(spec):
+        built = spec(params)
+        if not isinstance(built, torch.optim.Optimizer):
+            raise TypeError(
+                f"the optimizer factory {spec!r} returned {type(built).__name__}, not a torch.optim.Optimizer"
+            )
+        return built
+    raise TypeError(f"optimizer must be a torch.optim.Optimizer, a factory params -> optimizer, or None; got {spec!r}")
+
+
+def short(value: object, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

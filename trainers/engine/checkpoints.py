@@ -1,0 +1,85 @@
+"""A trainer's checkpoints: what it tracks beyond the model and optimizer, its payload, saving it and restoring one.
+
+The format, the atomic writes and the choice of file live in ``trainers.checkpoint``; this part connects them to
+the trainer's own state: the resumable point (never inside a step), the loop's counters and the RNG state that the
+driver puts back at the exact point of the save.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lifecycle import Loop
+from trainers.checkpoint.restore import restore
+from trainers.checkpoint.save import checkpoint_payload, save
+from trainers.distributed.ranks import Ranks
+from trainers.engine.driver import LoopDriver
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainers.engine.trainer import BaseTrainer
+
+__all__ = ["Checkpoints"]
+
+_log = logging.getLogger("stepbus")
+
+
+class Checkpoints:
+    """The checkpoint side of one trainer (see the module docstring)."""
+
+    __slots__ = ("_driver", "_loop", "_ranks", "_trainer", "tracked")
+
+    def __init__(self, trainer: BaseTrainer, loop: Loop, driver: LoopDriver, ranks: Ranks) -> None:
+        self._trainer, self._loop, self._driver, self._ranks = trainer, loop, driver, ranks
+        #: name -> object carried in every checkpoint (``trainer.track``)
+        self.tracked: dict[str, Any] = {}
+
+    def track(self, name: str, obj: Any) -> Any:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"track() needs a non-empty name, got {name!r}")
+        if not callable(getattr(obj, "state_dict", None)) or not callable(getattr(obj, "load_state_dict", None)):
+            raise TypeError(f"track({name!r}, ...): {type(obj).__name__} has no state_dict()/load_state_dict()")
+        if name in self.tracked:
+            raise ValueError(f"track({name!r}, ...): the name is already used by {self.tracked[name]!r}")
+        self.tracked[name] = obj
+        return obj
+
+    def payload(self, *, reason: str, resumable: bool) -> dict[str, Any]:
+        if resumable:
+            self._driver.check_resumable_point()
+        status = self._loop.status
+        return checkpoint_payload(
+            self._trainer, reason=reason, resumable=resumable, status=status, tracked=self.tracked
+        )
+
+    def save(
+        self, path: str | os.PathLike[str], *, reason: str, resumable: bool, metadata: Mapping[str, Any] | None
+    ) -> Path:
+        collective = resumable and self._ranks.world_size > 1
+        if collective:
+            self._driver.check_resumable_point()  # the same answer on every rank: they are at the same point
+
+        def payload() -> dict[str, Any]:
+            return self._trainer.checkpoint_state(reason=reason, resumable=resumable)
+
+        return save(Path(path), payload, self._ranks, collective=collective, metadata=metadata)
+
+    def restore(self, checkpoint: str | os.PathLike[str]) -> Path | None:
+        trainer = self._trainer
+        if self._loop.started:
+            raise RuntimeError(
+                f"restore({str(checkpoint)!r}) must be called before training starts; this trainer is at "
+                f"{trainer.state} (build a new trainer to load a checkpoint)"
+            )
+        restored = restore(trainer, checkpoint, self._ranks, self.tracked)
+        if restored is None:
+            return None
+        trainer.state.load_state_dict(restored.counters)
+        self._loop.restore(ended=restored.ended)
+        self._driver.restore_rng_at(restored.rng, restored.counters)
+        trainer.resumed_from = restored.path
+        _log.info("resumed from %s at %s", restored.path, trainer.state)
+        return restored.path
