@@ -1,5 +1,7 @@
-"""Trainers: ``BaseTrainer`` (torch: model, optimizer, data, one step), configs (``build``, ``load_config``,
-``Registry``, ``ConfigError``), the demo, and the ``stepbus`` CLI.
+"""Trainers: the torch side of stepbus, one concern per subpackage -- ``engine`` (``BaseTrainer``), ``data``,
+``checkpoint``, ``distributed``, ``config`` (``build``, ``load_config``, ``Registry``, ``ConfigError``), ``apps``
+(the demo and the image field), ``gui`` and ``cli`` (the ``stepbus`` command). The README's "Architecture" section
+draws the layers.
 
 Names are imported lazily, so ``stepbus --help`` and argument errors answer without importing torch.
 """

@@ -14,7 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
-from lifecycle import Callback
+from callbacks.helpers import parse_schedule
+from lifecycle import Callback, ScheduleSpec
 
 __all__ = ["ON_ERROR", "BackendGuard", "BackendLogger", "OnError", "check_on_error", "require_package"]
 
@@ -94,6 +95,12 @@ class BackendLogger(Callback):
     def failures(self) -> int:
         """Backend failures so far (carried across a resume)."""
         return self._guard.failures
+
+    @staticmethod
+    def check_step_schedule(every: ScheduleSpec, owner: str, rows: str) -> None:
+        """A ``ValueError`` naming ``owner`` when ``every`` counts epochs: ``rows`` are written per step window."""
+        if parse_schedule(every, owner).unit == "ep":
+            raise ValueError(f"{owner}: every={every!r} counts epochs; {rows} need an iteration or time schedule")
 
     def state_dict(self) -> dict[str, Any]:
         return {"failures": self.failures}

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from callbacks.helpers import output_dir, parse_schedule
+from callbacks.helpers import output_dir
 from callbacks.images import to_uint8_hwc
 from callbacks.loggers.failure_policy import BackendGuard, BackendLogger, OnError, require_package
 from callbacks.loggers.metric_flow import MetricFlow
@@ -64,8 +64,7 @@ class TensorBoardLogger(BackendLogger):
     ) -> None:
         super().__init__(priority=priority, every=every, state_key=state_key)
         name = f"TensorBoardLogger {self.state_key!r}"
-        if parse_schedule(every, name).unit == "ep":
-            raise ValueError(f"{name}: every={every!r} counts epochs; step scalars need an iteration or time schedule")
+        self.check_step_schedule(every, name, "step scalars")
         if not isinstance(log_images, bool):
             raise ValueError(f"{name}: log_images must be true or false, got {log_images!r}")
         self.directory = Path(dir) if dir is not None else None

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from callbacks.helpers import output_dir, parse_schedule
+from callbacks.helpers import output_dir
 from callbacks.images import to_uint8_hwc
 from callbacks.loggers.failure_policy import BackendGuard, BackendLogger, OnError, require_package
 from callbacks.loggers.metric_flow import MetricFlow
@@ -94,8 +94,7 @@ class WandbLogger(BackendLogger):
     ) -> None:
         super().__init__(priority=priority, every=every, state_key=state_key)
         owner = f"WandbLogger {self.state_key!r}"
-        if parse_schedule(every, owner).unit == "ep":
-            raise ValueError(f"{owner}: every={every!r} counts epochs; step rows need an iteration or time schedule")
+        self.check_step_schedule(every, owner, "step rows")
         if mode not in _MODES:
             raise ValueError(f"{owner}: mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
         for label, flag in (("log_images", log_images), ("log_checkpoint", log_checkpoint)):

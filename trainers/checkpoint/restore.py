@@ -115,10 +115,8 @@ def checked_counters(state: State, seed: int, saved: Any) -> dict[str, int]:
 def _agreed(
     ranks: Ranks, asked: Path, choose: Callable[[], tuple[Path, dict[str, Any]] | None]
 ) -> tuple[Path, dict[str, Any]] | None:
-    """``choose()`` in a single process. In a job, rank 0 chooses the file and every other rank loads that same
-    file; any rank's failure is raised on every rank (naming the rank), before anything is applied."""
-    if ranks.world_size == 1:
-        return choose()
+    """Rank 0 chooses the file with ``choose()`` and every other rank loads that same file; any rank's failure is
+    raised on every rank (naming the rank), before anything is applied. (In a single process: ``choose()``.)"""
     found: tuple[Path, dict[str, Any]] | None = None
 
     def chosen_on_zero() -> str | None:

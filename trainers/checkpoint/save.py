@@ -63,26 +63,23 @@ def save(
     payload: Callable[[], dict[str, Any]],
     ranks: Ranks,
     *,
-    collective: bool,
+    resumable: bool,
     metadata: Mapping[str, Any] | None,
 ) -> Path:
     """Write ``payload()`` (plus ``metadata`` in its metadata block) to ``path`` atomically.
 
-    With ``collective`` (a resumable checkpoint in a job) every rank sends its RNG state to rank 0 (the entry
-    barrier), rank 0 writes the file, and its outcome is broadcast (the exit barrier): every rank returns the path,
-    or raises (a ``CheckpointError`` where rank 0 raised one)."""
-    if not collective:
-        written = payload()
-        if metadata:
-            written["stepbus"].update(metadata)
-        return write_checkpoint(path, written)
+    A resumable checkpoint is a collective: every rank sends its RNG state to rank 0 (the entry barrier; in a job the
+    file keeps them all as ``rank_rng``), rank 0 writes the file, and its outcome is broadcast (the exit barrier):
+    every rank returns the path, or raises (a ``CheckpointError`` where rank 0 raised one). In a single process each
+    of those steps is the process itself. A non-resumable one (the state at a failure) is written by the caller."""
+    if not resumable:
+        return write_checkpoint(path, _with(payload(), metadata))
     states = ranks.gather(capture_rng())
 
     def write_on_zero() -> str:
-        written = payload()
-        written["rank_rng"] = states
-        if metadata:
-            written["stepbus"].update(metadata)
+        written = _with(payload(), metadata)
+        if states is not None and len(states) > 1:
+            written["rank_rng"] = states
         return str(write_checkpoint(path, written))
 
     def elsewhere(failure: RankZeroFailure) -> Exception:
@@ -91,6 +88,12 @@ def save(
         return RuntimeError(f"rank 0 could not save checkpoint {path}: {failure}")
 
     return Path(ranks.on_rank_zero(write_on_zero, elsewhere))
+
+
+def _with(written: dict[str, Any], metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metadata:
+        written["stepbus"].update(metadata)
+    return written
 
 
 def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int | str]:

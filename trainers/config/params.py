@@ -23,7 +23,7 @@ from typing import Any, ForwardRef, Literal, Union
 
 from trainers.config.errors import Problem, show_value
 
-__all__ = ["REQUIRED", "CodeOnly", "Param", "check_values", "describe", "params_of"]
+__all__ = ["REQUIRED", "CodeOnly", "Param", "check_values", "params_of", "type_phrase"]
 
 
 class CodeOnly:
@@ -59,7 +59,7 @@ class Param:
             return (
                 "a schedule: '50it', '2ep', '10min', an integer (iterations), a mapping (every, at, start, end) or null"
             )
-        return describe(self.annotation)
+        return type_phrase(self.annotation)
 
     def validate(self, value: Any) -> Any:
         """``value`` checked (and normalised by pydantic: a list for a sequence, a float for an int given to a
@@ -141,7 +141,7 @@ def check_values(
     return checked, problems
 
 
-def describe(annotation: Any) -> str:
+def type_phrase(annotation: Any) -> str:
     """A type in words, for messages and the ``stepbus callbacks`` table: ``an integer or null``."""
     origin = typing.get_origin(annotation)
     if annotation is Any:
@@ -151,7 +151,7 @@ def describe(annotation: Any) -> str:
         plain = [a for a in args if a is not type(None) and not _code_only(a)]
         shown = plain or [a for a in args if a is not type(None)][:1]
         shown += [type(None)] * (type(None) in args)  # null last
-        unique = list(dict.fromkeys(describe(a) for a in shown))
+        unique = list(dict.fromkeys(type_phrase(a) for a in shown))
         return unique[0] if len(unique) == 1 else ", ".join(unique[:-1]) + " or " + unique[-1]
     if origin is Literal:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(annotation))
@@ -169,11 +169,11 @@ def describe(annotation: Any) -> str:
         return "a path"
     if origin in (list, tuple, Sequence, typing.Sequence) or annotation in (list, tuple):
         args = typing.get_args(annotation)
-        return f"a list of {_plural(describe(args[0]))}" if args else "a list"
+        return f"a list of {_plural(type_phrase(args[0]))}" if args else "a list"
     if origin in (dict, Mapping, typing.Mapping) or annotation is dict:
         args = typing.get_args(annotation)
         if len(args) == 2 and args[1] is not Any:
-            return f"a mapping of names to {_plural(describe(args[1])).removeprefix('one of ')}"
+            return f"a mapping of names to {_plural(type_phrase(args[1])).removeprefix('one of ')}"
         return "a mapping"
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return "one of " + ", ".join(repr(m.value) for m in annotation)

@@ -58,14 +58,13 @@ class Checkpoints:
     def save(
         self, path: str | os.PathLike[str], *, reason: str, resumable: bool, metadata: Mapping[str, Any] | None
     ) -> Path:
-        collective = resumable and self._ranks.world_size > 1
-        if collective:
-            self._driver.check_resumable_point()  # the same answer on every rank: they are at the same point
+        if resumable:
+            self._driver.check_resumable_point()  # before any collective: every rank is at the same point
 
         def payload() -> dict[str, Any]:
             return self._trainer.checkpoint_state(reason=reason, resumable=resumable)
 
-        return save(Path(path), payload, self._ranks, collective=collective, metadata=metadata)
+        return save(Path(path), payload, self._ranks, resumable=resumable, metadata=metadata)
 
     def restore(self, checkpoint: str | os.PathLike[str]) -> Path | None:
         trainer = self._trainer
