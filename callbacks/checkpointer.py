@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from callbacks.helpers import output_dir, parse_schedule, periodic_event
 from callbacks.metrics import Mode, as_scalar, monitor_mode
 from lifecycle import Callback, Event, HandlerSpec, Priority, SavedCheckpoint, Schedule, ScheduleSpec, State, Status
-from trainers.checkpoint.atomic import fsync_directory, temporary_name
+from trainers.checkpoint.atomic import atomic_link, fsync_directory
 from trainers.checkpoint.format import CheckpointError, list_checkpoints
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -338,22 +338,10 @@ class Checkpointer(Callback):
                 state.best_checkpoint = ranked[0].published(self.best_path)
 
     def _link(self, directory: Path, link: str, target: str) -> Path:
-        path = directory / link
         try:
-            if path.is_symlink() and os.readlink(path) == target:
-                return directory / target
-        except OSError:
-            pass
-        tmp = temporary_name(path)
-        try:
-            try:
-                os.symlink(target, tmp)
-            except (OSError, NotImplementedError):
-                os.link(directory / target, tmp)  # no symlinks here: a hard link cannot dangle either
-            os.replace(tmp, path)
+            atomic_link(directory, link, target)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            _log.warning("Checkpointer %r: could not point %s at %s: %s", self.state_key, path, target, exc)
+            _log.warning("Checkpointer %r: could not point %s at %s: %s", self.state_key, directory / link, target, exc)
         return directory / target
 
     def _retention(self, directory: Path, files: list[_Saved]) -> tuple[list[_Saved], list[_Saved]]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "fsync_directory", "temporary_name"]
+__all__ = ["atomic_link", "atomic_write", "fsync_directory", "temporary_name"]
 
 
 def temporary_name(target: Path) -> Path:
@@ -54,3 +54,25 @@ def atomic_write(target: Path, write: Callable[[BinaryIO], object], *, durable: 
         raise
     if durable:
         fsync_directory(target.parent)
+
+
+def atomic_link(directory: Path, link: str, target: str) -> None:
+    """Point ``directory/link`` at the file ``target`` of the same directory, atomically: a relative symlink, or a
+    hard link where symlinks are unavailable (a hard link cannot dangle either). A link already pointing there is
+    left alone. Raises ``OSError`` when neither can be made; the previous link is then intact."""
+    path = directory / link
+    try:
+        if path.is_symlink() and os.readlink(path) == target:
+            return
+    except OSError:
+        pass
+    tmp = temporary_name(path)
+    try:
+        try:
+            os.symlink(target, tmp)
+        except (OSError, NotImplementedError):
+            os.link(directory / target, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
