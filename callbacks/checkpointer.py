@@ -157,7 +157,10 @@ class Checkpointer(Callback):
         self._trainer_state = trainer.state
         self.directory = output_dir(self, self.directory, trainer, "checkpoints")
         name = f"{self.state_key}.request"
-        self._unserve = [trainer.serve("checkpoint", self._on_request, name=name)]
+        self._unserve = [
+            trainer.serve("checkpoint", self._on_request, name=name),
+            trainer.serve(f"{self.state_key}.schedule", self._after_epoch_or_window, name=f"{self.state_key}.schedule"),
+        ]
         if self.on_interrupt:
             self._unserve.append(trainer.serve("interrupt", self._on_interrupt, name=name))
 
@@ -213,12 +216,18 @@ class Checkpointer(Callback):
         if trainer.post_epoch_pending:
             self._due = True  # post_epoch is pending: the resumable point is after it
             return
+        if trainer.state.mid_window:  # an accumulation window is open: saved where it ends
+            trainer.request(f"{self.state_key}.schedule")
+            return
         self._save(trainer, "schedule")
 
     def _after_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
         if self._due:
             self._due = False
             self._save(trainer, "schedule")
+
+    def _after_epoch_or_window(self, trainer: BaseTrainer) -> None:
+        self._save(trainer, "schedule")
 
     def _on_request(self, trainer: BaseTrainer) -> None:
         self._save(trainer, "request", force=True)

@@ -9,6 +9,11 @@ Host syncs: publishing reads the norm once per scheduled step. The non-finite ch
 ``optimizer.step()``, whether the loss and gradients are finite: that is one scalar read per step (the sum of the
 per-gradient norms and the loss, which is NaN or inf when any of them is), paid only with ``on_nonfinite`` set.
 With ``on_nonfinite=None`` and clipping alone nothing is read back between publications.
+
+Under ``precision="16-mixed"`` the guard unscales the gradients first (``trainer.unscale_gradients()``), so clipping
+and ``grad_norm`` see the true values, and leaves the non-finite decision to the GradScaler, which skips the update
+and lowers its scale when the gradients are not finite -- with no extra host sync; ``on_nonfinite`` then applies
+to nothing.
 """
 
 from __future__ import annotations
@@ -148,11 +153,13 @@ class GradientGuard(Callback):
         return total
 
     def _publish_only(self, trainer: BaseTrainer, **_: Any) -> None:
+        trainer.unscale_gradients()
         grads = self._grads()
         if grads:
             trainer.state.metrics["grad_norm"] = float(self._norm(grads).item())
 
     def _on_step(self, trainer: BaseTrainer, *, loss: torch.Tensor, **_: Any) -> None:
+        trainer.unscale_gradients()  # under "16-mixed": clip and measure the true gradients
         grads = self._grads()
         if not grads:
             return
@@ -161,7 +168,7 @@ class GradientGuard(Callback):
         norm = None
         if publish or (self.clip_norm is not None and self.clip_value is None):
             norm = torch.linalg.vector_norm(norms, self.norm_type)
-        if self.on_nonfinite is not None:
+        if self.on_nonfinite is not None and trainer.scaler is None:  # a scaler decides on its own (no extra sync)
             # NaN and inf survive a sum: one value read covers every gradient and the loss (norms that overflow
             # float32 count as non-finite too, as a total norm that overflows would)
             probe = norms.sum() + loss.detach().sum() if self.check_loss else norms.sum()

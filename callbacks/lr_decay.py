@@ -41,19 +41,20 @@ class LRDecay(Callback):
     Two modes:
 
     * **Milestones** (the default, Wisp's): the LR is multiplied by ``gamma`` at each milestone, given as a
-      **fraction of the run** -- ``milestones=[0.5, 0.75, 0.9]`` of ``max_epochs * iterations_per_epoch``
-      iterations (of ``max_epochs`` with ``interval="epoch"``), so it is right for any batch size (Wisp used the
-      dataset length). Milestone ``m`` falls at ``M = round(m * total)`` (halves round up): with 1000 iterations
-      and ``[0.5]``, iterations 1-500 use ``lr`` and 501-1000 ``lr * gamma``. The LR is a pure function of the
-      position, so a resume is exact by construction. Each group's base LR is its ``initial_lr`` (set from
-      ``lr`` when absent).
+      **fraction of the run** -- ``milestones=[0.5, 0.75, 0.9]`` of the run's optimizer steps (of ``max_epochs``
+      with ``interval="epoch"``), so it is right for any batch size (Wisp used the dataset length). Milestone ``m``
+      falls at ``M = round(m * total)`` (halves round up): with 1000 steps and ``[0.5]``, steps 1-500 use ``lr``
+      and 501-1000 ``lr * gamma``. The LR is a pure function of the position, so a resume is exact by construction.
+      Each group's base LR is its ``initial_lr`` (set from ``lr`` when absent).
     * **A torch scheduler**: any ``torch.optim.lr_scheduler`` instance built on the trainer's optimizer, or a factory
       ``optimizer -> scheduler``; stepped after every optimizer step (``interval="iteration"``) or every epoch.
       ``ReduceLROnPlateau`` steps after each validation with ``state.metrics[monitor]``. Its state is in
       :meth:`state_dict`.
 
-    ``warmup`` (steps of ``interval``: an int, or ``"500it"`` / ``"2ep"``) ramps the LR linearly from
-    ``warmup_start * lr`` to the scheduled LR, reaching it at step ``warmup``; it multiplies either mode.
+    With ``interval="iteration"`` every count is of **optimizer steps** (``state.optimizer_step``): one per
+    iteration, or one per window under the trainer's ``accumulate``. ``warmup`` (steps of ``interval``: an int, or
+    ``"500it"`` / ``"2ep"``) ramps the LR linearly from ``warmup_start * lr`` to the scheduled LR, reaching it at step
+    ``warmup``; it multiplies either mode.
 
     Per-group LR multipliers (Wisp's ``grid_lr_weight``) belong to the optimizer's construction: see
     ``trainers.engine.optim_groups``, which selects groups by module. Every group is decayed by the same factor.
@@ -173,14 +174,15 @@ class LRDecay(Callback):
     # ------------------------------------------------------------------ handlers
     def _on_pre_training(self, trainer: BaseTrainer, **_: Any) -> None:
         state = trainer.state
-        total = state.max_iterations if self.interval == "iteration" else state.max_epochs
+        total = state.max_optimizer_steps if self.interval == "iteration" else state.max_epochs
         self._points = [max(1, math.floor(m * total + 0.5)) for m in self.milestones]  # half up, not to even
         self._factor, self._next = None, 0
         self._publish(trainer)
 
     def _on_before(self, trainer: BaseTrainer, **_: Any) -> None:
         state = trainer.state
-        position = state.iteration if self.interval == "iteration" else state.epoch  # 1-based: the coming step
+        # 1-based: the coming optimizer step (the iteration, unless gradients are accumulated) or epoch
+        position = state.optimizer_step + 1 if self.interval == "iteration" else state.epoch
         if self.scheduler is None:
             if position < self._next:
                 return
@@ -204,6 +206,8 @@ class LRDecay(Callback):
             self._publish(trainer)
 
     def _on_after(self, trainer: BaseTrainer, **_: Any) -> None:
+        if self.interval == "iteration" and trainer.state.mid_window:
+            return  # no optimizer step in this iteration: an accumulation window is open
         self._publish(trainer)  # the LR this step (or epoch) used
         self._step_scheduler(trainer)
 
@@ -223,7 +227,7 @@ class LRDecay(Callback):
         scheduler.step(*metric)  # type: ignore[arg-type]
         self._base = [float(group["lr"]) for group in groups]
         state = trainer.state
-        coming = (state.iteration if self.interval == "iteration" else state.epoch) + 1
+        coming = (state.optimizer_step if self.interval == "iteration" else state.epoch) + 1
         if self.warmup and coming <= self.warmup:
             warm = self._warm(coming)
             for group, base in zip(groups, self._base, strict=True):

@@ -29,6 +29,9 @@ class State:
     * ``iteration``: 1-based global count of steps started; after N steps it is N. It never repeats or goes back.
     * ``epoch_iteration``: 1-based step inside the current epoch; 0 before the epoch's first step.
     * ``max_epochs``, ``iterations_per_epoch``: the run's length.
+    * ``optimizer_step``: optimizer steps so far (withheld ones included); with ``accumulate`` = 1 it equals
+      ``iteration`` after each step, with ``accumulate`` = N it advances once per window of N iterations (and at each
+      epoch's end: a window never crosses an epoch).
     * ``metrics``: latest values published by callbacks (``"val/psnr"``, ``"lr"`` ...).
     * ``last_checkpoint``, ``best_checkpoint``: the newest checkpoint written in this process and the best-ranked
       one (:class:`SavedCheckpoint`), published by a checkpointer; ``None`` until it saves one.
@@ -40,6 +43,8 @@ class State:
     iteration: int = 0
     epoch_iteration: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    accumulate: int = 1
+    optimizer_step: int = 0
     last_checkpoint: SavedCheckpoint | None = None
     best_checkpoint: SavedCheckpoint | None = None
 
@@ -47,6 +52,22 @@ class State:
     def max_iterations(self) -> int:
         """Total steps of a run that is not stopped early."""
         return self.max_epochs * self.iterations_per_epoch
+
+    @property
+    def optimizer_steps_per_epoch(self) -> int:
+        """Accumulation windows per epoch: the last one may be shorter."""
+        return -(-self.iterations_per_epoch // self.accumulate)
+
+    @property
+    def max_optimizer_steps(self) -> int:
+        """Total optimizer steps of a run that is not stopped early."""
+        return self.max_epochs * self.optimizer_steps_per_epoch
+
+    @property
+    def mid_window(self) -> bool:
+        """True after an iteration that did not complete its accumulation window (gradients are pending)."""
+        step = self.epoch_iteration
+        return self.accumulate > 1 and 0 < step < self.iterations_per_epoch and step % self.accumulate != 0
 
     def saved_checkpoints(self) -> dict[str, SavedCheckpoint]:
         """The published checkpoints by role, ``{"last": ..., "best": ...}``, leaving out those not written."""
@@ -60,7 +81,7 @@ class State:
 
     def state_dict(self) -> dict[str, int]:
         """The counters as plain ints (metrics are published state, not resumable state)."""
-        return {name: int(getattr(self, name)) for name in _COUNTERS}
+        return {name: int(getattr(self, name)) for name in (*_COUNTERS, "optimizer_step")}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Restore counters saved by :meth:`state_dict`; a missing or non-integer key is a ``ValueError``."""
@@ -83,8 +104,16 @@ class State:
                 f"inconsistent counters {values}: after {values['epoch']} epoch(s) at step {values['epoch_iteration']} "
                 f"the iteration must be {expected if values['epoch'] else 0}"
             )
+        # written before accumulation existed: one optimizer step per iteration
+        optimizer_step = state.get("optimizer_step", values["iteration"])
+        if isinstance(optimizer_step, bool) or not isinstance(optimizer_step, int):
+            raise ValueError(f"state counter 'optimizer_step' must be an int, got {optimizer_step!r}")
+        if not 0 <= optimizer_step <= values["iteration"]:
+            iteration = values["iteration"]
+            raise ValueError(f"inconsistent counters: optimizer_step={optimizer_step} after {iteration} iterations")
         for name, value in values.items():
             setattr(self, name, value)
+        self.optimizer_step = optimizer_step
 
     def __str__(self) -> str:
         return (

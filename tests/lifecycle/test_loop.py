@@ -152,6 +152,7 @@ def test_counters_during_a_run() -> None:
         "epoch_iteration": 3,
         "max_epochs": 2,
         "iterations_per_epoch": 3,
+        "optimizer_step": 0,  # the loop counts iterations; the engine's step counts optimizer steps
     }
 
 

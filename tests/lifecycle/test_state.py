@@ -63,8 +63,8 @@ def test_state_dict_holds_exactly_the_counters() -> None:
     state = State(max_epochs=3, iterations_per_epoch=4, epoch=2, iteration=5, epoch_iteration=1)
     state.metrics["loss"] = 0.25
     saved = state.state_dict()
-    assert saved == valid_dict()
-    assert sorted(saved) == sorted(COUNTERS)
+    assert saved == valid_dict(optimizer_step=0)
+    assert sorted(saved) == sorted([*COUNTERS, "optimizer_step"])
     assert all(type(value) is int for value in saved.values())
 
 
@@ -81,10 +81,33 @@ def test_state_dict_round_trip_into_a_fresh_state() -> None:
 
 def test_load_accepts_the_boundaries() -> None:
     state = State()
+    # without "optimizer_step" (written before accumulation existed): one optimizer step per iteration
     state.load_state_dict(valid_dict(epoch=3, epoch_iteration=4, iteration=12))  # the very end of the run
-    assert state.state_dict() == valid_dict(epoch=3, epoch_iteration=4, iteration=12)
+    assert state.state_dict() == valid_dict(epoch=3, epoch_iteration=4, iteration=12, optimizer_step=12)
     state.load_state_dict(valid_dict(epoch=0, epoch_iteration=0, iteration=0))  # before training
-    assert state.state_dict() == valid_dict(epoch=0, epoch_iteration=0, iteration=0)
+    assert state.state_dict() == valid_dict(epoch=0, epoch_iteration=0, iteration=0, optimizer_step=0)
+    state.load_state_dict(valid_dict(optimizer_step=2))
+    assert state.optimizer_step == 2
+
+
+@pytest.mark.parametrize("bad", [-1, 6, 2.0, True, "3"])
+def test_load_rejects_an_impossible_optimizer_step(bad: object) -> None:
+    state = State()
+    with pytest.raises(ValueError, match="optimizer_step"):
+        state.load_state_dict(valid_dict(optimizer_step=bad))  # 5 iterations: 0..5 optimizer steps
+    assert state.state_dict() == State().state_dict()  # nothing changed
+
+
+def test_accumulation_windows_never_cross_an_epoch() -> None:
+    state = State(max_epochs=2, iterations_per_epoch=10, accumulate=4)
+    assert (state.optimizer_steps_per_epoch, state.max_optimizer_steps) == (3, 6)  # windows of 4, 4 and 2
+    open_after = []
+    for step in range(0, 11):
+        state.epoch_iteration = step
+        if state.mid_window:
+            open_after.append(step)
+    assert open_after == [1, 2, 3, 5, 6, 7, 9]
+    assert State(iterations_per_epoch=10).mid_window is False
 
 
 @pytest.mark.parametrize("missing", COUNTERS)

@@ -102,6 +102,8 @@ def build(spec: dict[str, Any], out: Path) -> tuple[BaseTrainer, Recorder]:
         dist_timeout=spec.get("timeout", 60),
         vote_every=spec.get("vote_every", 1),
         run_dir=out,
+        accumulate=spec.get("accumulate", 1),
+        precision=spec.get("precision", "32"),
     )
     return trainer, recorder
 
@@ -126,6 +128,7 @@ def main(spec_file: Path) -> int:
         code = 1
     report["iteration"] = trainer.state.iteration
     report["epoch"] = trainer.state.epoch
+    report["optimizer_step"] = trainer.state.optimizer_step
     report["events"] = [row[0] for row in recorder.log if row[0] in ("post_epoch", "post_training", "pre_training")]
     report["event_iterations"] = [[row[0], row[3]] for row in recorder.log if row[0] != "pre_step"]
     report["steps"] = [row[3] for row in recorder.log if row[0] == "post_step"]

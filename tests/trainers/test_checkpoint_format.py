@@ -221,7 +221,14 @@ def test_round_trip_has_exactly_the_keys_metadata_and_tensors(tmp_path: Path) ->
     assert (meta["score"], meta["tag"]) == (0.5, "t")
 
     assert loaded["trainer"] == {
-        "counters": {"epoch": 2, "iteration": 4, "epoch_iteration": 1, "max_epochs": 3, "iterations_per_epoch": 3},
+        "counters": {
+            "epoch": 2,
+            "iteration": 4,
+            "epoch_iteration": 1,
+            "max_epochs": 3,
+            "iterations_per_epoch": 3,
+            "optimizer_step": 4,
+        },
         "seed": 5,
         "ended": False,
     }
@@ -816,6 +823,7 @@ def test_resume_falls_back_past_a_damaged_newer_checkpoint(tmp_path: Path, caplo
             "epoch_iteration": 2,
             "max_epochs": 2,
             "iterations_per_epoch": 3,
+            "optimizer_step": 2,
         }
         trainer.train()  # continues exactly: the same weights as the uninterrupted run
         assert same_params(params_of(trainer.pipeline), params_of(source.pipeline))

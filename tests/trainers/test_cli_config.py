@@ -221,6 +221,9 @@ def test_a_plugin_callback_from_set_writes_its_lines_and_is_saved_in_the_config(
         "batch_size": 16,
         "samples": 256,
         "report_every": "128it",
+        "precision": "32",
+        "accumulate": 1,
+        "compile": False,
         "optimizer": {"name": "adam", "lr": 0.01},
     }
     assert read_metadata(run_dir / "checkpoints" / _step(16))["config"] == saved
@@ -452,7 +455,7 @@ def test_an_unknown_trainer_key_lists_optimizer_among_the_valid_keys(tmp_path: P
     assert result.stderr == _config_error(
         str(config),
         "trainer.optimiser: unknown key for trainer 'demo' (did you mean 'optimizer'?); valid keys: max_epochs, "
-        "batch_size, samples, optimizer, report_every",
+        "batch_size, samples, optimizer, report_every, precision, accumulate, compile",
     )
 
 

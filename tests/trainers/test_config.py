@@ -146,6 +146,9 @@ ROUND_TRIP_RESOLVED = {
         "batch_size": 64,
         "samples": 256,
         "report_every": "2it",
+        "precision": "32",
+        "accumulate": 1,
+        "compile": False,
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     },
     "callbacks": {
@@ -356,6 +359,9 @@ def test_default_config_is_the_image_field_yaml_and_builds_the_reference_app(tmp
         "grid_lr_weight": 10.0,
         "device": "cpu",
         "threads": None,
+        "precision": "32",
+        "accumulate": 1,
+        "compile": False,
         "optimizer": {"name": "adam", "lr": 0.01, "eps": 1e-15},
     }
     trainer = build(None, run_dir=tmp_path / "run", objects=quiet())
@@ -394,6 +400,9 @@ def test_the_demo_yaml_is_the_small_mlp_demo(tmp_path: Path) -> None:
         "batch_size": 64,
         "samples": 8192,
         "report_every": "128it",
+        "precision": "32",
+        "accumulate": 1,
+        "compile": False,
         "optimizer": {"name": "adam", "lr": 0.01},
     }
     trainer = build(DEMO, run_dir=tmp_path / "run", objects=quiet())
@@ -994,7 +1003,7 @@ ERRORS: list[tuple[str, Any, str, str]] = [
         {"trainer": {"name": "demo", "max_epoch": 3}},
         "trainer.max_epoch",
         "unknown key for trainer 'demo' (did you mean 'max_epochs'?); valid keys: max_epochs, batch_size, samples, "
-        "optimizer, report_every",
+        "optimizer, report_every, precision, accumulate, compile",
     ),
     (
         "trainer code-only param",

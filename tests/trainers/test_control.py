@@ -241,7 +241,14 @@ def test_resume_mid_epoch_is_bit_identical(stop_by: str) -> None:
     reference = _uninterrupted()
     resumed, rec, saved = _resumed_run(4, stop_by=stop_by)
     assert saved == {
-        "counters": {"epoch": 2, "iteration": 4, "epoch_iteration": 1, "max_epochs": 3, "iterations_per_epoch": 3},
+        "counters": {
+            "epoch": 2,
+            "iteration": 4,
+            "epoch_iteration": 1,
+            "max_epochs": 3,
+            "iterations_per_epoch": 3,
+            "optimizer_step": 4,
+        },
         "seed": 7,
         "ended": False,
     }

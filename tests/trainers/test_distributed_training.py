@@ -110,6 +110,22 @@ def test_two_ranks_train_in_lockstep_like_one_process(tmp_path: Path) -> None:
     assert (out / "config.yaml").exists() is False  # this app is not built from a config (the CLI's is)
 
 
+def test_accumulating_4_micro_batches_of_8_on_two_ranks_is_one_process_at_batch_32(tmp_path: Path) -> None:
+    """Each rank computes 4 items of each global micro-batch of 8; the window's first three backward passes run in
+    no_sync and the fourth all-reduces the sum: the gradient of the global batch of 32."""
+    two, out = _torchrun(tmp_path, "two", epochs=1, batch_size=8, accumulate=4)
+    _ok(two)
+    one, single = _single(tmp_path, "one", epochs=1, batch_size=32)
+    _ok(one)
+    for rank in (0, 1):
+        report = _report(out, rank)
+        assert (report["iteration"], report["optimizer_step"]) == (4 * STEPS, STEPS)
+    alone = _weights(single, 0)["model"]
+    for key, value in _weights(out, 0)["model"].items():
+        assert torch.equal(value, _weights(out, 1)["model"][key]), key
+        torch.testing.assert_close(value, alone[key], rtol=1e-5, atol=1e-6)
+
+
 def test_resume_on_two_ranks_is_bit_identical(tmp_path: Path) -> None:
     # dropout draws from each rank's own RNG: a resume restores each rank's state, or the weights would differ
     spec = {"epochs": 2, "dropout": 0.2, "checkpoint_every": "5it"}

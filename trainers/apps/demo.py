@@ -21,6 +21,7 @@ from torch.utils.data import TensorDataset
 
 from callbacks import Callback
 from lifecycle import Priority, Status
+from trainers.engine.optimization import Precision
 from trainers.engine.trainer import BaseTrainer, OptimizerSpec
 
 __all__ = ["ReportProgress", "demo_trainer"]
@@ -96,10 +97,14 @@ def demo_trainer(
     optimizer: OptimizerSpec | None = None,
     report_every: str = "128it",
     console: Console | None = None,
+    precision: Precision = "32",
+    accumulate: int = 1,
+    compile: bool | dict[str, Any] = False,
 ) -> BaseTrainer:
     """The demo: an MLP fits sin(x)cos(y) + 0.1xy on random points, with a progress report every ``report_every``.
 
     The trainer factory behind ``trainer: {name: demo}``; the config's callbacks are added by ``trainers.build()``.
+    ``precision``, ``accumulate`` and ``compile`` are ``BaseTrainer``'s.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
@@ -120,6 +125,9 @@ def demo_trainer(
         loss_fn=_mse,
         callbacks=[ReportProgress(console or Console(), every=report_every)],
         run_dir=run_dir,
+        precision=precision,
+        accumulate=accumulate,
+        compile=compile,
     )
 
 

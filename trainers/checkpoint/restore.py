@@ -108,7 +108,15 @@ def checked_counters(state: State, seed: int, saved: Any) -> dict[str, int]:
         raise ValueError(
             f"the saved run reached epoch {counters.get('epoch')}, beyond this trainer's max_epochs={state.max_epochs}"
         )
-    State(max_epochs=state.max_epochs).load_state_dict(counters)  # validates without touching the trainer's state
+    probe = State(max_epochs=state.max_epochs, iterations_per_epoch=state.iterations_per_epoch)
+    probe.accumulate = state.accumulate
+    probe.load_state_dict(counters)  # validates without touching the trainer's state
+    if probe.mid_window:
+        raise ValueError(
+            f"it was saved after step {probe.epoch_iteration} of epoch {probe.epoch}, inside an accumulation window of "
+            f"this trainer (accumulate={state.accumulate}); restore it with an accumulate that divides "
+            f"{probe.epoch_iteration}"
+        )
     return counters
 
 

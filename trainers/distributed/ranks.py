@@ -11,11 +11,13 @@ the trainer's gloo side groups (``trainers.distributed.collective``), stops are 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from trainers.distributed.collective import Collective, RankZeroFailure
 from trainers.distributed.ddp import wrap as ddp_wrap
@@ -26,6 +28,7 @@ __all__ = ["INTERRUPT", "NOTHING", "STOP", "Job", "Ranks", "SingleProcess"]
 
 T = TypeVar("T")
 Elsewhere = Callable[[RankZeroFailure], BaseException]
+Options = Mapping[str, Any] | None
 
 
 def _direct(
@@ -52,6 +55,10 @@ class SingleProcess:
 
     #: what the step calls to compute the loss: ``compute_loss`` itself
     forward = staticmethod(_direct)
+
+    def no_sync(self) -> AbstractContextManager[Any]:
+        """Nothing to hold back: gradients are never all-reduced."""
+        return nullcontext()
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         return obj
@@ -107,9 +114,19 @@ class Job:
         self.world_size = self._collective.size
         #: every rank reads the same time at the same point, so a "10min" schedule fires at one iteration everywhere
         self.clock: Callable[[], float] | None = self._vote.now
+        self._ddp: DistributedDataParallel | None = None
 
-    #: ``compute_loss`` through DDP, so the backward pass all-reduces the gradients
-    forward = staticmethod(ddp_wrap)
+    def forward(
+        self, pipeline: nn.Module, compute_loss: Callable[[Any], Any], device: torch.device, ddp: Options
+    ) -> Callable[[Any], Any]:
+        """``compute_loss`` through DDP, so the backward pass all-reduces the gradients."""
+        self._ddp = ddp_wrap(pipeline, compute_loss, device, ddp)
+        return self._ddp
+
+    def no_sync(self) -> AbstractContextManager[Any]:
+        """DDP's ``no_sync``: the micro-batches of an accumulation window before its last keep their gradients
+        local; the last one's backward all-reduces the sum."""
+        return nullcontext() if self._ddp is None else self._ddp.no_sync()
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         return self._collective.broadcast(obj, src)
@@ -159,6 +176,7 @@ class Job:
         """Release the side groups (after a failure a vote round may still be pending: drop it first)."""
         self._vote.abandon()
         self._collective.close()
+        self._ddp = None  # DDP's reducer holds the default group: let it go too
 
 
 Ranks = SingleProcess | Job

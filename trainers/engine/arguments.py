@@ -3,14 +3,23 @@ construction, naming the argument and what would be valid."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-__all__ = ["LossFn", "OptimizerSpec", "build_optimizer", "check_arguments", "check_int", "dataset_size", "short"]
+__all__ = [
+    "LossFn",
+    "OptimizerSpec",
+    "build_optimizer",
+    "check_arguments",
+    "check_int",
+    "check_step_options",
+    "dataset_size",
+    "short",
+]
 
 #: ``compute_loss`` without subclassing: ``loss_fn(pipeline, batch) -> Tensor | dict`` (a dict has ``"loss"``).
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | dict[str, Any]"]
@@ -45,6 +54,20 @@ def check_arguments(
             f"{type(trainer).__name__} has no loss: override compute_loss(self, batch) in a subclass, or pass "
             "loss_fn=lambda pipeline, batch: ... to BaseTrainer"
         )
+
+
+def check_step_options(accumulate: object, compile: object) -> None:
+    """``accumulate`` an int >= 1; ``compile`` a bool or a mapping of ``torch.compile`` options."""
+    check_int("accumulate", accumulate, minimum=1)
+    if not isinstance(compile, (bool, Mapping)):
+        raise TypeError(f"compile must be True, False or a mapping of torch.compile options, got {compile!r}")
+    if isinstance(compile, Mapping):
+        unknown = sorted(set(compile) - {"fullgraph", "dynamic", "backend", "mode", "options", "disable"})
+        if unknown:
+            raise ValueError(
+                f"compile options {unknown} are not torch.compile arguments; valid: fullgraph, dynamic, backend, mode, "
+                "options, disable"
+            )
 
 
 def check_int(name: str, value: object, *, minimum: int | None) -> None:

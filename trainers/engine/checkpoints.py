@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lifecycle import Loop
-from trainers.checkpoint.restore import restore
+from trainers.checkpoint.restore import checked_counters, restore
 from trainers.checkpoint.save import checkpoint_payload, save
 from trainers.distributed.ranks import Ranks
 from trainers.engine.driver import LoopDriver
@@ -65,6 +65,13 @@ class Checkpoints:
             return self._trainer.checkpoint_state(reason=reason, resumable=resumable)
 
         return save(Path(path), payload, self._ranks, resumable=resumable, metadata=metadata)
+
+    def load_counters(self, state: dict[str, Any]) -> None:
+        if self._loop.started:
+            raise RuntimeError("load_state_dict() must be called before the first iterate()")
+        trainer = self._trainer
+        trainer.state.load_state_dict(checked_counters(trainer.state, trainer.seed, state))
+        self._loop.restore(ended=bool(state.get("ended", True)))
 
     def restore(self, checkpoint: str | os.PathLike[str]) -> Path | None:
         trainer = self._trainer

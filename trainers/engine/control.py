@@ -64,7 +64,10 @@ class Control:
     def stop(self) -> None:
         if self._ranks.votes:
             if not self._loop.ending:
-                self._ranks.want(STOP)  # the ranks agree on it at the next vote round
+                self._ranks.want(STOP)  # the ranks agree on it at the next vote round (at a window's end)
+            return
+        if self._state.mid_window and not self._loop.ending:
+            self._driver.defer_stop(Status.STOPPED)  # the window's gradients are applied first
             return
         self._loop.stop(self._driver)
 
@@ -77,6 +80,9 @@ class Control:
             return  # the run is ending anyway: let post_training finish (a second signal still aborts it)
         if self._ranks.votes:
             self._ranks.want(INTERRUPT)  # the ranks agree on it; the save follows then
+            return
+        if self._state.mid_window:
+            self._driver.defer_stop(Status.INTERRUPTED)  # the save follows at the window's end
             return
         self._loop.request_stop(Status.INTERRUPTED)
         self._driver.queue_interrupt()

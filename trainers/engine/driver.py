@@ -33,6 +33,7 @@ class LoopDriver:
 
     __slots__ = (
         "_batches",
+        "_deferred",
         "_device",
         "_feeder",
         "_loop",
@@ -60,6 +61,7 @@ class LoopDriver:
         self._non_blocking = trainer.device.type == "cuda"
         #: between pre_step and post_step: no resumable checkpoint can be taken
         self.stepping = False
+        self._deferred: Status | None = None  # a stop asked for inside an accumulation window
         self._pending_rng: Any = None  # from a restored checkpoint, put back at the resume point
         self._rng_point = "start"  # where that point is: before pre_training, after it, or after pre_epoch
 
@@ -110,7 +112,12 @@ class LoopDriver:
         outputs = t.step(batch)
         self.stepping = False
         t.post_step(outputs)
-        if self._votes and t.state.iteration % self._vote_every == 0:
+        state = t.state
+        if state.mid_window:
+            return  # an accumulation window is open: votes, stops and requests wait for its end
+        if self._deferred is not None:
+            self._end_deferred()
+        if self._votes and state.iteration % self._vote_every == 0:
             self.settle(wait=False)  # the previous round's result; this round's is read at the next one
         if self._requests.pending and not t.post_epoch_pending:
             self._requests.drain()  # requested during a step: served now (at an epoch's last step, after post_epoch)
@@ -147,15 +154,34 @@ class LoopDriver:
         return loop.in_iterate and loop.phase is Phase.IN_EPOCH and state.epoch_iteration >= state.iterations_per_epoch
 
     def check_resumable_point(self) -> None:
-        """Raise ``RuntimeError`` where a resumable checkpoint cannot be taken: inside a step, or at an epoch's last
-        step before its ``post_epoch`` (a restore would repeat the epoch's end)."""
-        if self.stepping or self.post_epoch_pending:
-            where = "inside a step" if self.stepping else "before this epoch's post_epoch"
-            state = self.trainer.state
+        """Raise ``RuntimeError`` where a resumable checkpoint cannot be taken: inside a step, at an epoch's last
+        step before its ``post_epoch`` (a restore would repeat the epoch's end), or inside an accumulation window
+        (its gradients, pending on every rank, are not in a checkpoint)."""
+        state = self.trainer.state
+        if self.stepping or self.post_epoch_pending or state.mid_window:
+            if self.stepping:
+                where = "inside a step"
+            elif state.mid_window:
+                where = f"inside an accumulation window (accumulate={state.accumulate}: its gradients are pending)"
+            else:
+                where = "before this epoch's post_epoch"
             raise RuntimeError(
                 f"no resumable checkpoint can be taken {where} (iteration {state.iteration}, {state}); "
                 "take it from post_step, post_epoch or between iterate() calls, or call trainer.request_checkpoint()"
             )
+
+    # ------------------------------------------------------------------ stops
+    def defer_stop(self, status: Status) -> None:
+        """End the run with ``status`` once the open accumulation window is complete (safe from a signal handler)."""
+        if self._deferred is None or status is Status.INTERRUPTED:
+            self._deferred = status
+
+    def _end_deferred(self) -> None:
+        status, self._deferred = self._deferred, None
+        assert status is not None
+        self._loop.request_stop(status)
+        if status is Status.INTERRUPTED:
+            self.queue_interrupt()
 
     # ------------------------------------------------------------------ stops agreed between ranks
     def settle(self, *, wait: bool) -> None:

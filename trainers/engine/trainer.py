@@ -20,17 +20,19 @@ from torch.utils.data import Dataset
 
 import trainers.distributed.environment as environment
 from lifecycle import Bus, Callback, Event, Handle, Loop, Phase, ScheduleSpec, State, Status
-from trainers.checkpoint.restore import checked_counters, checkpoint_dirs
+from trainers.checkpoint.restore import checkpoint_dirs
 from trainers.data.feeder import Feeder
 from trainers.data.placement import resolve_device
 from trainers.data.plan import BatchPlan
 from trainers.distributed.collective import RankZeroFailure
 from trainers.distributed.ranks import Job, Ranks, SingleProcess
-from trainers.engine.arguments import LossFn, OptimizerSpec, build_optimizer, check_arguments, dataset_size, short
+from trainers.engine import arguments
+from trainers.engine.arguments import LossFn, OptimizerSpec
 from trainers.engine.callback_set import CallbackSet
 from trainers.engine.checkpoints import Checkpoints
 from trainers.engine.control import Control
 from trainers.engine.driver import LoopDriver
+from trainers.engine.optimization import Optimization, Precision
 from trainers.engine.requests import Requests
 
 __all__ = ["BaseTrainer", "LossFn", "OptimizerSpec"]
@@ -67,6 +69,9 @@ class BaseTrainer:
         loss_fn: ``loss_fn(pipeline, batch)``, used by the default :meth:`compute_loss`.
         run_dir: where callbacks write files (validation images, checkpoints, logs); ``None`` for nowhere. It is
             created by whichever callback writes first.
+        precision, accumulate, compile: ``"32"``, ``"bf16-mixed"`` or ``"16-mixed"`` (autocast, a GradScaler for
+            16); the optimizer steps once per ``accumulate`` iterations; ``True`` or ``torch.compile`` options (see
+            ``trainers.engine.optimization``).
         backend, ddp, dist_timeout, vote_every: under ``torchrun`` -- the process group's backend (``"auto"``:
             ``nccl`` on CUDA, else ``gloo``), ``DistributedDataParallel`` options, how long a collective waits for a
             peer (default 300 s, or ``STEPBUS_DIST_TIMEOUT``), and after every how many steps the ranks vote on a
@@ -95,10 +100,16 @@ class BaseTrainer:
         ddp: Mapping[str, Any] | None = None,
         dist_timeout: float | timedelta | None = None,
         vote_every: int = 1,
+        precision: Precision = "32",
+        accumulate: int = 1,
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         overrides_loss = type(self).compute_loss is not BaseTrainer.compute_loss
-        check_arguments(self, pipeline, max_epochs, batch_size, seed, num_workers, vote_every, loss_fn, overrides_loss)
-        size = dataset_size(dataset)
+        arguments.check_arguments(
+            self, pipeline, max_epochs, batch_size, seed, num_workers, vote_every, loss_fn, overrides_loss
+        )
+        arguments.check_step_options(accumulate, compile)
+        size = arguments.dataset_size(dataset)
         self.device = environment.local_device(resolve_device(device))
         timeout = environment.collective_timeout(dist_timeout)
         environment.init_from_env(self.device, backend=backend, timeout=timeout)
@@ -106,10 +117,10 @@ class BaseTrainer:
         plan = BatchPlan(size, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world)
         plan.check(drop_last)
         self.pipeline = pipeline.to(self.device)
-        self.optimizer = build_optimizer(optimizer, pipeline)
+        self.optimizer = arguments.build_optimizer(optimizer, pipeline)
         self.dataset, self.batch_size, self.seed, self.loss_fn = dataset, batch_size, seed, loss_fn
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.state = State(max_epochs=max_epochs, iterations_per_epoch=plan.iterations_per_epoch)
+        self.state = State(max_epochs=max_epochs, iterations_per_epoch=plan.iterations_per_epoch, accumulate=accumulate)
         self._ranks: Ranks = Job(timeout) if world > 1 else SingleProcess()
         self.bus = Bus(self.state, clock=self._ranks.clock)
         pin = self.device.type == "cuda"
@@ -120,7 +131,6 @@ class BaseTrainer:
         self._control = Control(self._loop, self._driver, self._ranks, self.state)
         self._callbacks = CallbackSet(self, self.bus, self._ranks.rank)
         self._checkpoints = Checkpoints(self, self._loop, self._driver, self._ranks)
-        self._skip_optimizer_step = False
         self._extensions: dict[type[Any], Any] = {}
         #: the resolved configuration (plain containers), saved in every checkpoint's metadata
         self.config: dict[str, Any] | None = None
@@ -133,7 +143,11 @@ class BaseTrainer:
         self._post_epoch, self._post_training = channel(Event.POST_EPOCH), channel(Event.POST_TRAINING)
         self._exception = channel(Event.EXCEPTION)
         self._pre_validation, self._post_validation = channel(Event.PRE_VALIDATION), channel(Event.POST_VALIDATION)
-        self._forward = self._ranks.forward(self.pipeline, self.compute_loss, self.device, ddp)
+        self._optimization = Optimization(
+            self, self._ranks, self._step, precision=precision, accumulate=accumulate, compile=compile, ddp=ddp
+        )
+        if self._optimization.scaler is not None:
+            self.track("grad_scaler", self._optimization.scaler)  # its scale and growth count resume exactly
         for callback in callbacks:
             self.add_callback(callback)
 
@@ -170,28 +184,10 @@ class BaseTrainer:
             self._pre_step.emit(self, batch=batch)
 
     def step(self, batch: Any) -> dict[str, Any]:
-        """One optimisation step: zero_grad, :meth:`compute_loss`, backward, the ``step`` event, optimizer step.
-        Returns the outputs dict (``{"loss": loss}`` when ``compute_loss`` returned a tensor)."""
-        optimizer = self.optimizer
-        optimizer.zero_grad(set_to_none=True)
-        result = self._forward(batch)  # compute_loss, through DDP in a distributed run
-        if isinstance(result, torch.Tensor):
-            loss, outputs = result, {"loss": result}
-        elif isinstance(result, dict) and isinstance(result.get("loss"), torch.Tensor):
-            loss, outputs = result["loss"], result
-        else:
-            raise TypeError(
-                f"{type(self).__name__}.compute_loss must return a loss tensor or a dict with a 'loss' tensor; "
-                f"got {short(result)} at iteration {self.state.iteration}"
-            )
-        loss.backward()  # type: ignore[no-untyped-call]
-        if self._step.active:
-            self._step.emit(self, loss=loss, outputs=outputs)
-        if self._skip_optimizer_step:
-            self._skip_optimizer_step = False
-        else:
-            optimizer.step()
-        return outputs
+        """One iteration's optimisation (``trainers.engine.optimization``): zero_grad at a window's start,
+        :meth:`compute_loss` under the precision's autocast, backward; at a window's end the ``step`` event, then the
+        optimizer step. Returns the outputs dict (``{"loss": loss}`` when ``compute_loss`` returned a tensor)."""
+        return self._optimization.run(batch)
 
     def post_step(self, outputs: dict[str, Any]) -> None:
         """Emits ``post_step(outputs=...)``: the optimizer has stepped, counters are final for this step."""
@@ -311,7 +307,16 @@ class BaseTrainer:
 
     def skip_optimizer_step(self) -> None:
         """From a ``step`` handler: do not apply this step's gradients (e.g. they are not finite)."""
-        self._skip_optimizer_step = True
+        self._optimization.skip()
+
+    def unscale_gradients(self) -> None:
+        """From a ``step`` handler, before reading or clipping gradients: undo the ``"16-mixed"`` loss scale."""
+        self._optimization.unscale()
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The GradScaler of ``precision="16-mixed"`` (checkpointed as ``"grad_scaler"``), else ``None``."""
+        return self._optimization.scaler
 
     # ------------------------------------------------------------------ where the run stands
     @property
@@ -417,10 +422,7 @@ class BaseTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore counters saved by :meth:`state_dict` before training starts; the trainer's own ``max_epochs`` is
         kept, so a finished run can be extended. (:meth:`restore` loads a whole checkpoint.)"""
-        if self._loop.started:
-            raise RuntimeError("load_state_dict() must be called before the first iterate()")
-        self.state.load_state_dict(checked_counters(self.state, self.seed, state))
-        self._loop.restore(ended=bool(state.get("ended", True)))
+        self._checkpoints.load_counters(state)
 
     def close(self) -> None:
         """Release DataLoader workers (also done when the trainer is garbage-collected) and, in a distributed run,
@@ -428,7 +430,7 @@ class BaseTrainer:
         left alone (:func:`~trainers.distributed.environment.init_from_env` destroys it at exit)."""
         self._feeder.close()
         self._ranks.close()
-        self._forward = self.compute_loss  # DDP's reducer holds the default group: let it go too
+        self._optimization.forward = self.compute_loss
 
     def __repr__(self) -> str:
         return (

@@ -23,6 +23,7 @@ from torch.utils.data import TensorDataset
 from trainers.apps.image_field.field import ImageField
 from trainers.apps.image_field.image import default_image, load_image
 from trainers.engine.optim_groups import param_groups
+from trainers.engine.optimization import Precision
 from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["ImageFieldTrainer", "image_field_trainer"]
@@ -111,11 +112,15 @@ def image_field_trainer(
     optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    precision: Precision = "32",
+    accumulate: int = 1,
+    compile: bool | dict[str, Any] = False,
 ) -> ImageFieldTrainer:
     """The reference app: fit a neural field to an image (the built-in one, or ``image``: a PNG path).
 
     The grid and the decoder are separate optimizer groups; the grid's LR is ``grid_lr_weight`` times the
     optimizer's (Wisp's ``grid_lr_weight``). ``threads`` sets ``torch.set_num_threads`` (None: torch's default).
+    ``precision``, ``accumulate`` and ``compile`` are ``BaseTrainer``'s.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -146,4 +151,7 @@ def image_field_trainer(
         device=device,
         optimizer=built,
         run_dir=run_dir,
+        precision=precision,
+        accumulate=accumulate,
+        compile=compile,
     )
