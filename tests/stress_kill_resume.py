@@ -3,10 +3,10 @@ newest checkpoint on disk and the resumed run must end bit-identical to the unin
 
     python -m tests.stress_kill_resume --trials 200 [--seed S] [--jobs 2] [--fresh-every 10] [--keep DIR]
 
-Not collected by pytest (the suite runs a fixed sample of this in ``tests/trainers/test_resume_exact.py``). The
-training is ``tests/trainers/resume_app.py``. Configurations (workers, checkpoint period) rotate; a trial waits for
-the run's ``step k`` line (k anywhere in the run, the end included), sleeps a random delay and kills it, with
-fsync slowed down in some trials so that more kills land inside a save; every 5th trial is instead killed at a
+Not collected by pytest (the suite runs a fixed sample of this in ``tests/trainers/checkpoint/test_resume_exact.py``).
+The training is ``tests/trainers/checkpoint/resume_app.py``. Configurations (workers, checkpoint period) rotate; a
+trial waits for the run's ``step k`` line (k anywhere in the run, the end included), sleeps a random delay and kills
+it, with fsync slowed down in some trials so that more kills land inside a save; every 5th trial is instead killed at a
 chosen point of a save (``--die-in-save``: in the write, after the rename, before the ``last.pt`` link moves).
 Killed runs execute two at a time (forked from a preloaded forkserver; every ``--fresh-every``-th in a fresh
 interpreter); each is then resumed in this process. The uninterrupted references run in fresh interpreters.
@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from tests.trainers import resume_app as app
+from tests.trainers.checkpoint import resume_app as app
 
 CONFIGS: list[tuple[int, str]] = [(0, "1it"), (2, "1it"), (0, "2it"), (2, "2it"), (0, "3it")]
 DIE_AT = ("write", "rename", "link")

@@ -10,7 +10,7 @@ import pytest
 
 from callbacks import Callback, HandlerSpec
 from lifecycle import Event, Priority, Schedule
-from tests.trainers.support import Recorder, full_run, make_trainer
+from tests.support import Recorder, full_run, make_trainer
 from trainers import BaseTrainer
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from callbacks import Callback, Checkpointer, Validator
 from lifecycle import CallbackError, Status
-from tests.trainers.support import Recorder, full_run, make_trainer, mse, params_of, same_params
+from tests.support import Recorder, full_run, make_trainer, mse, params_of, same_params
 from trainers import BaseTrainer
 from trainers.checkpoint.format import CheckpointError, check_plain, list_checkpoints, load_checkpoint, read_metadata
 

@@ -14,7 +14,7 @@ import pytest
 
 from callbacks import EarlyStopping, Validator
 from lifecycle import CallbackError, Status
-from tests.trainers.support import Recorder, make_trainer
+from tests.support import Recorder, make_trainer
 from trainers import BaseTrainer
 
 NAN, INF = float("nan"), float("inf")

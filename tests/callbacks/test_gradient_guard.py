@@ -18,7 +18,7 @@ from torch import nn
 
 from callbacks import GradientGuard, NonFiniteError
 from lifecycle import CallbackError, Priority, Status
-from tests.trainers.support import Recorder, make_dataset
+from tests.support import Recorder, make_dataset
 from trainers import BaseTrainer
 
 GUARD_FILE = str(Path(sys.modules[GradientGuard.__module__].__file__ or "").resolve())

@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, ReduceLRO
 
 from callbacks import LRDecay, Validator
 from lifecycle import Priority
-from tests.trainers.support import make_model, make_trainer, params_of, same_params
+from tests.support import make_model, make_trainer, params_of, same_params
 from trainers import BaseTrainer, param_groups
 
 G = 0.333  # Wisp's gamma, the default

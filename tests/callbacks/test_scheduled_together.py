@@ -14,7 +14,7 @@ import torch
 from callbacks import Callback, EarlyStopping, GradientGuard, GridPruning, LRDecay, Validator
 from lifecycle import Priority, Status
 from tests.callbacks.grid_model import GridModel, grid_loss, image_data, pixel_coords
-from tests.trainers.support import Recorder
+from tests.support import Recorder
 from trainers import BaseTrainer
 
 #: 256 pixels in batches of 64

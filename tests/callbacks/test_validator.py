@@ -19,7 +19,7 @@ from torch import nn
 
 from callbacks import Validator
 from lifecycle import CallbackError, Status
-from tests.trainers.support import Recorder, full_run, make_dataset, make_trainer, mse
+from tests.support import Recorder, full_run, make_dataset, make_trainer, mse
 from trainers import BaseTrainer
 
 # 6 items in batches of 2: 3 iterations per epoch

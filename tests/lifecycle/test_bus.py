@@ -578,14 +578,14 @@ def test_derived_handler_names_in_errors() -> None:
     assert f"handler {handler!r}" in str(info.value)
 
 
-def test_describe() -> None:
+def test_handler_name() -> None:
     assert handler_name(Saver().post_step) == "Saver.post_step"
     assert handler_name(Saver()) == "Saver"
     fn = lambda sender: None  # noqa: E731
-    assert handler_name(fn) == f"test_describe.<locals>.<lambda> at {__file__}:{fn.__code__.co_firstlineno}"
+    assert handler_name(fn) == f"test_handler_name.<locals>.<lambda> at {__file__}:{fn.__code__.co_firstlineno}"
 
 
-def test_describe_module_function() -> None:
+def test_handler_name_of_a_module_function() -> None:
     # the docstring promises ``module.function`` for plain functions
     assert handler_name(module_level_handler) == f"{__name__}.module_level_handler"
 
