@@ -28,6 +28,7 @@ BUILT_IN: dict[str, str] = {
     "checkpointer": "callbacks.checkpointer:Checkpointer",
     "metrics_file": "callbacks.loggers.metrics_file:MetricsFile",
     "preview": "callbacks.preview:Preview",
+    "ema": "callbacks.ema:EMA",
 }
 
 #: the other public names the callbacks' modules define (an error type, a record, metric functions)

@@ -27,6 +27,7 @@ from torch.utils.data import TensorDataset
 from callbacks import Callback
 from callbacks.checkpointer import Checkpointer
 from callbacks.early_stopping import EarlyStopping
+from callbacks.ema import EMA
 from callbacks.gradient_guard import GradientGuard
 from callbacks.grid_pruning import GridPruning
 from callbacks.loggers.metrics_file import MetricsFile
@@ -58,9 +59,10 @@ BUILTINS = [
     "checkpointer",
     "metrics_file",
     "preview",
+    "ema",
 ]
 KNOWN = (
-    "checkpointer, early_stopping, gradient_guard, grid_pruning, lr_decay, metrics_file, preview, progress, "
+    "checkpointer, early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, preview, progress, "
     "tensorboard, validator, wandb"
 )
 TRAINERS = "demo, image_field"
@@ -504,6 +506,7 @@ ALL_ON: dict[str, dict[str, Any]] = {
     "checkpointer": {"monitor": "val/mse"},
     "metrics_file": {},
     "preview": {"every": "2it"},
+    "ema": {"decay": 0.9},
 }
 #: the handlers each one connects, by its state key
 OWN_HANDLERS = {
@@ -546,6 +549,7 @@ OWN_HANDLERS = {
     ],
     "metrics_file": ["MetricsFile.pre_training", "MetricsFile.post_training"],
     "preview": ["Preview.pre_training", "Preview.post_step", "Preview.post_training", "Preview.post_validation"],
+    "ema": ["EMA.pre_training", "EMA.post_step", "EMA.pre_validation", "EMA.post_validation", "EMA.exception"],
 }
 CLASSES = {
     "lr_decay": LRDecay,
@@ -559,6 +563,7 @@ CLASSES = {
     "checkpointer": Checkpointer,
     "metrics_file": MetricsFile,
     "preview": Preview,
+    "ema": EMA,
 }
 
 
@@ -578,6 +583,7 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("pre_training", "build.write_config", 10000),
         ("pre_training", "LRDecay.pre_training", 300),
         ("pre_training", "GridPruning.pre_training", 300),
+        ("pre_training", "EMA.pre_training", 300),
         ("pre_training", "Validator.pre_training", 200),
         ("pre_training", "EarlyStopping.pre_training", 100),
         ("pre_training", "TensorBoardLogger.pre_training", -100),
@@ -594,6 +600,7 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("step", "GradientGuard.step", 300),
         ("step", "ReportProgress.step", -200),
         ("post_step", "GridPruning.post_step", 300),
+        ("post_step", "EMA.post_step", 300),
         ("post_step", "TensorBoardLogger.post_step", -100),
         ("post_step", "WandbLogger.post_step", -100),
         ("post_step", "Preview.post_step", -100),
@@ -614,12 +621,15 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("post_training", "WandbLogger.post_training", -2000),
         ("post_training", "ProgressBar.post_training", -2000),
         ("post_training", "MetricsFile.post_training", -2000),
+        ("pre_validation", "EMA.pre_validation", 300),
+        ("post_validation", "EMA.post_validation", 300),
         ("post_validation", "EarlyStopping.post_validation", 100),
         ("post_validation", "TensorBoardLogger.post_validation", -100),
         ("post_validation", "WandbLogger.post_validation", -100),
         ("post_validation", "Preview.post_validation", -100),
         ("post_validation", "ReportProgress.post_validation", -200),
         ("post_validation", "ProgressBar.post_validation", -200),
+        ("exception", "EMA.exception", 300),
         ("exception", "WandbLogger.exception", -100),
         ("exception", "Checkpointer.exception", -1000),
     ]
