@@ -45,6 +45,7 @@ class LoopDriver:
         "_rng_point",
         "_vote_every",
         "_votes",
+        "_windows",
         "stepping",
         "trainer",
     )
@@ -62,6 +63,7 @@ class LoopDriver:
         #: between pre_step and post_step: no resumable checkpoint can be taken
         self.stepping = False
         self._deferred: Status | None = None  # a stop asked for inside an accumulation window
+        self._windows = trainer.state.accumulate > 1  # checked per step: a plain attribute, not the property
         self._pending_rng: Any = None  # from a restored checkpoint, put back at the resume point
         self._rng_point = "start"  # where that point is: before pre_training, after it, or after pre_epoch
 
@@ -112,12 +114,12 @@ class LoopDriver:
         outputs = t.step(batch)
         self.stepping = False
         t.post_step(outputs)
-        state = t.state
-        if state.mid_window:
-            return  # an accumulation window is open: votes, stops and requests wait for its end
-        if self._deferred is not None:
-            self._end_deferred()
-        if self._votes and state.iteration % self._vote_every == 0:
+        if self._windows:
+            if t.state.mid_window:
+                return  # an accumulation window is open: votes, stops and requests wait for its end
+            if self._deferred is not None:
+                self._end_deferred()
+        if self._votes and t.state.iteration % self._vote_every == 0:
             self.settle(wait=False)  # the previous round's result; this round's is read at the next one
         if self._requests.pending and not t.post_epoch_pending:
             self._requests.drain()  # requested during a step: served now (at an epoch's last step, after post_epoch)
