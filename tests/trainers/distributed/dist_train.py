@@ -19,7 +19,16 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from callbacks import Callback, Checkpointer, EarlyStopping, TensorBoardLogger, Validator, WandbLogger
+from callbacks import (
+    EMA,
+    Callback,
+    Checkpointer,
+    EarlyStopping,
+    GradientGuard,
+    TensorBoardLogger,
+    Validator,
+    WandbLogger,
+)
 from lifecycle import Status
 from tests.support import Recorder
 from trainers.engine.trainer import BaseTrainer
@@ -85,6 +94,10 @@ def build(spec: dict[str, Any], out: Path) -> tuple[BaseTrainer, Recorder]:
         callbacks.append(TensorBoardLogger(out / "tb", every="4it"))
     if spec.get("wandb"):
         callbacks.append(WandbLogger(dir=out / "wandb", every="4it", mode="offline"))
+    if spec.get("ema") is not None:
+        callbacks.append(EMA(decay=spec["ema"]))
+    if spec.get("clip_norm") is not None:
+        callbacks.append(GradientGuard(clip_norm=spec["clip_norm"], every="1it"))
     for what in ("stop", "sigint", "kill", "hang", "error"):
         if spec.get(what) is not None:
             rank, at = spec[what]
@@ -129,6 +142,9 @@ def main(spec_file: Path) -> int:
     report["iteration"] = trainer.state.iteration
     report["epoch"] = trainer.state.epoch
     report["optimizer_step"] = trainer.state.optimizer_step
+    averages = [cb.average for cb in trainer.callbacks if isinstance(cb, EMA)]
+    if averages:
+        torch.save(averages[0], out / f"ema-{trainer.rank}.pt")
     report["events"] = [row[0] for row in recorder.log if row[0] in ("post_epoch", "post_training", "pre_training")]
     report["event_iterations"] = [[row[0], row[3]] for row in recorder.log if row[0] != "pre_step"]
     report["steps"] = [row[3] for row in recorder.log if row[0] == "post_step"]

@@ -127,6 +127,25 @@ def test_accumulating_4_micro_batches_of_8_on_two_ranks_is_one_process_at_batch_
         torch.testing.assert_close(value, alone[key], rtol=1e-5, atol=1e-6)
 
 
+def test_bf16_accumulation_ema_and_clipping_compose_on_two_ranks(tmp_path: Path) -> None:
+    """bf16 autocast, windows of 2 micro-batches (no_sync on the first), an EMA of the weights, GradientGuard clipping
+    every step's unscaled norm and a validation every epoch: both ranks end with the same weights and average."""
+    spec = {"epochs": 2, "precision": "bf16-mixed", "accumulate": 2, "ema": 0.9, "clip_norm": 0.5}
+    two, out = _torchrun(tmp_path, "two", validate_every="1ep", **spec)
+    _ok(two)
+    reports = [_report(out, 0), _report(out, 1)]
+    for report in reports:
+        assert (report["status"], report["iteration"], report["optimizer_step"]) == ("completed", 2 * STEPS, STEPS)
+        assert 0.0 < report["metrics"]["grad_norm"] < 1e3
+    assert reports[0]["metrics"]["val/mse"] == reports[1]["metrics"]["val/mse"]
+    for key, value in _weights(out, 0)["model"].items():
+        assert torch.equal(value, _weights(out, 1)["model"][key]), key
+    averages = [torch.load(out / f"ema-{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(*averages, strict=True))
+    final = [value for key, value in _weights(out, 0)["model"].items() if key.endswith(("weight", "bias"))]
+    assert not all(torch.equal(a, w) for a, w in zip(averages[0], final, strict=True))  # an average, not a copy
+
+
 def test_resume_on_two_ranks_is_bit_identical(tmp_path: Path) -> None:
     # dropout draws from each rank's own RNG: a resume restores each rank's state, or the weights would differ
     spec = {"epochs": 2, "dropout": 0.2, "checkpoint_every": "5it"}
