@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from callbacks import Callback
 from trainers import BaseTrainer
+
+if TYPE_CHECKING:
+    from trainers.apps.image_field import ImageFieldTrainer
 
 #: (event, state.epoch, state.epoch_iteration, state.iteration, selected payload or None)
 Row = tuple[str, int, int, int, Any]
@@ -88,10 +91,11 @@ def mse(model: nn.Module, batch: Any) -> torch.Tensor:
     return nn.functional.mse_loss(model(batch[0]), batch[1])
 
 
-def make_dataset(items: int = 6, data_seed: int = 0) -> TensorDataset:
+def make_dataset(items: int = 6, data_seed: int = 0, offset: float = 0.5) -> TensorDataset:
+    """``items`` random rows ``x`` of 3 features (from their own generator) and the target ``x.sum() + offset``."""
     generator = torch.Generator().manual_seed(data_seed)
     x = torch.randn(items, 3, generator=generator)
-    return TensorDataset(x, x.sum(dim=1, keepdim=True) + 0.5)
+    return TensorDataset(x, x.sum(dim=1, keepdim=True) + offset)
 
 
 def make_model(init_seed: int = 0) -> nn.Linear:
@@ -106,20 +110,46 @@ def make_trainer(
     *,
     init_seed: int = 0,
     model: nn.Module | None = None,
+    dataset: Dataset[Any] | Any = None,
     cls: type[BaseTrainer] = BaseTrainer,
     **kwargs: Any,
 ) -> BaseTrainer:
-    """A real trainer: ``nn.Linear(3, 1)`` regressing a linear target on ``items`` random rows, on the CPU."""
+    """A real trainer: ``nn.Linear(3, 1)`` regressing a linear target on ``items`` random rows, on the CPU.
+
+    ``model`` and ``dataset`` replace the linear model (seeded with ``init_seed``) and the rows (``items`` is then
+    unused); a plain :class:`BaseTrainer` gets :func:`mse` as its ``loss_fn`` unless one is given."""
     if cls is BaseTrainer:
         kwargs.setdefault("loss_fn", mse)
     return cls(
         make_model(init_seed) if model is None else model,
-        make_dataset(items),
+        make_dataset(items) if dataset is None else dataset,
         max_epochs=max_epochs,
         batch_size=batch_size,
         device="cpu",
         **kwargs,
     )
+
+
+#: a small image field that trains in seconds on the CPU: a 64x64 image, 8x8 occupancy cells of 8x8 pixels, a small
+#: grid and decoder; batches of 512 pixels, 20 per epoch
+SMALL_FIELD: dict[str, Any] = {
+    "size": 64,
+    "batch_size": 512,
+    "batches_per_epoch": 20,
+    "dense": (8, 16),
+    "hashed": (32, 64),
+    "table": 2**10,
+    "hidden": 16,
+    "occupancy_cells": 8,
+}
+
+
+def small_field(**overrides: Any) -> ImageFieldTrainer:
+    """The reference app's trainer (``image_field_trainer``) in the :data:`SMALL_FIELD` configuration, with
+    ``overrides`` on top."""
+    from trainers.apps.image_field import image_field_trainer  # only the tests that train the app pay its import
+
+    return image_field_trainer(**{**SMALL_FIELD, **overrides})
 
 
 def params_of(model: nn.Module) -> list[torch.Tensor]:

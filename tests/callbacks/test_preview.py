@@ -32,9 +32,10 @@ from callbacks import GridPruning, MetricsFile, Preview, Validator
 from callbacks.images import tensor_bytes, to_uint8_hwc
 from callbacks.preview import Frame
 from lifecycle import CallbackError, Priority, Status
+from tests.support import small_field
 from trainers import BaseTrainer, ConfigError
 from trainers.apps.demo import demo_trainer
-from trainers.apps.image_field import ImageFieldTrainer, image_field_trainer
+from trainers.apps.image_field import ImageFieldTrainer
 from trainers.cli import main
 from trainers.config.builder import build
 
@@ -42,17 +43,8 @@ from trainers.config.builder import build
 AFTER_PREVIEW = Priority.LOGGING - 1
 #: the demo with 256 samples in batches of 16: 16 iterations per epoch
 DEMO_STEPS = 16
-#: a small image field: 64x64 pixels, 10 batches of 256 pixels per epoch; its preview is 32x32 (stride 2)
-FIELD: dict[str, Any] = {
-    "size": 64,
-    "batch_size": 256,
-    "batches_per_epoch": 10,
-    "dense": (8, 16),
-    "hashed": (32, 64),
-    "table": 2**10,
-    "hidden": 16,
-    "occupancy_cells": 8,
-}
+#: the tests' small image field (64x64 pixels) in 10 batches of 256 pixels per epoch; its preview is 32x32 (stride 2)
+FIELD: dict[str, Any] = {"batch_size": 256, "batches_per_epoch": 10}
 FIELD_STEPS = 10
 
 
@@ -67,7 +59,7 @@ def demo(**overrides: Any) -> BaseTrainer:
 
 
 def field(**overrides: Any) -> ImageFieldTrainer:
-    return image_field_trainer(**{"max_epochs": 2, **FIELD, **overrides})
+    return small_field(**{"max_epochs": 2, **FIELD, **overrides})
 
 
 def make(kind: str, **overrides: Any) -> BaseTrainer:

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import TensorDataset
 
 from callbacks import TensorBoardLogger, WandbLogger
+from tests.support import make_trainer
 from trainers import BaseTrainer
 
 
@@ -42,15 +41,11 @@ class _Collect(logging.Handler):
 
 
 def _trainer(logger: Any) -> BaseTrainer:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 3, generator=g)
-    return BaseTrainer(
-        nn.Linear(3, 1),
-        TensorDataset(x, x.sum(1, keepdim=True)),
-        max_epochs=6,
+    """The shared tiny trainer, long enough (6 epochs of 32 steps) for an event file to outgrow the limit."""
+    return make_trainer(
+        64,
         batch_size=2,
-        device="cpu",
-        loss_fn=lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]),
+        max_epochs=6,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.01),
         callbacks=[logger],
     )

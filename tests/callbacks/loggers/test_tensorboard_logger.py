@@ -6,60 +6,25 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
-from torch import nn
-from torch.utils.data import TensorDataset
 
-from callbacks import Checkpointer, TensorBoardLogger, Validator
+from callbacks import Checkpointer, TensorBoardLogger
 from lifecycle import CallbackError, Event, Status
+from tests.callbacks.loggers.runs import logged_run
+from tests.support import make_trainer
 from tests.tb_events import events, series
-from trainers import BaseTrainer
-
-ITEMS, BATCH = 10, 2  # 5 steps per epoch
-
-
-def make(run_dir: Path, *callbacks: Any, max_epochs: int = 2) -> tuple[BaseTrainer, list[float]]:
-    """A real regression; the losses of every step are kept (as tensors, converted after training)."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(ITEMS, 3, generator=g)
-    y = x.sum(1, keepdim=True)
-    torch.manual_seed(0)
-    losses: list[Any] = []
-
-    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
-        loss = nn.functional.mse_loss(model(batch[0]), batch[1])
-        losses.append(loss.detach().clone())
-        return loss
-
-    def validate(trainer: BaseTrainer) -> dict[str, Any]:
-        return {"mse": nn.functional.mse_loss(trainer.pipeline(x), y), "images": {"field": torch.rand(6, 5, 3)}}
-
-    trainer = BaseTrainer(
-        nn.Linear(3, 1),
-        TensorDataset(x, y),
-        max_epochs=max_epochs,
-        batch_size=BATCH,
-        device="cpu",
-        run_dir=run_dir,
-        loss_fn=loss_fn,
-        optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
-        callbacks=[Validator(validate, every="1ep"), *callbacks],
-    )
-    return trainer, losses  # type: ignore[return-value]
 
 
 def test_step_epoch_and_validation_scalars_images_config_and_hparams(tmp_path: Path) -> None:
-    trainer, losses = make(tmp_path, TensorBoardLogger(every="2it"))
+    trainer, recorded = logged_run(tmp_path, TensorBoardLogger(every="2it"))
     trainer.config = {"trainer": {"lr": 0.05, "name": "linear"}, "seed": 0}
     validated: list[tuple[int, float]] = []
     trainer.on(Event.POST_VALIDATION)(
         lambda t, *, metrics, **_: validated.append((t.state.iteration, metrics["val/mse"]))
     )
     assert trainer.train() is Status.COMPLETED
-    values = [float(v) for v in losses]
+    values = [float(v) for v in recorded.losses]
     acc = events(tmp_path / "tb")
     tags = acc.Tags()
     assert {
@@ -97,7 +62,7 @@ def test_step_epoch_and_validation_scalars_images_config_and_hparams(tmp_path: P
 
 
 def test_a_resumed_run_appends_with_no_duplicate_or_backward_step(tmp_path: Path) -> None:
-    first, _ = make(tmp_path, TensorBoardLogger(every="1it"), Checkpointer(every="1ep"))
+    first, _ = logged_run(tmp_path, TensorBoardLogger(every="1it"), Checkpointer(every="1ep"))
     for _ in range(7):  # epoch 1 (saved at 5) and two steps of epoch 2, then the process "dies"
         first.iterate()
     logger = next(cb for cb in first.callbacks if isinstance(cb, TensorBoardLogger))
@@ -106,7 +71,7 @@ def test_a_resumed_run_appends_with_no_duplicate_or_backward_step(tmp_path: Path
     before = events(tmp_path / "tb")
     assert [step for step, _ in series(before, "train/loss")] == [1, 2, 3, 4, 5, 6, 7]
 
-    second, _ = make(tmp_path, TensorBoardLogger(every="1it"), Checkpointer(every="1ep"))
+    second, _ = logged_run(tmp_path, TensorBoardLogger(every="1it"), Checkpointer(every="1ep"))
     assert second.restore("auto") == tmp_path / "checkpoints" / "step-00000005.pt"
     assert second.train() is Status.COMPLETED
     acc = events(tmp_path / "tb")
@@ -123,7 +88,7 @@ def test_a_directory_that_cannot_be_used_disables_the_logger_and_training_goes_o
 ) -> None:
     (tmp_path / "tb").write_text("a file where the log directory should be")
     logger = TensorBoardLogger(every="1it")
-    trainer, _ = make(tmp_path, logger)
+    trainer, _ = logged_run(tmp_path, logger)
     with caplog.at_level(logging.WARNING, logger="stepbus.tensorboard"):
         assert trainer.train() is Status.COMPLETED
     assert logger.disabled is True
@@ -137,7 +102,7 @@ def test_a_directory_that_cannot_be_used_disables_the_logger_and_training_goes_o
 
 def test_on_error_raise_fails_the_run_naming_the_logger(tmp_path: Path) -> None:
     (tmp_path / "tb").write_text("blocked")
-    trainer, _ = make(tmp_path, TensorBoardLogger(every="1it", on_error="raise"))
+    trainer, _ = logged_run(tmp_path, TensorBoardLogger(every="1it", on_error="raise"))
     with pytest.raises(CallbackError, match=r"TensorBoardLogger\.pre_training"):
         trainer.train()
     assert trainer.status is Status.FAILED
@@ -149,12 +114,5 @@ def test_constructor_errors_name_the_parameter(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"on_error must be one of 'disable', 'warn', 'raise', got 'ignore'"):
         TensorBoardLogger(on_error="ignore")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"needs a directory"):
-        BaseTrainer(
-            nn.Linear(1, 1),
-            TensorDataset(torch.zeros(2, 1), torch.zeros(2, 1)),
-            max_epochs=1,
-            batch_size=1,
-            loss_fn=lambda m, b: m(b[0]).sum(),
-            callbacks=[TensorBoardLogger()],
-        )
+        make_trainer(callbacks=[TensorBoardLogger()])  # no run_dir
     assert TensorBoardLogger(tmp_path / "x").directory == tmp_path / "x"

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -33,12 +33,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
-from torch.utils.data import TensorDataset
 
-from callbacks import Checkpointer, EarlyStopping, LRDecay, Validator, WandbLogger
+from callbacks import Checkpointer, EarlyStopping, LRDecay, WandbLogger
 from callbacks.images import to_uint8_hwc
 from lifecycle import CallbackError, Event, Status
+from tests.callbacks.loggers.runs import BATCH, logged_run
 from tests.callbacks.loggers.wandb_records import (
     artifacts,
     config,
@@ -49,10 +48,10 @@ from tests.callbacks.loggers.wandb_records import (
     run_record,
     summary,
 )
+from tests.support import make_trainer
 from trainers import BaseTrainer
 
 ROOT = Path(__file__).resolve().parents[3]
-ITEMS, BATCH = 10, 2  # 5 steps per epoch
 STEP_KEYS = {"train/loss", "time/iter_ms", "time/samples_per_s"}
 EPOCH_KEYS = {"epoch/loss", "time/epoch_s"}
 VAL_KEYS = {"val/mse", "best/mse"}
@@ -65,66 +64,6 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     for name in ("CONFIG", "CACHE", "DATA", "ARTIFACT"):
         monkeypatch.setenv(f"WANDB_{name}_DIR", str(tmp_path / "wandb-env" / name.lower()))
-
-
-@dataclass
-class Recorded:
-    """What the run computed, kept as it happened: each step's loss (a tensor, converted after training), each
-    validation's returned image and what the validator published at that iteration."""
-
-    losses: list[torch.Tensor] = field(default_factory=list)
-    images: list[torch.Tensor] = field(default_factory=list)
-    validated: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    def loss(self, first: int, last: int) -> float:
-        """The mean loss of iterations ``first..last`` (1-based, inclusive)."""
-        values = [float(v) for v in self.losses[first - 1 : last]]
-        return sum(values) / len(values)
-
-
-def make(
-    run_dir: Path, *callbacks: Any, max_epochs: int = 2, images: bool = True, fail_at: int | None = None
-) -> tuple[BaseTrainer, Recorded]:
-    """A real regression with a validator every epoch (and a 6x5 RGB image unless ``images=False``); ``fail_at``:
-    the loss function raises at that iteration."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(ITEMS, 3, generator=g)
-    y = x.sum(1, keepdim=True)
-    torch.manual_seed(0)
-    recorded = Recorded()
-
-    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
-        if fail_at is not None and len(recorded.losses) + 1 == fail_at:
-            raise RuntimeError(f"loss failed at iteration {fail_at}")
-        loss = nn.functional.mse_loss(model(batch[0]), batch[1])
-        recorded.losses.append(loss.detach().clone())
-        return loss
-
-    def validate(trainer: BaseTrainer) -> dict[str, Any]:
-        result: dict[str, Any] = {"mse": nn.functional.mse_loss(trainer.pipeline(x), y)}
-        if images:
-            image = torch.rand(6, 5, 3)
-            recorded.images.append(image)
-            result["images"] = {"field": image}
-        return result
-
-    trainer = BaseTrainer(
-        nn.Linear(3, 1),
-        TensorDataset(x, y),
-        max_epochs=max_epochs,
-        batch_size=BATCH,
-        device="cpu",
-        run_dir=run_dir,
-        loss_fn=loss_fn,
-        optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
-        callbacks=[Validator(validate, every="1ep"), *callbacks],
-    )
-
-    @trainer.on(Event.POST_VALIDATION, priority=-50)
-    def note(t: BaseTrainer, **_: Any) -> None:
-        recorded.validated[t.state.iteration] = {k: t.state.metrics[k] for k in ("val/mse", "best/mse")}
-
-    return trainer, recorded
 
 
 def complete(path: Path, timeout: float = 30.0) -> Path:
@@ -173,7 +112,7 @@ def own_keys(row: dict[str, Any]) -> set[str]:
 
 def test_rows_steps_window_and_epoch_means_validation_values_lr_and_images(tmp_path: Path) -> None:
     logger = WandbLogger(every="2it")
-    trainer, rec = make(tmp_path / "run", logger, LRDecay())
+    trainer, rec = logged_run(tmp_path / "run", logger, LRDecay())
     lrs: list[float] = []
     trainer.on(Event.POST_STEP, priority=-50)(lambda t, **_: lrs.append(t.state.metrics["lr"]))
     assert trainer.train() is Status.COMPLETED
@@ -225,7 +164,7 @@ def test_rows_steps_window_and_epoch_means_validation_values_lr_and_images(tmp_p
 
 def test_run_record_names_the_run_and_carries_the_config(tmp_path: Path) -> None:
     logger = WandbLogger("stepbus-tests", name="linear-1", every="5it", group="g1", tags=["a", "b"], notes="n")
-    trainer, _ = make(tmp_path / "run", logger, max_epochs=1, images=False)
+    trainer, _ = logged_run(tmp_path / "run", logger, max_epochs=1, images=False)
     blob = "0123456789" * 7000  # 70 kB: the run record spans three 32 KiB blocks (FIRST, MIDDLE, LAST fragments)
     trainer.config = {"model": {"width": 3, "act": "relu"}, "lr": 0.05, "blob": blob}
     assert trainer.train() is Status.COMPLETED
@@ -360,7 +299,7 @@ ENDINGS = {
 def test_exit_code_and_summary_follow_how_the_run_ended(tmp_path: Path, name: str) -> None:
     ending = ENDINGS[name]
     logger = WandbLogger(every="1it")
-    trainer, _ = make(tmp_path / "run", logger, *ending.extra, images=False, fail_at=ending.fail_at)
+    trainer, _ = logged_run(tmp_path / "run", logger, *ending.extra, images=False, fail_at=ending.fail_at)
     if ending.set_up is not None:
         ending.set_up(trainer)
     with stray_sigint():
@@ -396,7 +335,7 @@ def test_log_checkpoint_logs_the_final_save_and_the_best_one_and_the_summary_nam
     # saves at 3, 6, 9 and the end save at 10; mode="max" makes the best a different file than the last (6: the
     # first save scored with the worse, first validation)
     checkpointer = Checkpointer(every="3it", monitor="val/mse", mode="max")
-    trainer, rec = make(tmp_path / "run", logger, checkpointer, images=False)
+    trainer, rec = logged_run(tmp_path / "run", logger, checkpointer, images=False)
     assert trainer.train() is Status.COMPLETED
     assert trainer.state.last_checkpoint is not None
     assert trainer.state.best_checkpoint is not None
@@ -436,7 +375,7 @@ def test_log_checkpoint_without_a_checkpointer_warns_and_the_run_still_finishes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     logger = WandbLogger(every="5it", log_checkpoint=True)
-    trainer, _ = make(tmp_path / "run", logger, max_epochs=1, images=False)
+    trainer, _ = logged_run(tmp_path / "run", logger, max_epochs=1, images=False)
     with caplog.at_level(logging.WARNING, logger="stepbus.wandb"):
         assert trainer.train() is Status.COMPLETED
     messages = [r.getMessage() for r in caplog.records if r.name == "stepbus.wandb"]
@@ -455,9 +394,9 @@ KILLED_CHILD = """
 import os, signal, sys
 from pathlib import Path
 from callbacks import Checkpointer, WandbLogger
-from tests.callbacks.loggers.test_wandb_logger import make
+from tests.callbacks.loggers.runs import logged_run
 logger = WandbLogger(every="1it")
-trainer, _ = make(Path(sys.argv[1]), logger, Checkpointer(every="1ep"), images=False)
+trainer, _ = logged_run(Path(sys.argv[1]), logger, Checkpointer(every="1ep"), images=False)
 for _ in range(7):  # epoch 1 (saved at 5) and two steps of epoch 2, then the process dies
     trainer.iterate()
 print(logger.run_id, flush=True)
@@ -485,7 +424,7 @@ def test_a_resume_after_a_killed_process_continues_the_run_id_from_the_checkpoin
     assert dead.name == f"run-{dead_id}.wandb"
 
     logger = WandbLogger(every="1it")
-    trainer, rec = make(run_dir, logger, Checkpointer(every="1ep"), images=False)
+    trainer, rec = logged_run(run_dir, logger, Checkpointer(every="1ep"), images=False)
     assert trainer.restore("auto") == run_dir / "checkpoints" / "step-00000005.pt"
     assert logger.run_id == dead_id  # from the checkpoint
     assert trainer.train() is Status.COMPLETED
@@ -503,7 +442,7 @@ def test_a_resume_after_a_killed_process_continues_the_run_id_from_the_checkpoin
 
 def test_an_explicit_id_wins_over_the_checkpoints(tmp_path: Path) -> None:
     first_logger = WandbLogger(every="1it")
-    first, _ = make(tmp_path / "first", first_logger, Checkpointer(every="1ep"), images=False)
+    first, _ = logged_run(tmp_path / "first", first_logger, Checkpointer(every="1ep"), images=False)
     for _ in range(5):
         first.iterate()
     assert first_logger.run is not None
@@ -513,7 +452,7 @@ def test_an_explicit_id_wins_over_the_checkpoints(tmp_path: Path) -> None:
     assert first_id != "myid1234"
 
     logger = WandbLogger(every="1it", id="myid1234")
-    trainer, _ = make(tmp_path / "second", logger, Checkpointer(every="1ep"), images=False)
+    trainer, _ = logged_run(tmp_path / "second", logger, Checkpointer(every="1ep"), images=False)
     first = tmp_path / "first" / "checkpoints"
     assert trainer.restore(first) == first / "step-00000005.pt"
     assert logger.run_id == "myid1234"
@@ -534,7 +473,7 @@ def test_an_explicit_id_wins_over_the_checkpoints(tmp_path: Path) -> None:
 
 def test_mode_disabled_trains_and_writes_no_run_file(tmp_path: Path) -> None:
     logger = WandbLogger(every="1it", mode="disabled", log_checkpoint=True)
-    trainer, _ = make(tmp_path / "run", logger, Checkpointer(every="1ep"))
+    trainer, _ = logged_run(tmp_path / "run", logger, Checkpointer(every="1ep"))
     assert trainer.train() is Status.COMPLETED
     assert trainer.state.iteration == 10
     assert (logger.disabled, logger.failures, logger.run) == (False, 0, None)
@@ -546,7 +485,7 @@ def test_mode_disabled_trains_and_writes_no_run_file(tmp_path: Path) -> None:
 def test_mode_disabled_reports_no_run_directory(tmp_path: Path) -> None:
     """``sync_dir`` is documented as the offline-run directory of the last run; a disabled run has none."""
     logger = WandbLogger(every="1it", mode="disabled")
-    trainer, _ = make(tmp_path / "run", logger, max_epochs=1, images=False)
+    trainer, _ = logged_run(tmp_path / "run", logger, max_epochs=1, images=False)
     assert trainer.train() is Status.COMPLETED
     assert logger.sync_dir is None, f"sync_dir names {logger.sync_dir}, which W&B never created"
 
@@ -558,7 +497,7 @@ def test_a_directory_that_cannot_be_used_disables_the_logger_and_training_goes_o
     run_dir.mkdir()
     (run_dir / "wandb").write_text("a file where the W&B directory should be")
     logger = WandbLogger(every="1it")
-    trainer, _ = make(run_dir, logger, images=False)
+    trainer, _ = logged_run(run_dir, logger, images=False)
     with caplog.at_level(logging.WARNING, logger="stepbus.wandb"):
         assert trainer.train() is Status.COMPLETED
     assert trainer.state.iteration == 10
@@ -575,7 +514,7 @@ def test_on_error_raise_fails_the_run_naming_the_logger(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "wandb").write_text("blocked")
-    trainer, _ = make(run_dir, WandbLogger(every="1it", on_error="raise"), images=False)
+    trainer, _ = logged_run(run_dir, WandbLogger(every="1it", on_error="raise"), images=False)
     with pytest.raises(CallbackError, match=r"WandbLogger\.pre_training"):
         trainer.train()
     assert trainer.status is Status.FAILED
@@ -598,14 +537,7 @@ def test_constructor_errors_name_the_parameter(tmp_path: Path) -> None:
             WandbLogger(**kwargs)
         assert str(caught.value).startswith(owner), kwargs
     with pytest.raises(ValueError, match=r"needs a directory"):
-        BaseTrainer(
-            nn.Linear(1, 1),
-            TensorDataset(torch.zeros(2, 1), torch.zeros(2, 1)),
-            max_epochs=1,
-            batch_size=1,
-            loss_fn=lambda m, b: m(b[0]).sum(),
-            callbacks=[WandbLogger()],
-        )
+        make_trainer(callbacks=[WandbLogger()])  # no run_dir
     assert WandbLogger(dir=tmp_path / "x").directory == tmp_path / "x"
 
 
@@ -711,8 +643,8 @@ def test_online_without_credentials_is_refused_on_a_terminal_without_a_prompt(tm
 
 def test_two_trainers_in_one_process_write_two_runs(tmp_path: Path) -> None:
     loggers = WandbLogger(every="5it"), WandbLogger(every="5it")
-    first, first_rec = make(tmp_path / "a", loggers[0], images=False)
-    second, second_rec = make(tmp_path / "b", loggers[1], max_epochs=1, images=False)
+    first, first_rec = logged_run(tmp_path / "a", loggers[0], images=False)
+    second, second_rec = logged_run(tmp_path / "b", loggers[1], max_epochs=1, images=False)
     # interleaved: both runs are open at once
     for _ in range(5):
         first.iterate()
@@ -735,7 +667,7 @@ def test_two_trainers_in_one_process_write_two_runs(tmp_path: Path) -> None:
 
 def test_removing_the_logger_mid_run_finishes_its_run(tmp_path: Path) -> None:
     logger = WandbLogger(every="1it")
-    trainer, _ = make(tmp_path / "run", logger, images=False)
+    trainer, _ = logged_run(tmp_path / "run", logger, images=False)
     for _ in range(3):
         trainer.iterate()
     trainer.remove_callback(logger)
@@ -766,11 +698,11 @@ def host_syncs() -> Iterator[dict[str, int]]:
 
 
 def test_one_host_copy_per_log_point_and_none_per_step(tmp_path: Path) -> None:
-    baseline, _ = make(tmp_path / "baseline", images=False)
+    baseline, _ = logged_run(tmp_path / "baseline", images=False)
     with host_syncs() as without:
         assert baseline.train() is Status.COMPLETED
     logger = WandbLogger(every="5it")
-    trainer, _ = make(tmp_path / "run", logger, images=False)
+    trainer, _ = logged_run(tmp_path / "run", logger, images=False)
     with host_syncs() as counts:
         assert trainer.train() is Status.COMPLETED
     assert trainer.state.iteration == 10
@@ -785,7 +717,7 @@ def test_one_host_copy_per_log_point_and_none_per_step(tmp_path: Path) -> None:
 
 def test_the_reader_rejects_a_damaged_run_file_naming_it(tmp_path: Path) -> None:
     logger = WandbLogger(every="5it")
-    trainer, _ = make(tmp_path / "run", logger, max_epochs=1, images=False)
+    trainer, _ = logged_run(tmp_path / "run", logger, max_epochs=1, images=False)
     assert trainer.train() is Status.COMPLETED
     path = run_file(logger)
     good = path.read_bytes()

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from callbacks import Checkpointer, GridPruning, LRDecay, Validator
+from tests.support import SMALL_FIELD, small_field
 from trainers.apps.image_field import ImageField, ImageFieldTrainer, image_field_trainer
 from trainers.apps.image_field.grid import _PRIME, MultiResGrid
 from trainers.apps.image_field.image import default_image, load_image
@@ -31,22 +32,15 @@ from trainers.config.schema import load_yaml
 ROOT = Path(__file__).resolve().parents[3]
 YAML = ROOT / "trainers" / "apps" / "configs" / "image_field.yaml"
 
-#: the small configuration every training test uses: a 64x64 image in 8x8 blocks of 8x8 pixels
-SIZE, CELLS, BLOCK = 64, 8, 8
-SMALL: dict[str, Any] = {
-    "size": SIZE,
-    "batch_size": 512,
-    "batches_per_epoch": 20,
-    "dense": (8, 16),
-    "hashed": (32, 64),
-    "table": 2**10,
-    "hidden": 16,
-    "occupancy_cells": CELLS,
-}
+#: the small configuration every training test uses (``tests.support.SMALL_FIELD``): a 64x64 image in 8x8 blocks of
+#: 8x8 pixels
+SMALL = SMALL_FIELD
+SIZE, CELLS = SMALL["size"], SMALL["occupancy_cells"]
+BLOCK = SIZE // CELLS
 
 
 def small_trainer(**overrides: Any) -> ImageFieldTrainer:
-    return image_field_trainer(**{"max_epochs": 3, **SMALL, **overrides})
+    return small_field(**{"max_epochs": 3, **overrides})
 
 
 def grid_parameters(dense: tuple[int, ...], hashed: tuple[int, ...], features: int, table: int) -> int:

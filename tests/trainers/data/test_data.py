@@ -12,6 +12,8 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from callbacks import Callback
+from tests.support import make_model, make_trainer
+from tests.trainers.data.noisy_items import noisy_batches
 from trainers import BaseTrainer, BatchPlan, mix_seed
 
 ITEMS = 10
@@ -46,14 +48,11 @@ def run_indexed(
     *, seed: int = 0, max_epochs: int = 2, batch_size: int | None = 3, dataset: Any = None, **kwargs: Any
 ) -> Batches:
     batches = Batches()
-    torch.manual_seed(0)
-    trainer = BaseTrainer(
-        nn.Linear(3, 1),
-        indexed_dataset() if dataset is None else dataset,
-        max_epochs=max_epochs,
+    trainer = make_trainer(
         batch_size=batch_size,
+        max_epochs=max_epochs,
+        dataset=indexed_dataset() if dataset is None else dataset,
         seed=seed,
-        device="cpu",
         loss_fn=kwargs.pop("loss_fn", indexed_loss),
         callbacks=[batches],
         **kwargs,
@@ -154,15 +153,12 @@ def test_torch_global_rng_does_not_change_the_data_order() -> None:
         def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
             torch.randperm(50)
 
-    torch.manual_seed(999)
     batches = Batches()
-    trainer = BaseTrainer(
-        nn.Linear(3, 1),
-        indexed_dataset(),
-        max_epochs=2,
+    trainer = make_trainer(  # init_seed=999: the global RNG in another state than the reference run's
         batch_size=3,
+        init_seed=999,
+        dataset=indexed_dataset(),
         seed=4,
-        device="cpu",
         loss_fn=indexed_loss,
         callbacks=[Noise(), batches],
     )
@@ -171,9 +167,9 @@ def test_torch_global_rng_does_not_change_the_data_order() -> None:
 
 
 def test_the_trainer_never_touches_the_global_rng() -> None:
-    model = nn.Linear(3, 1)
+    model = make_model()
     torch.manual_seed(5)
-    trainer = BaseTrainer(model, indexed_dataset(), max_epochs=2, batch_size=3, loss_fn=indexed_loss, device="cpu")
+    trainer = make_trainer(batch_size=3, model=model, dataset=indexed_dataset(), loss_fn=indexed_loss)
     trainer.train()
     after = torch.rand(4)
     torch.manual_seed(5)
@@ -268,15 +264,7 @@ def run_prebuilt(
     data: list[tuple[torch.Tensor, torch.Tensor]], **kwargs: Any
 ) -> tuple[BaseTrainer, list[tuple[int, Any]]]:
     seen: list[tuple[int, Any]] = []
-    trainer = BaseTrainer(
-        nn.Linear(3, 1),
-        data,
-        max_epochs=2,
-        batch_size=None,
-        device="cpu",
-        loss_fn=lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1]),
-        **kwargs,
-    )
+    trainer = make_trainer(batch_size=None, dataset=data, **kwargs)
     trainer.on("pre_step")(lambda t, *, batch, **kw: seen.append((t.state.epoch, batch)))
     try:
         trainer.train()
@@ -338,50 +326,13 @@ def test_two_workers_hand_over_prebuilt_batches_as_the_dataset_gives_them() -> N
     assert [type(batch).__name__ for _, batch in workers] == ["tuple"] * 8
 
 
-class NoisyItems(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Items with a random augmentation drawn from the (worker's) torch RNG."""
-
-    def __len__(self) -> int:
-        return 8
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.tensor([float(index)]), torch.rand(1)
-
-
 def test_worker_rng_at_an_epoch_start_does_not_depend_on_earlier_epochs() -> None:
     # Feeder: "its worker seeds come from mix(seed, epoch, start)" -- so epoch 2 draws the same augmentations
     # whether the run went through epoch 1 in the same process or was resumed at the epoch boundary
-    def trainer(seen: list[list[float]]) -> BaseTrainer:
-        torch.manual_seed(0)
-        t = BaseTrainer(
-            nn.Linear(1, 1),
-            NoisyItems(),
-            max_epochs=2,
-            batch_size=2,
-            seed=3,
-            device="cpu",
-            num_workers=2,
-            loss_fn=lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1]),
-        )
-        t.on("pre_step")(lambda tr, *, batch, **kw: seen.append(torch.cat(batch, dim=1).view(-1).tolist()))
-        return t
-
-    straight: list[list[float]] = []
-    first = trainer(straight)
-    try:
-        first.train()
-    finally:
-        first.close()
-
-    boundary: list[list[float]] = []
-    resumed = trainer(boundary)
+    straight = noisy_batches(8, batch_size=2, seed=3, num_workers=2)
     # what trainer.state_dict() says after epoch 1 (4 steps of 2 items)
     counters = {"epoch": 1, "iteration": 4, "epoch_iteration": 4, "max_epochs": 2, "iterations_per_epoch": 4}
-    resumed.load_state_dict({"counters": counters, "seed": 3})
-    try:
-        resumed.train()
-    finally:
-        resumed.close()
+    boundary = noisy_batches(8, batch_size=2, seed=3, num_workers=2, counters=counters)
     assert len(boundary) == 4
     assert [row[0::2] for row in boundary] == [row[0::2] for row in straight[4:]]  # same items: order is right
     assert boundary == straight[4:]  # ...and the same augmentations

@@ -5,51 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import Dataset
 
-from trainers import BaseTrainer
-
-
-class Augmented(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Each item carries a draw from the fetching process's torch RNG (a random augmentation)."""
-
-    def __len__(self) -> int:
-        return 12
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.tensor([float(index)]), torch.rand(1)
+from tests.trainers.data.noisy_items import noisy_batches
 
 
 def _batches(num_workers: int, resume_at: int | None = None) -> list[list[float]]:
-    seen: list[list[float]] = []
-    torch.manual_seed(0)
-    trainer = BaseTrainer(
-        nn.Linear(1, 1),
-        Augmented(),
-        max_epochs=2,
-        batch_size=3,
-        seed=5,
-        device="cpu",
-        num_workers=num_workers,
-        loss_fn=lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1]),
-    )
-    trainer.on("pre_step")(lambda t, *, batch, **_: seen.append(torch.cat(batch, dim=1).view(-1).tolist()))
+    """12 items in batches of 3 (4 steps an epoch), resumed at iteration ``resume_at`` when it is given."""
+    counters: dict[str, Any] | None = None
     if resume_at is not None:
         epoch, step = divmod(resume_at, 4)
-        counters: dict[str, Any] = {
+        counters = {
             "epoch": epoch + 1,
             "epoch_iteration": step,
             "iteration": resume_at,
             "max_epochs": 2,
             "iterations_per_epoch": 4,
         }
-        trainer.load_state_dict({"counters": counters, "seed": 5})
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-    return seen
+    return noisy_batches(12, batch_size=3, seed=5, num_workers=num_workers, counters=counters)
 
 
 def test_worker_count_and_mid_epoch_resume_do_not_change_augmentations() -> None:

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from callbacks import Callback
 from lifecycle import CallbackError, Event, Status
@@ -25,17 +24,13 @@ class Recorder(SharedRecorder):
         super().__init__(log, compact=True, **kwargs)
 
 
-def make(items: int = 6, batch_size: int = 2, max_epochs: int = 2, **kwargs: Any) -> BaseTrainer:
-    return make_trainer(items, batch_size, max_epochs, **kwargs)
-
-
 def expected_run(epochs: int, steps: int, sizes: list[int], status: str = "completed") -> list[Row]:
     return [compact(row) for row in full_run(epochs, steps, sizes, status)]
 
 
 def test_two_epochs_of_three_batches_exact_sequence() -> None:
     log: list[Row] = []
-    trainer = make(callbacks=[Recorder(log)])
+    trainer = make_trainer(callbacks=[Recorder(log)])
     assert trainer.train() is Status.COMPLETED
     assert log == expected_run(2, 3, [2, 2, 2])
     assert trainer.status == "completed"
@@ -43,23 +38,23 @@ def test_two_epochs_of_three_batches_exact_sequence() -> None:
 
 def test_max_epochs_one_steps_the_last_batch() -> None:
     log: list[Row] = []
-    trainer = make(max_epochs=1, callbacks=[Recorder(log)])
+    trainer = make_trainer(max_epochs=1, callbacks=[Recorder(log)])
     trainer.train()
     assert log == expected_run(1, 3, [2, 2, 2])
 
 
 def test_partial_last_batch_is_stepped_and_drop_last_drops_it() -> None:
     log: list[Row] = []
-    make(items=7, batch_size=3, callbacks=[Recorder(log)]).train()
+    make_trainer(items=7, batch_size=3, callbacks=[Recorder(log)]).train()
     assert log == expected_run(2, 3, [3, 3, 1])
     log.clear()
-    make(items=7, batch_size=3, drop_last=True, callbacks=[Recorder(log)]).train()
+    make_trainer(items=7, batch_size=3, drop_last=True, callbacks=[Recorder(log)]).train()
     assert log == expected_run(2, 2, [3, 3])
 
 
 def test_iterate_slices_and_nothing_after_the_end() -> None:
     log: list[Row] = []
-    trainer = make(callbacks=[Recorder(log)])
+    trainer = make_trainer(callbacks=[Recorder(log)])
     results, slices = [], []
     for _ in range(6):
         before = len(log)
@@ -79,7 +74,7 @@ def test_iterate_slices_and_nothing_after_the_end() -> None:
 
 def test_iteration_strictly_increasing_across_epochs() -> None:
     seen: list[tuple[int, int, int]] = []
-    trainer = make(items=8, batch_size=2, max_epochs=3)
+    trainer = make_trainer(items=8, batch_size=2, max_epochs=3)
     trainer.on(Event.POST_STEP)(lambda t, **_: seen.append((t.state.epoch, t.state.epoch_iteration, t.state.iteration)))
     trainer.train()
     assert [it for _, _, it in seen] == list(range(1, 13))
@@ -100,7 +95,7 @@ class StopAt(Recorder):
 @pytest.mark.parametrize("event", ["pre_step", "step", "post_step"])
 def test_stop_inside_a_step_completes_it_then_closes_once(event: str) -> None:
     log: list[Row] = []
-    trainer = make(items=6, batch_size=2, max_epochs=3, callbacks=[StopAt(log, event, 2)])
+    trainer = make_trainer(items=6, batch_size=2, max_epochs=3, callbacks=[StopAt(log, event, 2)])
     weights = []
     trainer.on(Event.POST_STEP)(lambda t, **_: weights.append(t.pipeline.weight.detach().clone()))
     assert trainer.train() is Status.STOPPED
@@ -114,7 +109,7 @@ def test_stop_inside_a_step_completes_it_then_closes_once(event: str) -> None:
 
 def test_stop_at_post_epoch_emits_no_second_post_epoch() -> None:
     log: list[Row] = []
-    trainer = make(max_epochs=3, callbacks=[StopAt(log, "post_epoch", 3)])
+    trainer = make_trainer(max_epochs=3, callbacks=[StopAt(log, "post_epoch", 3)])
     trainer.train()
     assert [row[0] for row in log[-2:]] == ["post_epoch", "post_training"]
     assert log[-1] == ("post_training", 1, 3, 3, "stopped")
@@ -122,14 +117,14 @@ def test_stop_at_post_epoch_emits_no_second_post_epoch() -> None:
 
 def test_stop_at_pre_epoch_takes_no_step_of_that_epoch() -> None:
     log: list[Row] = []
-    trainer = make(max_epochs=3, callbacks=[StopAt(log, "pre_epoch", 3)])
+    trainer = make_trainer(max_epochs=3, callbacks=[StopAt(log, "pre_epoch", 3)])
     trainer.train()
     assert log[-3:] == [("pre_epoch", 2, 0, 3), ("post_epoch", 2, 0, 3), ("post_training", 2, 0, 3, "stopped")]
 
 
 def test_stop_from_outside_finishes_at_once_and_before_start_emits_nothing() -> None:
     log: list[Row] = []
-    trainer = make(callbacks=[Recorder(log)])
+    trainer = make_trainer(callbacks=[Recorder(log)])
     trainer.iterate()
     trainer.stop()
     assert [row[0] for row in log[-2:]] == ["post_epoch", "post_training"]
@@ -138,7 +133,7 @@ def test_stop_from_outside_finishes_at_once_and_before_start_emits_nothing() -> 
     assert len(log) == 7
 
     log.clear()
-    idle = make(callbacks=[Recorder(log)])
+    idle = make_trainer(callbacks=[Recorder(log)])
     idle.stop()
     assert idle.iterate() is False
     assert log == []
@@ -152,7 +147,7 @@ def test_exception_in_compute_loss() -> None:
             raise ZeroDivisionError("bad batch")
         return mse(model, batch)
 
-    trainer = make(loss_fn=loss, callbacks=[Recorder(log)])
+    trainer = make_trainer(loss_fn=loss, callbacks=[Recorder(log)])
     with pytest.raises(ZeroDivisionError, match="bad batch") as info:
         trainer.train()
     assert log[-3:] == [
@@ -173,7 +168,7 @@ def test_exception_in_a_callback_names_it() -> None:
             if trainer.state.iteration == 2:
                 raise ValueError("no good")
 
-    trainer = make(callbacks=[Boom(), Recorder(log)])
+    trainer = make_trainer(callbacks=[Boom(), Recorder(log)])
     with pytest.raises(CallbackError) as info:
         trainer.train()
     message = str(info.value)
@@ -196,8 +191,7 @@ def test_subclass_overriding_with_super_keeps_callbacks() -> None:
         def compute_loss(self, batch: Any) -> torch.Tensor:
             return mse(self.pipeline, batch)
 
-    x = torch.randn(4, 3)
-    trainer = Mine(nn.Linear(3, 1), TensorDataset(x, x[:, :1]), max_epochs=1, batch_size=2, callbacks=[Recorder(log)])
+    trainer = make_trainer(4, max_epochs=1, cls=Mine, callbacks=[Recorder(log)])
     trainer.train()
     assert [row[0] for row in log[:4]] == ["pre_training", "mine-before", "pre_epoch", "mine-after"]
 
@@ -209,7 +203,7 @@ def test_priorities_ties_and_raw_blinker_receivers() -> None:
         def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
             order.append(self.state_key)
 
-    trainer = make(
+    trainer = make_trainer(
         max_epochs=1,
         callbacks=[Named(state_key="a"), Named(state_key="b", priority=5), Named(state_key="c")],
     )
@@ -221,7 +215,7 @@ def test_priorities_ties_and_raw_blinker_receivers() -> None:
 
 def test_resume_from_counters_is_bit_exact_mid_epoch_and_at_boundary() -> None:
     def run(k: int | None) -> tuple[torch.Tensor, list[Row]]:
-        trainer = make(items=6, batch_size=2, max_epochs=3, seed=7)
+        trainer = make_trainer(items=6, batch_size=2, max_epochs=3, seed=7)
         if k is None:
             trainer.train()
             return trainer.pipeline.weight.detach().clone(), []
@@ -229,7 +223,7 @@ def test_resume_from_counters_is_bit_exact_mid_epoch_and_at_boundary() -> None:
             trainer.iterate()
         saved = (trainer.state_dict(), trainer.pipeline.state_dict(), trainer.optimizer.state_dict())
         log: list[Row] = []
-        fresh = make(items=6, batch_size=2, max_epochs=3, seed=7, callbacks=[Recorder(log)])
+        fresh = make_trainer(items=6, batch_size=2, max_epochs=3, seed=7, callbacks=[Recorder(log)])
         fresh.pipeline.load_state_dict(saved[1])
         fresh.optimizer.load_state_dict(saved[2])
         fresh.load_state_dict(saved[0])

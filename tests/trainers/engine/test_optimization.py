@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 from callbacks import Checkpointer, GradientGuard, LRDecay
 from lifecycle import Callback, Status
-from tests.support import Recorder, params_of, same_params
+from tests.support import Recorder, make_trainer, params_of, same_params
 from trainers import BaseTrainer
 from trainers.checkpoint.format import CheckpointError, load_checkpoint
 
@@ -25,20 +25,15 @@ def _data(items: int) -> TensorDataset:
     return TensorDataset(x, (x * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum(dim=1, keepdim=True))
 
 
-def _mse(model: nn.Module, batch: Any) -> torch.Tensor:
-    return nn.functional.mse_loss(model(batch[0]), batch[1])
-
-
 def _model() -> nn.Module:
     torch.manual_seed(3)
     return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
 
 
 def _trainer(items: int = 136, batch_size: int = 8, **kwargs: Any) -> BaseTrainer:
+    """The shared factory with a small MLP on 4 features and SGD (lr 0.05); 2 epochs unless ``max_epochs`` says."""
     kwargs.setdefault("optimizer", lambda params: torch.optim.SGD(params, lr=0.05))
-    kwargs.setdefault("max_epochs", 2)
-    kwargs.setdefault("loss_fn", _mse)
-    return BaseTrainer(_model(), _data(items), batch_size=batch_size, device="cpu", **kwargs)
+    return make_trainer(batch_size=batch_size, model=_model(), dataset=_data(items), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- accumulation
