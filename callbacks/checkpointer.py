@@ -159,7 +159,7 @@ class Checkpointer(Callback):
         name = f"{self.state_key}.request"
         self._unserve = [
             trainer.serve("checkpoint", self._on_request, name=name),
-            trainer.serve(f"{self.state_key}.schedule", self._after_epoch_or_window, name=f"{self.state_key}.schedule"),
+            trainer.serve(f"{self.state_key}.schedule", self._on_scheduled_request, name=f"{self.state_key}.schedule"),
         ]
         if self.on_interrupt:
             self._unserve.append(trainer.serve("interrupt", self._on_interrupt, name=name))
@@ -226,7 +226,7 @@ class Checkpointer(Callback):
             self._due = False
             self._save(trainer, "schedule")
 
-    def _after_epoch_or_window(self, trainer: BaseTrainer) -> None:
+    def _on_scheduled_request(self, trainer: BaseTrainer) -> None:
         self._save(trainer, "schedule")
 
     def _on_request(self, trainer: BaseTrainer) -> None:

@@ -108,8 +108,9 @@ def checked_counters(state: State, seed: int, saved: Any) -> dict[str, int]:
         raise ValueError(
             f"the saved run reached epoch {counters.get('epoch')}, beyond this trainer's max_epochs={state.max_epochs}"
         )
-    probe = State(max_epochs=state.max_epochs, iterations_per_epoch=state.iterations_per_epoch)
-    probe.accumulate = state.accumulate
+    probe = State(
+        max_epochs=state.max_epochs, iterations_per_epoch=state.iterations_per_epoch, accumulate=state.accumulate
+    )
     probe.load_state_dict(counters)  # validates without touching the trainer's state
     if probe.mid_window:
         raise ValueError(

@@ -13,7 +13,7 @@ One iteration (``BaseTrainer.step``) runs, in order:
 
 A window is ``accumulate`` iterations long and never crosses an epoch: the last window of an epoch may be shorter,
 and its losses are divided by its own length. A checkpoint can only be taken where a window is complete (see
-:meth:`Optimization.mid_window`): mid-window, gradients accumulated on every rank would have to be saved too.
+``state.mid_window``): mid-window, gradients accumulated on every rank would have to be saved too.
 """
 
 from __future__ import annotations
@@ -67,7 +67,6 @@ class Optimization:
         "_skip",
         "_trainer",
         "_unscaled",
-        "accumulate",
         "forward",
         "precision",
         "scaler",
@@ -80,14 +79,13 @@ class Optimization:
         channel: Channel,
         *,
         precision: str,
-        accumulate: int,
         compile: bool | Mapping[str, Any],
         ddp: Mapping[str, Any] | None,
     ) -> None:
         device = trainer.device
         dtype = check_precision(precision, device)
         self._trainer, self._ranks, self._channel = trainer, ranks, channel
-        self.precision, self.accumulate = precision, accumulate
+        self.precision = precision
         self._autocast: Callable[[], AbstractContextManager[Any]] = (
             nullcontext if dtype is None else (lambda: torch.autocast(device.type, dtype=dtype))
         )
@@ -105,20 +103,13 @@ class Optimization:
     # ------------------------------------------------------------------ windows
     def window(self, state: State) -> tuple[bool, bool, int]:
         """(first micro-batch of its window, last micro-batch, the window's length) for the current iteration."""
-        n = self.accumulate
+        n = state.accumulate  # the trainer's State holds it: windows are a property of the run's counters
         if n == 1:
             return True, True, 1
         step, per_epoch = state.epoch_iteration, state.iterations_per_epoch
         start = (step - 1) // n * n  # micro-batches of this epoch before the window
         length = min(n, per_epoch - start)
         return step - 1 == start, step == start + length, length
-
-    def mid_window(self, state: State) -> bool:
-        """Whether gradients of an unfinished window are pending (after an iteration that did not step)."""
-        if self.accumulate == 1:
-            return False
-        step, n = state.epoch_iteration, self.accumulate
-        return 0 < step < state.iterations_per_epoch and step % n != 0
 
     # ------------------------------------------------------------------ the step
     def run(self, batch: Any) -> dict[str, Any]:

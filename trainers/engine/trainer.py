@@ -143,9 +143,7 @@ class BaseTrainer:
         self._post_epoch, self._post_training = channel(Event.POST_EPOCH), channel(Event.POST_TRAINING)
         self._exception = channel(Event.EXCEPTION)
         self._pre_validation, self._post_validation = channel(Event.PRE_VALIDATION), channel(Event.POST_VALIDATION)
-        self._optimization = Optimization(
-            self, self._ranks, self._step, precision=precision, accumulate=accumulate, compile=compile, ddp=ddp
-        )
+        self._optimization = Optimization(self, self._ranks, self._step, precision=precision, compile=compile, ddp=ddp)
         if self._optimization.scaler is not None:
             self.track("grad_scaler", self._optimization.scaler)  # its scale and growth count resume exactly
         for callback in callbacks:
