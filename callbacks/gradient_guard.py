@@ -111,6 +111,7 @@ class GradientGuard(Callback):
         self._names: dict[int, str] = {}
         self._uniform = False
         self._due: Callable[[], bool] | None = None
+        self._per_optimizer: dict[str, list[nn.Parameter]] | None = None  # with named optimizers: whose step it is
 
     # ------------------------------------------------------------------ wiring
     def handlers(self) -> Iterator[HandlerSpec]:
@@ -130,13 +131,25 @@ class GradientGuard(Callback):
         self._names = {id(p): name for name, p in named}
         self._uniform = len({(p.device, p.dtype) for p in self._params}) == 1
         self._due = self._schedule.bind(trainer.state, Event.STEP) if self._schedule is not None else None
+        if len(trainer.optimizers) > 1:  # each step event is one optimizer's: guard the parameters it steps
+            held = {
+                name: {id(p) for g in o.param_groups for p in g["params"]} for name, o in trainer.optimizers.items()
+            }
+            self._per_optimizer = {name: [p for p in self._params if id(p) in ids] for name, ids in held.items()}
 
     def teardown(self, trainer: BaseTrainer) -> None:
-        self._params, self._names, self._due = [], {}, None
+        self._params, self._names, self._due, self._per_optimizer = [], {}, None, None
 
     # ------------------------------------------------------------------ the step
-    def _grads(self) -> list[torch.Tensor]:
-        return [p.grad for p in self._params if p.grad is not None]
+    def _stepped(self, optimizer: str | None) -> tuple[list[nn.Parameter], str]:
+        """The parameters the stepping optimizer updates, and the metric name of their norm."""
+        if self._per_optimizer is None or optimizer is None:
+            return self._params, "grad_norm"
+        return self._per_optimizer[optimizer], f"grad_norm/{optimizer}"
+
+    @staticmethod
+    def _grads(params: list[nn.Parameter]) -> list[torch.Tensor]:
+        return [p.grad for p in params if p.grad is not None]
 
     def _norms(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """The per-gradient norms, stacked (one tensor): what ``get_total_norm`` computes before its last step,
@@ -152,15 +165,17 @@ class GradientGuard(Callback):
         total: torch.Tensor = torch.linalg.vector_norm(self._norms(grads), self.norm_type)
         return total
 
-    def _publish_only(self, trainer: BaseTrainer, **_: Any) -> None:
+    def _publish_only(self, trainer: BaseTrainer, *, optimizer: str | None = None, **_: Any) -> None:
         trainer.unscale_gradients()
-        grads = self._grads()
+        params, key = self._stepped(optimizer)
+        grads = self._grads(params)
         if grads:
-            trainer.state.metrics["grad_norm"] = float(self._norm(grads).item())
+            trainer.state.metrics[key] = float(self._norm(grads).item())
 
-    def _on_step(self, trainer: BaseTrainer, *, loss: torch.Tensor, **_: Any) -> None:
+    def _on_step(self, trainer: BaseTrainer, *, loss: torch.Tensor, optimizer: str | None = None, **_: Any) -> None:
         trainer.unscale_gradients()  # under "16-mixed": clip and measure the true gradients
-        grads = self._grads()
+        params, key = self._stepped(optimizer)
+        grads = self._grads(params)
         if not grads:
             return
         publish = self._schedule is not None and (self._due is None or self._due())
@@ -174,22 +189,24 @@ class GradientGuard(Callback):
             probe = norms.sum() + loss.detach().sum() if self.check_loss else norms.sum()
             if not math.isfinite(probe.item()):  # the one per-step host sync this policy needs
                 total = norm if norm is not None else torch.linalg.vector_norm(norms, self.norm_type)
-                self._nonfinite(trainer, loss, total)
+                self._nonfinite(trainer, loss, total, params)
                 return
             self.consecutive = 0
         if self.clip_value is not None:
-            torch.nn.utils.clip_grad_value_(self._params, self.clip_value)
+            torch.nn.utils.clip_grad_value_(params, self.clip_value)
         if self.clip_norm is not None:
             if self.clip_value is None and norm is not None:
-                torch.nn.utils.clip_grads_with_norm_(self._params, self.clip_norm, norm)
+                torch.nn.utils.clip_grads_with_norm_(params, self.clip_norm, norm)
             else:  # value clipping changed the norm: measure it again
-                torch.nn.utils.clip_grad_norm_(self._params, self.clip_norm, self.norm_type)
+                torch.nn.utils.clip_grad_norm_(params, self.clip_norm, self.norm_type)
         if publish and norm is not None:
-            trainer.state.metrics["grad_norm"] = float(norm.item())
+            trainer.state.metrics[key] = float(norm.item())
 
-    def _nonfinite(self, trainer: BaseTrainer, loss: torch.Tensor, norm: torch.Tensor) -> None:
+    def _nonfinite(
+        self, trainer: BaseTrainer, loss: torch.Tensor, norm: torch.Tensor, params: list[nn.Parameter]
+    ) -> None:
         iteration = trainer.state.iteration
-        what = self._describe(loss, norm)
+        what = self._describe(loss, norm, params)
         if self.on_nonfinite == "raise":
             raise NonFiniteError(f"non-finite values at iteration {iteration} ({trainer.state}): {what}")
         trainer.skip_optimizer_step()
@@ -205,16 +222,14 @@ class GradientGuard(Callback):
                 f"last at iteration {iteration}: {what}"
             )
 
-    def _describe(self, loss: torch.Tensor, norm: torch.Tensor) -> str:
+    def _describe(self, loss: torch.Tensor, norm: torch.Tensor, params: list[nn.Parameter]) -> str:
         """What is not finite, for the error message (only on the failure path: syncs freely)."""
         parts = []
         loss_value = float(loss.detach().float().sum().item()) if loss.numel() else math.nan
         if not math.isfinite(loss_value):
             parts.append(f"loss = {loss_value}")
         bad = [
-            self._names.get(id(p), "?")
-            for p in self._params
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+            self._names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all())
         ]
         if bad:
             shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")

@@ -56,6 +56,9 @@ class LRDecay(Callback):
     ``"500it"`` / ``"2ep"``) ramps the LR linearly from ``warmup_start * lr`` to the scheduled LR, reaching it at step
     ``warmup``; it multiplies either mode.
 
+    With named optimizers (a GAN's ``generator`` and ``discriminator``) each ``LRDecay`` decays the one it names with
+    ``optimizer=`` (its default ``state_key`` is then ``LRDecay.<name>``) and publishes ``lr/<name>``.
+
     Per-group LR multipliers (Wisp's ``grid_lr_weight``) belong to the optimizer's construction: see
     ``trainers.engine.optim_groups``, which selects groups by module. Every group is decayed by the same factor.
     """
@@ -72,11 +75,20 @@ class LRDecay(Callback):
         warmup: int | str = 0,
         warmup_start: float = 0.0,
         monitor: str | None = None,
+        optimizer: str | None = None,
         priority: int | None = None,
         state_key: str | None = None,
     ) -> None:
+        if optimizer is not None and (not isinstance(optimizer, str) or not optimizer):
+            raise ValueError(
+                f"LRDecay: optimizer must be the name of one of the trainer's optimizers, got {optimizer!r}"
+            )
+        if state_key is None and optimizer is not None:
+            state_key = f"LRDecay.{optimizer}"  # one LRDecay per optimizer, each its own checkpoint entry
         super().__init__(priority=priority, state_key=state_key)
         owner = f"LRDecay {self.state_key!r}"
+        #: the name of the optimizer this decays (``None``: the trainer's only one)
+        self.optimizer = optimizer
         if interval not in ("iteration", "epoch"):
             raise ValueError(f"{owner}: interval must be 'iteration' or 'epoch', got {interval!r}")
         if scheduler is not None and milestones is not None:
@@ -138,8 +150,13 @@ class LRDecay(Callback):
             yield Event.POST_VALIDATION, self._on_validation, None
 
     def setup(self, trainer: BaseTrainer) -> None:
-        optimizer = trainer.optimizer
         owner = f"LRDecay {self.state_key!r}"
+        names = list(trainer.optimizers)
+        name = self.optimizer if self.optimizer is not None else names[0]
+        if name not in names or (self.optimizer is None and len(names) > 1):
+            shown = ", ".join(repr(n) for n in names)
+            raise ValueError(f"{owner}: optimizer= must name one of the trainer's optimizers ({shown}); got {name!r}")
+        optimizer = trainer.optimizers[name]
         spec = self.scheduler_spec
         if spec is None:
             for group in optimizer.param_groups:
@@ -150,8 +167,8 @@ class LRDecay(Callback):
                 raise TypeError(f"{owner}: the scheduler factory {spec!r} returned {type(scheduler).__name__}")
             if scheduler.optimizer is not optimizer:
                 raise ValueError(
-                    f"{owner}: the scheduler was built on another optimizer than the trainer's; build it on "
-                    "trainer.optimizer, or pass a factory: LRDecay(lambda optimizer: ...)"
+                    f"{owner}: the scheduler was built on another optimizer than the trainer's {name!r}; build it on "
+                    "that optimizer, or pass a factory: LRDecay(lambda optimizer: ...)"
                 )
             if isinstance(scheduler, ReduceLROnPlateau) and self.monitor is None:
                 raise ValueError(f"{owner}: ReduceLROnPlateau needs monitor= (e.g. monitor='val/loss')")
@@ -163,7 +180,10 @@ class LRDecay(Callback):
             self._base = [float(group["lr"]) for group in optimizer.param_groups]
         self._optimizer = optimizer
         groups = optimizer.param_groups
-        self._keys = ("lr",) if len(groups) == 1 else tuple(f"lr/{g.get('name', i)}" for i, g in enumerate(groups))
+        prefix = "lr" if len(names) == 1 else f"lr/{name}"
+        self._keys = (
+            (prefix,) if len(groups) == 1 else tuple(f"{prefix}/{g.get('name', i)}" for i, g in enumerate(groups))
+        )
         if self._pending is not None:
             state, self._pending = self._pending, None
             self.load_state_dict(state)

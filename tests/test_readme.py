@@ -91,3 +91,50 @@ def test_readme_config_error_example_is_what_the_cli_prints(tmp_path: Path) -> N
     assert len(printed) == len(expected)
     for real, doc in zip(printed, expected, strict=True):
         assert real.startswith(doc.removesuffix("...")), (real, doc)
+
+
+def _blocks(title: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", _section(title), re.S)
+
+
+def test_readme_gan_example_is_the_gan_apps_update() -> None:
+    """The ``optimization_step`` shown under "BaseTrainer" trains the GAN app's pipeline to the app's own weights,
+    bit for bit, and the YAML beside it is a valid config of the GAN app."""
+    import torch
+    import yaml
+
+    from trainers import load_config
+    from trainers.apps.gan import GAN, gan_trainer
+
+    (code,) = [block for block in _blocks("BaseTrainer", "python") if "optimization_step" in block]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+
+    def adam(part: str) -> object:
+        return lambda p: torch.optim.Adam(p.get_submodule(part).parameters(), lr=1e-3, betas=(0.5, 0.9))
+
+    app = gan_trainer(max_epochs=2)
+    torch.manual_seed(0)
+    shown = namespace["GANTrainer"](  # type: ignore[operator]
+        GAN(),
+        app.dataset,
+        max_epochs=2,
+        batch_size=128,
+        device="cpu",
+        optimizer={"discriminator": adam("discriminator"), "generator": adam("generator")},
+    )
+    app.train()
+    shown.train()
+    ours, theirs = app.pipeline.state_dict(), shown.pipeline.state_dict()
+    assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+    assert not torch.equal(ours["generator.0.weight"], gan_trainer().pipeline.state_dict()["generator.0.weight"])
+
+    (block,) = [b for b in _blocks("BaseTrainer", "yaml") if "optimizers:" in b]
+    config = load_config(yaml.safe_load(block))
+    assert config.trainer_kwargs["optimizers"]["generator"] == {
+        "name": "adam",
+        "lr": 0.001,
+        "betas": [0.5, 0.9],
+        "params": ["generator"],
+    }
+    assert [spec.key for spec in config.callbacks if spec.enabled] == ["lr_decay@generator", "lr_decay@discriminator"]

@@ -64,6 +64,9 @@ __all__ = [
 
 #: The checkpoint format this stepbus writes and reads. Bumped only for a change old readers cannot follow.
 FORMAT = 1
+#: The name of a trainer's lone optimizer: its checkpoint's ``"optimizer"`` is that optimizer's state dict (named
+#: optimizers' are a dict by name; the metadata's ``"optimizers"`` lists the names either way).
+LONE_OPTIMIZER = "optimizer"
 #: Top-level keys every resumable checkpoint has.
 REQUIRED_KEYS = ("stepbus", "trainer", "model", "optimizer", "callbacks", "rng")
 #: File names :func:`list_checkpoints` recognises: ``step-<iteration>.pt`` (the Checkpointer's default pattern).

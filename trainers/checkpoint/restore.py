@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from lifecycle import State
 from trainers.checkpoint.format import (
+    LONE_OPTIMIZER,
     CheckpointError,
     check_model_fits,
     check_optimizer_fits,
@@ -175,7 +176,9 @@ def _apply(trainer: BaseTrainer, path: Path, loaded: dict[str, Any], tracked: Ma
     except ValueError as exc:
         raise CheckpointError(path, f"malformed: {exc}") from None
     check_model_fits(path, trainer.pipeline, loaded["model"])
-    check_optimizer_fits(path, trainer.optimizer, loaded["optimizer"])
+    optimizers = _saved_optimizers(path, trainer, meta, loaded["optimizer"])
+    for name, saved in optimizers:
+        check_optimizer_fits(path, trainer.optimizers[name], saved)
     saved_tracked = loaded.get("tracked", {})
     if not isinstance(saved_tracked, dict):
         raise CheckpointError(path, f"malformed: 'tracked' is a {type(saved_tracked).__name__}, expected a dict")
@@ -200,7 +203,9 @@ def _apply(trainer: BaseTrainer, path: Path, loaded: dict[str, Any], tracked: Ma
     extra = sorted(set(saved_callbacks) - {cb.state_key for cb in trainer.callbacks})
     if extra:
         _log.warning("resume: %s holds state for callbacks %s, which are not registered now", path, extra)
-    parts.append(("the optimizer", trainer.optimizer, loaded["optimizer"]))
+    for name, saved in optimizers:
+        what = "the optimizer" if name == LONE_OPTIMIZER else f"optimizer {name!r}"
+        parts.append((what, trainer.optimizers[name], saved))
     parts.append((f"the model ({type(trainer.pipeline).__name__})", trainer.pipeline, loaded["model"]))
     undo: list[tuple[Any, Any]] = []
     try:
@@ -220,6 +225,21 @@ def _apply(trainer: BaseTrainer, path: Path, loaded: dict[str, Any], tracked: Ma
                 _log.error("resume: could not undo loading %r after a failure: %s", obj, exc)
         raise
     return Restored(path, counters, bool(loaded["trainer"].get("ended", True)), rng)
+
+
+def _saved_optimizers(path: Path, trainer: BaseTrainer, meta: dict[str, Any], saved: Any) -> list[tuple[str, Any]]:
+    """(name, saved state) for each of the trainer's optimizers, or a ``CheckpointError`` when the names differ."""
+    names = meta.get("optimizers", [LONE_OPTIMIZER])  # written by every stepbus that had named optimizers
+    own = list(trainer.optimizers)
+    if not isinstance(names, list) or sorted(map(str, names)) != sorted(own):
+        raise CheckpointError(
+            path, f"does not fit this trainer: it holds the optimizers {names}, this trainer has {own}"
+        )
+    if names == [LONE_OPTIMIZER]:
+        return [(LONE_OPTIMIZER, saved)]
+    if not isinstance(saved, dict) or sorted(saved) != sorted(own):
+        raise CheckpointError(path, f"malformed: 'optimizer' should hold the states of {own} by name")
+    return [(name, saved[name]) for name in own]
 
 
 def _rng_of_this_rank(trainer: BaseTrainer, path: Path, loaded: dict[str, Any]) -> Any:

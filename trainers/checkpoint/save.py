@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lifecycle import Status
-from trainers.checkpoint.format import FORMAT, CheckpointError, now_metadata, stepbus_version, write_checkpoint
+from trainers.checkpoint.format import (
+    FORMAT,
+    LONE_OPTIMIZER,
+    CheckpointError,
+    now_metadata,
+    stepbus_version,
+    write_checkpoint,
+)
 from trainers.checkpoint.rng import capture_rng
 from trainers.distributed.collective import RankZeroFailure
 from trainers.distributed.ranks import Ranks
@@ -20,7 +27,7 @@ from trainers.distributed.ranks import Ranks
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer
 
-__all__ = ["checkpoint_payload", "save"]
+__all__ = ["checkpoint_payload", "optimizer_states", "save"]
 
 
 def checkpoint_payload(
@@ -46,16 +53,25 @@ def checkpoint_payload(
         "trainer": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
         "writer": {"host": socket.gethostname(), "pid": os.getpid(), "rank": trainer.rank},
         "world_size": trainer.world_size,
+        "optimizers": list(trainer.optimizers),
     }
     return {
         "stepbus": meta,
         "trainer": trainer.state_dict(),
         "model": trainer.pipeline.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
+        "optimizer": optimizer_states(trainer.optimizers),
         "tracked": {name: obj.state_dict() for name, obj in tracked.items()},
         "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
         "rng": capture_rng(),
     }
+
+
+def optimizer_states(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    """The checkpoint's ``"optimizer"``: the lone optimizer's state dict, or named ones' by name (the metadata's
+    ``"optimizers"`` lists the names, so a loader knows which it holds)."""
+    if list(optimizers) == [LONE_OPTIMIZER]:
+        return optimizers[LONE_OPTIMIZER].state_dict()
+    return {name: optimizer.state_dict() for name, optimizer in optimizers.items()}
 
 
 def save(

@@ -81,10 +81,12 @@ def build(
     objects = dict(objects or {})
     factory = resolved.trainer.load()
     kwargs = dict(resolved.trainer_kwargs)
-    if "optimizer" in kwargs:
-        from trainers.config.optimizer import optimizer_factory
+    from trainers.config.optimizer import named_optimizer_factory, optimizer_factory
 
+    if "optimizer" in kwargs:
         kwargs["optimizer"] = optimizer_factory(kwargs["optimizer"])
+    if "optimizers" in kwargs:
+        kwargs["optimizers"] = {name: named_optimizer_factory(b) for name, b in kwargs["optimizers"].items()}
     accepted = inspect.signature(factory).parameters
     extra = {k: v for k, v in objects.items() if k in accepted and k not in kwargs}
     try:

@@ -37,6 +37,7 @@ BUILTIN_CALLBACKS: dict[str, str] = BUILT_IN
 #: config name -> "module:attribute" of the built-in trainer factories
 BUILTIN_TRAINERS: dict[str, str] = {
     "demo": "trainers.apps.demo:demo_trainer",
+    "gan": "trainers.apps.gan:gan_trainer",
     "image_field": "trainers.apps.image_field.trainer:image_field_trainer",
 }
 

@@ -247,24 +247,27 @@ def _trainer_section(
         problems.extend(exc.problems)
         return None, {}, {}
     values = {k: v for k, v in section.items() if k != "name"}
-    optimizer = values.pop("optimizer", None) if "optimizer" in params else None
-    kwargs: dict[str, Any] = {}
-    if optimizer is not None:
-        from trainers.config.optimizer import check_optimizer
+    from trainers.config.optimizer import check_optimizer, check_optimizers
 
+    # the optimizer blocks are checked against torch.optim's signatures, not the factory's annotation
+    handled = tuple(key for key in ("optimizer", "optimizers") if key in params)
+    kwargs: dict[str, Any] = {}
+    for key in handled:
+        block = values.pop(key, None)
+        if block is None:
+            continue
         try:
-            kwargs["optimizer"] = check_optimizer(optimizer, "trainer.optimizer")
+            check = check_optimizer if key == "optimizer" else check_optimizers
+            kwargs[key] = check(block, f"trainer.{key}")
         except ConfigError as exc:
             problems.extend(exc.problems)
-    plain = {k: p for k, p in params.items() if k != "optimizer"}
-    handled = ("optimizer",) if "optimizer" in params else ()
+    plain = {k: p for k, p in params.items() if k not in handled}
     checked, found = check_values(params, values, "trainer", f"trainer {name!r}", handled=handled)
     problems.extend(found)
-    kwargs.update(checked)
     data: dict[str, Any] = {"name": name}
     data.update(_with_defaults(plain, checked))
-    if "optimizer" in kwargs:
-        data["optimizer"] = kwargs["optimizer"]
+    data.update(kwargs)
+    kwargs.update(checked)
     return entry, kwargs, data
 
 

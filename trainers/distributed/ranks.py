@@ -10,7 +10,7 @@ the trainer's gloo side groups (``trainers.distributed.collective``), stops are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainers.distributed.collective import Collective, RankZeroFailure
 from trainers.distributed.ddp import wrap as ddp_wrap
 from trainers.distributed.peer_failure import PeerFailure, is_collective_failure
+from trainers.distributed.replicas import average_gradients, broadcast_module
 from trainers.distributed.stop_vote import INTERRUPT, NOTHING, STOP, StopVote
 
 __all__ = ["INTERRUPT", "NOTHING", "STOP", "Job", "Ranks", "SingleProcess"]
@@ -55,6 +56,12 @@ class SingleProcess:
 
     #: what the step calls to compute the loss: ``compute_loss`` itself
     forward = staticmethod(_direct)
+
+    def replicate(self, pipeline: nn.Module) -> None:
+        """No replica to make equal."""
+
+    def average_gradients(self, params: Sequence[torch.Tensor]) -> None:
+        """No other rank's gradients to average with."""
 
     def no_sync(self) -> AbstractContextManager[Any]:
         """Nothing to hold back: gradients are never all-reduced."""
@@ -122,6 +129,14 @@ class Job:
         """``compute_loss`` through DDP, so the backward pass all-reduces the gradients."""
         self._ddp = ddp_wrap(pipeline, compute_loss, device, ddp)
         return self._ddp
+
+    def replicate(self, pipeline: nn.Module) -> None:
+        """For a trainer without DDP (``optimization_step``): rank 0's parameters and buffers on every rank."""
+        broadcast_module(pipeline)
+
+    def average_gradients(self, params: Sequence[torch.Tensor]) -> None:
+        """For a trainer without DDP: each gradient becomes its mean over the ranks (one flat all-reduce)."""
+        average_gradients(params, self.world_size)
 
     def no_sync(self) -> AbstractContextManager[Any]:
         """DDP's ``no_sync``: the micro-batches of an accumulation window before its last keep their gradients

@@ -12,8 +12,6 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "LossFn",
-    "OptimizerSpec",
-    "build_optimizer",
     "check_arguments",
     "check_int",
     "check_step_options",
@@ -23,8 +21,6 @@ __all__ = [
 
 #: ``compute_loss`` without subclassing: ``loss_fn(pipeline, batch) -> Tensor | dict`` (a dict has ``"loss"``).
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | dict[str, Any]"]
-#: A built optimizer, or a factory ``params -> optimizer``.
-OptimizerSpec = torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None
 
 
 def check_arguments(
@@ -85,27 +81,6 @@ def dataset_size(dataset: Dataset[Any] | Sequence[Any]) -> int:
         raise TypeError(
             f"dataset must be map-style (define __len__ and __getitem__); got {type(dataset).__name__}"
         ) from None
-
-
-def build_optimizer(spec: OptimizerSpec, pipeline: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer ``spec`` describes over ``pipeline``'s parameters (``None``: ``Adam(lr=1e-3)``)."""
-    params = list(pipeline.parameters())
-    if spec is None:
-        if not params:
-            raise ValueError(
-                f"{type(pipeline).__name__} has no parameters to optimise; pass optimizer=... for a custom setup"
-            )
-        return torch.optim.Adam(params, lr=1e-3)
-    if isinstance(spec, torch.optim.Optimizer):
-        return spec
-    if callable(spec):
-        built = spec(params)
-        if not isinstance(built, torch.optim.Optimizer):
-            raise TypeError(
-                f"the optimizer factory {spec!r} returned {type(built).__name__}, not a torch.optim.Optimizer"
-            )
-        return built
-    raise TypeError(f"optimizer must be a torch.optim.Optimizer, a factory params -> optimizer, or None; got {spec!r}")
 
 
 def short(value: object, limit: int = 120) -> str:

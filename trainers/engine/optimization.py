@@ -2,14 +2,21 @@
 
 One iteration (``BaseTrainer.step``) runs, in order:
 
-1. at the first micro-batch of an accumulation window: ``zero_grad`` on the optimizer;
+1. at the first micro-batch of an accumulation window: ``zero_grad`` on every optimizer;
 2. ``compute_loss(batch)`` -- under ``torch.autocast`` in a mixed precision, through DDP in a job, compiled with
    ``compile=`` -- and ``backward`` of the loss divided by the window's number of micro-batches (so that
    ``accumulate=N`` with batch ``B`` computes the gradient of batch ``N*B`` for a mean-reduced loss), scaled by the
    GradScaler under ``"16-mixed"``; in a job the micro-batches before the window's last run under DDP's ``no_sync``;
-3. at the window's last micro-batch: the ``step`` event (gradients complete, optimizer not stepped), then the
-   optimizer step -- through the scaler, which skips it when the scaled gradients are not finite -- unless a handler
-   called ``skip_optimizer_step()``, then ``state.optimizer_step += 1``.
+3. at the window's last micro-batch, for each optimizer in order: the ``step`` event (``optimizer=<name>``;
+   gradients complete, optimizer not stepped), then its update -- through the scaler, which skips it when the
+   scaled gradients are not finite -- unless a handler called ``skip_optimizer_step()``; then the scaler's
+   ``update()`` and ``state.optimizer_step += 1``.
+
+A trainer that orders its own updates (a GAN) overrides ``optimization_step(batch)``, which replaces step 2 and 3:
+it runs under the precision's autocast, calls ``trainer.backward(loss, optimizer=...)`` (divided by the window's
+length, scaled, into that optimizer's parameters only) and ``trainer.optimizer_step(name)`` (at a window's last
+micro-batch: gradients averaged over the ranks, the ``step`` event, the update; inside a window: nothing). Such a
+trainer has no DDP wrapper: see ``trainers.distributed.replicas``.
 
 A window is ``accumulate`` iterations long and never crosses an epoch: the last window of an epoch may be shorter,
 and its losses are divided by its own length. A checkpoint can only be taken where a window is complete (see
@@ -27,6 +34,7 @@ import torch
 from lifecycle import Channel, State
 from trainers.distributed.ranks import Ranks
 from trainers.engine.arguments import short
+from trainers.engine.optimizers import parameters_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer
@@ -63,11 +71,21 @@ class Optimization:
     __slots__ = (
         "_autocast",
         "_channel",
+        "_current",
+        "_custom",
+        "_last",
+        "_length",
+        "_loss",
+        "_no_autocast",
+        "_params",
         "_ranks",
         "_skip",
+        "_stepped",
         "_trainer",
         "_unscaled",
+        "_zero",
         "forward",
+        "optimizers",
         "precision",
         "scaler",
     )
@@ -78,6 +96,8 @@ class Optimization:
         ranks: Ranks,
         channel: Channel,
         *,
+        optimizers: dict[str, torch.optim.Optimizer],
+        custom: bool,
         precision: str,
         compile: bool | Mapping[str, Any],
         ddp: Mapping[str, Any] | None,
@@ -89,14 +109,35 @@ class Optimization:
         self._autocast: Callable[[], AbstractContextManager[Any]] = (
             nullcontext if dtype is None else (lambda: torch.autocast(device.type, dtype=dtype))
         )
+        self._no_autocast: Callable[[], AbstractContextManager[Any]] = (
+            nullcontext if dtype is None else (lambda: torch.autocast(device.type, enabled=False))
+        )
         #: the loss scaler of ``"16-mixed"`` (checkpointed as the tracked object ``"grad_scaler"``), else ``None``
         self.scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
+        #: the trainer's optimizers by name, in stepping order
+        self.optimizers = optimizers
+        self._zero = tuple(optimizers.values())
+        self._params = {name: parameters_of(optimizer) for name, optimizer in optimizers.items()}
+        self._custom = custom
         self._skip = False
-        self._unscaled = False
-        forward = ranks.forward(trainer.pipeline, trainer.compute_loss, device, ddp)
-        if compile is not False:
-            options = {} if compile is True else dict(compile)
-            forward = torch.compile(forward, **options)
+        self._unscaled: set[str] = set()
+        self._stepped: set[str] = set()
+        self._current = next(iter(optimizers))
+        self._last, self._length = True, 1
+        self._loss: torch.Tensor | None = None
+        if custom:
+            if compile is not False:
+                raise ValueError(
+                    f"compile= compiles compute_loss, which {type(trainer).__name__}.optimization_step replaces; "
+                    "compile the modules that optimization_step calls instead (keep trainer.pipeline uncompiled)"
+                )
+            ranks.replicate(trainer.pipeline)  # no DDP wrapper: gradients are averaged per optimizer step
+            forward: Callable[[Any], Any] = trainer.compute_loss
+        else:
+            forward = ranks.forward(trainer.pipeline, trainer.compute_loss, device, ddp)
+            if compile is not False:
+                options = {} if compile is True else dict(compile)
+                forward = torch.compile(forward, **options)
         #: what computes the loss: ``compute_loss``, through DDP in a job, compiled with ``compile=``
         self.forward: Callable[[Any], Any] = forward
 
@@ -116,57 +157,107 @@ class Optimization:
         trainer = self._trainer
         first, last, length = self.window(trainer.state)
         if first:
-            trainer.optimizer.zero_grad(set_to_none=True)
+            for optimizer in self._zero:
+                optimizer.zero_grad(set_to_none=True)
+        self._last, self._length = last, length
+        if self._custom:
+            return self._run_custom(batch, last)
         with nullcontext() if last else self._ranks.no_sync():
             with self._autocast():
                 result = self.forward(batch)
-            loss, outputs = _split(result, trainer)
-            self.backward(loss if length == 1 else loss / length)
+            loss, outputs = _split(result, trainer, "compute_loss")
+            self._backward(loss if length == 1 else loss / length, None)
         if last:
-            self.finish(loss, outputs)
+            for name in self.optimizers:
+                self._step(name, loss, outputs)
+            self._close_window()
         return outputs
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """``loss.backward()``, scaled under ``"16-mixed"``."""
-        scaled = loss if self.scaler is None else self.scaler.scale(loss)
-        scaled.backward()  # type: ignore[no-untyped-call]
-
-    def finish(self, loss: torch.Tensor, outputs: dict[str, Any]) -> None:
-        """The window is complete: the ``step`` event, then the optimizer step (unless skipped)."""
+    def _run_custom(self, batch: Any, last: bool) -> dict[str, Any]:
         trainer = self._trainer
+        self._loss = None
+        with self._autocast():
+            result = trainer.optimization_step(batch)
+        outputs = _split(result, trainer, "optimization_step")[1]
+        if last:
+            self._close_window()
+        return outputs
+
+    def backward(self, loss: torch.Tensor, optimizer: str | None = None) -> None:
+        """For ``optimization_step``: backward of ``loss`` divided by the window's length (scaled under
+        ``"16-mixed"``), into the parameters of ``optimizer`` only when one is named."""
+        self._loss = loss
+        inputs = self._params[self._known(optimizer)] if optimizer is not None else None
+        with self._no_autocast():  # optimization_step runs under autocast; backward uses the forward's dtypes
+            self._backward(loss if self._length == 1 else loss / self._length, inputs)
+
+    def _backward(self, loss: torch.Tensor, inputs: list[torch.Tensor] | None) -> None:
+        scaled = loss if self.scaler is None else self.scaler.scale(loss)
+        scaled.backward(inputs=inputs)  # type: ignore[no-untyped-call]
+
+    def optimizer_step(self, name: str) -> bool:
+        """For ``optimization_step``: at a window's last micro-batch, average ``name``'s gradients over the ranks,
+        emit ``step(optimizer=name)`` and step it (unless a handler skipped it); inside a window, nothing (the
+        gradients keep accumulating). Returns whether it stepped or was skipped."""
+        self._known(name)
+        if not self._last:
+            return False
+        if name in self._stepped:
+            raise RuntimeError(
+                f"optimizer {name!r} already stepped at iteration {self._trainer.state.iteration}: each optimizer "
+                "steps at most once per iteration"
+            )
+        self._ranks.average_gradients(self._params[name])
+        loss = self._loss if self._loss is not None else torch.zeros(())
+        self._step(name, loss, {"loss": loss})
+        return True
+
+    def _step(self, name: str, loss: torch.Tensor, outputs: dict[str, Any]) -> None:
+        """One optimizer's update at a window's end: the ``step`` event, then the update (unless skipped)."""
+        trainer = self._trainer
+        self._current = name
+        self._stepped.add(name)
         if self._channel.active:
-            self._channel.emit(trainer, loss=loss, outputs=outputs)
-        optimizer, scaler = trainer.optimizer, self.scaler
+            self._channel.emit(trainer, loss=loss, outputs=outputs, optimizer=name)
+        optimizer, scaler = self.optimizers[name], self.scaler
         if self._skip:
             self._skip = False
-            if scaler is not None:  # the scaler still closes its step: unscaled or not, it must see update()
-                if not self._unscaled:
-                    scaler.unscale_(optimizer)
-                scaler.update()
+            if scaler is not None and name not in self._unscaled:
+                scaler.unscale_(optimizer)  # the scaler still closes its step: update() needs every inf check
         elif scaler is None:
             optimizer.step()
         else:
             scaler.step(optimizer)  # skips the update itself when the unscaled gradients are not finite
-            scaler.update()
-        self._unscaled = False
-        trainer.state.optimizer_step += 1
+
+    def _close_window(self) -> None:
+        if self.scaler is not None and self._stepped:
+            self.scaler.update()
+        self._unscaled.clear()
+        self._stepped.clear()
+        self._trainer.state.optimizer_step += 1
 
     def unscale(self) -> None:
-        """Divide the gradients by the loss scale, once per optimizer step (a no-op without a scaler)."""
-        if self.scaler is not None and not self._unscaled:
-            self.scaler.unscale_(self._trainer.optimizer)
-            self._unscaled = True
+        """Divide the stepping optimizer's gradients by the loss scale, once per step (no-op without a scaler)."""
+        if self.scaler is not None and self._current not in self._unscaled:
+            self.scaler.unscale_(self.optimizers[self._current])
+            self._unscaled.add(self._current)
 
     def skip(self) -> None:
         self._skip = True
 
+    def _known(self, name: str) -> str:
+        if name not in self.optimizers:
+            valid = ", ".join(repr(n) for n in self.optimizers)
+            raise ValueError(f"no optimizer named {name!r}; this trainer's optimizers are {valid}")
+        return name
 
-def _split(result: Any, trainer: BaseTrainer) -> tuple[torch.Tensor, dict[str, Any]]:
+
+def _split(result: Any, trainer: BaseTrainer, method: str) -> tuple[torch.Tensor, dict[str, Any]]:
     if isinstance(result, torch.Tensor):
         return result, {"loss": result}
     if isinstance(result, dict) and isinstance(result.get("loss"), torch.Tensor):
         return result["loss"], result
     raise TypeError(
-        f"{type(trainer).__name__}.compute_loss must return a loss tensor or a dict with a 'loss' tensor; "
+        f"{type(trainer).__name__}.{method} must return a loss tensor or a dict with a 'loss' tensor; "
         f"got {short(result)} at iteration {trainer.state.iteration}"
     )

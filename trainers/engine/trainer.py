@@ -24,26 +24,26 @@ from trainers.checkpoint.restore import checkpoint_dirs
 from trainers.data.feeder import Feeder
 from trainers.data.placement import resolve_device
 from trainers.data.plan import BatchPlan
-from trainers.distributed.collective import RankZeroFailure
 from trainers.distributed.ranks import Job, Ranks, SingleProcess
 from trainers.engine import arguments
-from trainers.engine.arguments import LossFn, OptimizerSpec
+from trainers.engine.arguments import LossFn
 from trainers.engine.callback_set import CallbackSet
 from trainers.engine.checkpoints import Checkpoints
+from trainers.engine.collectives import RankMethods
 from trainers.engine.control import Control
 from trainers.engine.driver import LoopDriver
 from trainers.engine.optimization import Optimization, Precision
+from trainers.engine.optimizers import SINGLE, OptimizerSpec, build_optimizers
 from trainers.engine.requests import Requests
 
 __all__ = ["BaseTrainer", "LossFn", "OptimizerSpec"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 E = TypeVar("E")
 Meta = Mapping[str, Any] | None
 
 
-class BaseTrainer:
+class BaseTrainer(RankMethods):
     """The stepping engine's torch half.
 
     An app writes :meth:`compute_loss` (or passes ``loss_fn``); the base class does zero_grad, forward, backward,
@@ -56,8 +56,9 @@ class BaseTrainer:
             ``batch_size=None`` a sequence whose items already are batches.
         max_epochs: number of epochs (>= 1).
         batch_size: items per batch, or ``None`` for pre-built batches.
-        optimizer: a torch optimizer over ``pipeline``'s parameters, a factory ``params -> optimizer``, or ``None``
-            for ``Adam(lr=1e-3)``.
+        optimizer: a torch optimizer over ``pipeline``'s parameters, a factory ``params -> optimizer``, ``None``
+            for ``Adam(lr=1e-3)``, or a mapping of names to optimizers or factories ``pipeline -> optimizer``
+            (see ``trainers.engine.optimizers``); stepped in that order.
         callbacks: registered in order, exactly like :meth:`add_callback`.
         seed: the data order is a pure function of ``(seed, epoch)``. The trainer never seeds torch's global RNG.
         device: ``None`` picks CUDA when available, else the CPU. On the CPU batches are used as the dataset gives
@@ -104,7 +105,8 @@ class BaseTrainer:
         accumulate: int = 1,
         compile: bool | Mapping[str, Any] = False,
     ) -> None:
-        overrides_loss = type(self).compute_loss is not BaseTrainer.compute_loss
+        custom = type(self).optimization_step is not BaseTrainer.optimization_step
+        overrides_loss = custom or type(self).compute_loss is not BaseTrainer.compute_loss
         arguments.check_arguments(
             self, pipeline, max_epochs, batch_size, seed, num_workers, vote_every, loss_fn, overrides_loss
         )
@@ -117,7 +119,7 @@ class BaseTrainer:
         plan = BatchPlan(size, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world)
         plan.check(drop_last)
         self.pipeline = pipeline.to(self.device)
-        self.optimizer = arguments.build_optimizer(optimizer, pipeline)
+        optimizers, self._named_optimizers = build_optimizers(optimizer, pipeline)
         self.dataset, self.batch_size, self.seed, self.loss_fn = dataset, batch_size, seed, loss_fn
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.state = State(max_epochs=max_epochs, iterations_per_epoch=plan.iterations_per_epoch, accumulate=accumulate)
@@ -143,7 +145,10 @@ class BaseTrainer:
         self._post_epoch, self._post_training = channel(Event.POST_EPOCH), channel(Event.POST_TRAINING)
         self._exception = channel(Event.EXCEPTION)
         self._pre_validation, self._post_validation = channel(Event.PRE_VALIDATION), channel(Event.POST_VALIDATION)
-        self._optimization = Optimization(self, self._ranks, self._step, precision=precision, compile=compile, ddp=ddp)
+        self._optimization = Optimization(
+            self, self._ranks, self._step, optimizers=optimizers, custom=custom, precision=precision, compile=compile,
+            ddp=ddp,
+        )  # fmt: skip
         if self._optimization.scaler is not None:
             self.track("grad_scaler", self._optimization.scaler)  # its scale and growth count resume exactly
         for callback in callbacks:
@@ -186,6 +191,36 @@ class BaseTrainer:
         :meth:`compute_loss` under the precision's autocast, backward; at a window's end the ``step`` event, then the
         optimizer step. Returns the outputs dict (``{"loss": loss}`` when ``compute_loss`` returned a tensor)."""
         return self._optimization.run(batch)
+
+    def optimization_step(self, batch: Any) -> torch.Tensor | dict[str, Any]:
+        """Override to order the updates yourself (a GAN): compute losses, call :meth:`backward` and
+        :meth:`optimizer_step` for each optimizer; return the loss or an outputs dict with ``"loss"``. It runs under
+        the precision's autocast after the window's ``zero_grad``; the default step (:meth:`step`) never calls it."""
+        raise NotImplementedError  # pragma: no cover - only called when a subclass overrides it
+
+    def backward(self, loss: torch.Tensor, *, optimizer: str | None = None) -> None:
+        """From :meth:`optimization_step`: ``loss.backward()`` divided by the accumulation window's length, scaled
+        under ``"16-mixed"``; with ``optimizer``, into that optimizer's parameters only (``backward(inputs=...)``)."""
+        self._optimization.backward(loss, optimizer)
+
+    def optimizer_step(self, name: str) -> bool:
+        """From :meth:`optimization_step`: at an accumulation window's last micro-batch, average the optimizer's
+        gradients over the ranks, emit ``step(optimizer=name)``, then step it unless a handler called
+        :meth:`skip_optimizer_step`; inside a window do nothing. Returns whether the window ended here."""
+        return self._optimization.optimizer_step(name)
+
+    @property
+    def optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
+        """The optimizers by name, in stepping order (a lone one is named ``"optimizer"``)."""
+        return self._optimization.optimizers
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The trainer's lone optimizer (with named optimizers: :attr:`optimizers`)."""
+        if self._named_optimizers:
+            names = ", ".join(repr(n) for n in self.optimizers)
+            raise AttributeError(f"this trainer has named optimizers ({names}): use trainer.optimizers[name]")
+        return self._optimization.optimizers[SINGLE]
 
     def post_step(self, outputs: dict[str, Any]) -> None:
         """Emits ``post_step(outputs=...)``: the optimizer has stepped, counters are final for this step."""
@@ -352,41 +387,6 @@ class BaseTrainer:
         if found is None:
             found = self._extensions[cls] = cls(self)  # type: ignore[call-arg]
         return found
-
-    # ------------------------------------------------------------------ between ranks (trainers.distributed.ranks)
-    @property
-    def rank(self) -> int:
-        """This process's rank in the ``torch.distributed`` job (0 when there is none)."""
-        return self._ranks.rank
-
-    @property
-    def world_size(self) -> int:
-        """The number of processes in the job (1 when there is none)."""
-        return self._ranks.world_size
-
-    @property
-    def is_global_zero(self) -> bool:
-        """Whether this is rank 0: the process that logs, shows progress and writes files."""
-        return self._ranks.rank == 0
-
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        """Rank ``src``'s ``obj`` (small, picklable) on every rank; a collective: every rank calls it at one point."""
-        return self._ranks.broadcast(obj, src)
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj`` in rank order (``[obj]`` in a single process). A collective."""
-        return self._ranks.all_gather(obj)
-
-    def on_rank_zero(
-        self, fn: Callable[[], T], *, elsewhere: Callable[[RankZeroFailure], BaseException] | None = None
-    ) -> T:
-        """``fn()`` on rank 0 only, its result (small, picklable) on every rank; if it raises, every rank raises
-        (the others ``elsewhere(failure)``, see :meth:`trainers.distributed.ranks.Job.on_rank_zero`). A collective."""
-        return self._ranks.on_rank_zero(fn, elsewhere)
-
-    def barrier(self) -> None:
-        """Wait for every rank (nothing in a single process); a collective, bounded by the timeout."""
-        self._ranks.barrier()
 
     # ------------------------------------------------------------------ callbacks (trainers.engine.callback_set)
     @property

@@ -202,7 +202,9 @@ def test_round_trip_has_exactly_the_keys_metadata_and_tensors(tmp_path: Path) ->
         "tag",
         "writer",
         "world_size",
+        "optimizers",
     }
+    assert meta["optimizers"] == ["optimizer"]
     assert meta["writer"] == {"host": socket.gethostname(), "pid": os.getpid(), "rank": 0}
     assert meta["world_size"] == 1
     assert meta["format"] == FORMAT == 1

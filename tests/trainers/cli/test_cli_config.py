@@ -166,7 +166,7 @@ def test_callbacks_lists_the_built_ins_and_the_plugin_with_its_source_and_parame
     ]
     assert (
         result.stdout.rstrip().splitlines()[-1]
-        == f"Trainers (config: trainer.name): demo (built-in), image_field (built-in), tiny ({TINY})"
+        == f"Trainers (config: trainer.name): demo (built-in), gan (built-in), image_field (built-in), tiny ({TINY})"
     )
 
     # installed into its own folder only: this process (the venv) does not see the plugin

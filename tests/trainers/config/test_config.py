@@ -65,7 +65,7 @@ KNOWN = (
     "checkpointer, early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, preview, progress, "
     "tensorboard, validator, wandb"
 )
-TRAINERS = "demo, image_field"
+TRAINERS = "demo, gan, image_field"
 CHECKPOINTER_KEYS = (
     "dir, every, at_end, on_interrupt, on_exception, keep_last, monitor, mode, keep_best, on_error, priority, state_key"
 )
@@ -162,6 +162,7 @@ ROUND_TRIP_RESOLVED = {
             "warmup": 0,
             "warmup_start": 0.0,
             "monitor": None,
+            "optimizer": None,
         },
         "validator": {
             "enabled": True,
@@ -1312,7 +1313,7 @@ def tiny_trainer(
 def test_default_registry_holds_the_builtins_and_an_empty_one_holds_nothing() -> None:
     registry = Registry.default()
     assert registry.names("callback") == BUILTINS
-    assert registry.names("trainer") == ["demo", "image_field"]
+    assert registry.names("trainer") == ["demo", "gan", "image_field"]
     assert {e.source for e in registry.entries("callback")} == {"built-in"}
     assert Registry.default(plugins=False).names("callback") == BUILTINS
     empty = Registry()
@@ -1424,7 +1425,7 @@ def test_registering_something_that_is_not_a_callback_class_is_refused() -> None
 def test_a_trainer_factory_registered_in_code_builds_from_its_typed_params(tmp_path: Path) -> None:
     registry = Registry.default()
     registry.register_trainer("tiny", tiny_trainer)
-    assert registry.names("trainer") == ["demo", "image_field", "tiny"]
+    assert registry.names("trainer") == ["demo", "gan", "image_field", "tiny"]
     path = write(
         tmp_path,
         "run: {seed: 5}\ntrainer: {name: tiny, width: 6, max_epochs: 2, activation: relu, "

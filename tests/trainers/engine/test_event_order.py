@@ -74,16 +74,13 @@ def test_payload_keys_of_each_event() -> None:
     assert keys == [
         ("pre_training", ["resumed"]),
         ("pre_epoch", []),
-        *[
-            (e, k)
-            for _ in range(3)
-            for e, k in (("pre_step", ["batch"]), ("step", ["loss", "outputs"]), ("post_step", ["outputs"]))
-        ],
+        *[("pre_step", ["batch"]), ("step", ["loss", "optimizer", "outputs"]), ("post_step", ["outputs"])] * 3,
         ("post_epoch", []),
         ("post_training", ["status"]),
     ]
     # step and post_step of one iteration carry the very same outputs dict, whose loss is the step's loss
     step_payload, post_payload = rec.payloads[3][1], rec.payloads[4][1]
+    assert step_payload["optimizer"] == "optimizer"  # a lone optimizer's name
     assert step_payload["outputs"] is post_payload["outputs"]
     assert step_payload["loss"] is step_payload["outputs"]["loss"]
     assert step_payload["loss"].dim() == 0
