@@ -12,6 +12,12 @@ and reads the training loss from the trainer's metric flow (one device read per 
 since the previous capture). Validation results (``val/*``) are recorded as they arrive. A trainer without a
 ``preview`` method still gets the loss and validation history.
 
+The picture shows the weights the trainer is evaluated with: the render runs inside
+``EvaluationWeights.of(trainer).applied("preview")`` (:mod:`callbacks.weights`), so with an ``EMA`` registered for
+``"preview"`` (its default) it renders the average, and the training weights are back, bit for bit, before training
+goes on -- also when the render raises. The picture is converted to bytes inside that block, so an image that views
+the weights themselves still shows the average. Without such a provider the render uses the training weights.
+
 The display reads :attr:`Preview.frame` (the latest :class:`Frame`, ``uint8`` pixels as bytes) and
 :attr:`Preview.history` and compares :attr:`Preview.version` to see whether anything changed; nothing here knows
 about the display, and the display keeps no training state of its own.
@@ -29,6 +35,7 @@ import torch
 
 from callbacks.images import tensor_bytes, to_uint8_hwc
 from callbacks.loggers.metric_flow import MetricFlow
+from callbacks.weights import EvaluationWeights
 from lifecycle import Callback, Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,6 +69,7 @@ class Preview(Callback):
     """Captures ``trainer.preview()`` (or ``fn(trainer)``) and the loss every ``every`` (wall time, default
     ``"0.5s"``) and at the end; keeps at most ``history`` points per series: every capture until full, then every
     2nd, 4th, ... capture (the stride doubles each time), plus the newest -- evenly spread over the whole run.
+    Renders use the evaluation weights for ``"preview"`` (an ``EMA``'s average when one serves it).
 
     Events: ``pre_training``, ``post_step`` (on the schedule), ``post_validation``, ``post_training``. Publishes
     nothing.
@@ -139,22 +147,29 @@ class Preview(Callback):
                 if math.isfinite(value):
                     self._add(key, state.iteration, value)
         if self._source is not None:
-            shown = self._source()
-            if not isinstance(shown, Mapping) or "image" not in shown:
-                got = sorted(shown) if isinstance(shown, Mapping) else type(shown).__name__
-                source = "the preview function (fn)" if self.fn is not None else f"{type(trainer).__name__}.preview()"
-                raise ValueError(
-                    f"Preview: {source} must return a mapping with an 'image' (H, W, C) tensor, plus an optional "
-                    f"'target' and scalars; got {got}"
-                )
-            self.frame = Frame.of(shown["image"], state.iteration, state.epoch, name="preview 'image'")
-            if self.target is None and shown.get("target") is not None:
-                self.target = Frame.of(shown["target"], 0, 0, name="preview 'target'")
-            for key, value in shown.items():
-                number = _number(value) if key not in ("image", "target") else None
-                if number is not None:
-                    self._add(f"preview/{key}", state.iteration, number)
+            # everything read from the render -- pixels and scalars -- is copied out before the training weights
+            # return, since a returned tensor may view the weights themselves
+            with EvaluationWeights.of(trainer).applied("preview"):
+                self._show(self._source(), trainer)
         self.version += 1
+
+    def _show(self, shown: object, trainer: BaseTrainer) -> None:
+        """Check a render's result and keep its picture, target and scalars."""
+        state = trainer.state
+        if not isinstance(shown, Mapping) or "image" not in shown:
+            got = sorted(shown) if isinstance(shown, Mapping) else type(shown).__name__
+            source = "the preview function (fn)" if self.fn is not None else f"{type(trainer).__name__}.preview()"
+            raise ValueError(
+                f"Preview: {source} must return a mapping with an 'image' (H, W, C) tensor, plus an optional "
+                f"'target' and scalars; got {got}"
+            )
+        self.frame = Frame.of(shown["image"], state.iteration, state.epoch, name="preview 'image'")
+        if self.target is None and shown.get("target") is not None:
+            self.target = Frame.of(shown["target"], 0, 0, name="preview 'target'")
+        for key, value in shown.items():
+            number = _number(value) if key not in ("image", "target") else None
+            if number is not None:
+                self._add(f"preview/{key}", state.iteration, number)
 
     def _add(self, key: str, iteration: int, value: float) -> None:
         points = self.history.setdefault(key, [])

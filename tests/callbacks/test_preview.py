@@ -1,24 +1,26 @@
 """``Preview`` on real training runs (the demo MLP and a small image field): the frame is exactly the trainer's
 preview at the capture iteration, the loss history holds the means of the steps between captures, ``preview/*``
 and ``val/*`` series, the final capture at ``post_training``, bit-identical training with and without captures,
-``fn=`` and trainers without a preview, every kind of bad input with its exact message, thinning at the history's
-capacity, and the callback built from a config and listed by ``stepbus callbacks``.
+``fn=`` and trainers without a preview, renders with an ``EMA``'s average (exactly the average, the training weights
+back bit for bit, also after a render that raises) and without one, every kind of bad input with its exact message,
+thinning at the history's capacity, and the callback built from a config and listed by ``stepbus callbacks``.
 
 Captures use iteration schedules (``"1it"``, ``"5it"``) so that they are deterministic; checks that must see the
 frame of the current iteration run in ``post_step`` handlers with a priority below Preview's (``LOGGING``).
 
-Two tests expose bugs and fail until ``callbacks/preview.py`` is fixed: a failing preview aborts the rest of
-``post_training`` (``test_a_failing_preview_does_not_cut_post_training_short``), and thinning collapses the old part
-of a series into its first point (``test_a_thinned_history_keeps_spanning_the_run``).
+Two tests guard against bugs an earlier version had: a failing preview aborted the rest of ``post_training``
+(``test_a_failing_preview_does_not_cut_post_training_short``), and thinning collapsed the old part of a series into
+its first point (``test_a_thinned_history_keeps_spanning_the_run``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,12 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from callbacks import GridPruning, MetricsFile, Preview, Validator
+from callbacks import EMA, GridPruning, MetricsFile, Preview, Validator
 from callbacks.images import tensor_bytes, to_uint8_hwc
 from callbacks.preview import Frame
-from lifecycle import CallbackError, Priority, Status
-from tests.support import small_field
+from callbacks.weights import EvaluationWeights
+from lifecycle import Callback, CallbackError, Priority, Status
+from tests.support import make_trainer, params_of, same_params, small_field
 from trainers import BaseTrainer, ConfigError
 from trainers.apps.demo import demo_trainer
 from trainers.apps.image_field import ImageFieldTrainer
@@ -395,6 +398,166 @@ def test_a_trainer_without_preview_gets_loss_and_validation_history() -> None:
     assert preview.history["val/mse"] == validated
     assert iterations(validated) == [8, 16]
     assert preview.version == 5 + 1 + 2
+    trainer.close()
+
+
+# ---------------------------------------------------------------------------------------------- the evaluation weights
+
+#: a handler at this priority runs after the EMA's post_step (STATE) and right before Preview's capture (LOGGING)
+BEFORE_PREVIEW = Priority.LOGGING + 1
+
+
+@dataclasses.dataclass
+class Recording:
+    """A run of :func:`recording_run`: what each render saw, and the training weights and the EMA's average right
+    before each scheduled capture and the weights right after it, by iteration."""
+
+    trainer: BaseTrainer
+    preview: Preview
+    rendered: list[tuple[int, list[torch.Tensor]]] = dataclasses.field(default_factory=list)
+    before: dict[int, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
+    averages: dict[int, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
+    after: dict[int, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
+
+
+def recording_run(*callbacks: Callback, ema: EMA | None = None, fails_at: int | None = None) -> Recording:
+    """The tiny linear trainer (12 iterations) with ``callbacks``, ``ema`` and a Preview every 2 iterations whose
+    render records the pipeline's weights (and raises at iteration ``fails_at``); not run yet."""
+    rendered: list[tuple[int, list[torch.Tensor]]] = []
+
+    def render(t: BaseTrainer) -> dict[str, Any]:
+        rendered.append((t.state.iteration, params_of(t.pipeline)))
+        if t.state.iteration == fails_at:
+            raise RuntimeError("the renderer ran out of memory")
+        # a scalar that views a weight: read while the render's weights are still in place, or it shows others
+        return {"image": torch.zeros(2, 2, 3), "w00": t.pipeline.weight.detach()[0, 0]}  # type: ignore[index]
+
+    preview = Preview(every="2it", fn=render)
+    chosen = [*callbacks, *([ema] if ema is not None else []), preview]
+    recording = Recording(make_trainer(items=12, batch_size=2, max_epochs=2, callbacks=chosen), preview, rendered)
+
+    def before(t: BaseTrainer, **payload: Any) -> None:
+        recording.before[t.state.iteration] = params_of(t.pipeline)
+        if ema is not None:
+            recording.averages[t.state.iteration] = [average.clone() for average in ema.average]
+
+    def after(t: BaseTrainer, **payload: Any) -> None:
+        recording.after[t.state.iteration] = params_of(t.pipeline)
+
+    recording.trainer.on("post_step", priority=BEFORE_PREVIEW)(before)
+    recording.trainer.on("post_step", priority=AFTER_PREVIEW)(after)
+    return recording
+
+
+def test_with_an_ema_the_preview_renders_the_average_and_training_goes_on_from_the_exact_weights() -> None:
+    ema = EMA(decay=0.9)
+    run = recording_run(ema=ema)
+    assert run.trainer.train() is Status.COMPLETED
+    assert [iteration for iteration, _ in run.rendered] == [2, 4, 6, 8, 10, 12, 12]  # the last one at post_training
+    assert EvaluationWeights.of(run.trainer).provider("preview") == "EMA 'EMA'"
+    for iteration, seen in run.rendered[:-1]:
+        assert same_params(seen, run.averages[iteration]), iteration  # the render saw the average, exactly
+        assert not same_params(seen, run.before[iteration]), iteration  # which is not the training weights
+        assert same_params(run.after[iteration], run.before[iteration]), iteration  # those came back bit for bit
+    assert same_params(run.rendered[-1][1], ema.average)  # the final capture too
+    scheduled = run.preview.history["preview/w00"][:-1]
+    assert scheduled == [(iteration, float(run.averages[iteration][0][0, 0])) for iteration in range(2, 11, 2)]
+    assert same_params(params_of(run.trainer.pipeline), run.before[12])
+    # training went on exactly as it does without a preview: the same weights and the same average
+    plain_ema = EMA(decay=0.9)
+    plain = make_trainer(items=12, batch_size=2, max_epochs=2, callbacks=[plain_ema])
+    assert plain.train() is Status.COMPLETED
+    assert same_params(params_of(run.trainer.pipeline), params_of(plain.pipeline))
+    assert same_params(ema.average, plain_ema.average)
+
+
+def test_a_render_that_raises_leaves_the_exact_training_weights_and_average() -> None:
+    ema = EMA(decay=0.9)
+    run = recording_run(ema=ema, fails_at=4)
+    with pytest.raises(CallbackError) as raised:
+        run.trainer.train()
+    assert (raised.value.handler, raised.value.iteration) == ("Preview.post_step", 4)
+    assert str(raised.value.__cause__) == "the renderer ran out of memory"
+    assert same_params(run.rendered[-1][1], run.averages[4])  # it failed while rendering the average
+    assert not same_params(run.averages[4], run.before[4])
+    assert same_params(params_of(run.trainer.pipeline), run.before[4])
+    assert same_params(ema.average, run.averages[4])
+    # and called directly between steps, as a display would
+    with pytest.raises(RuntimeError, match="the renderer ran out of memory"):
+        run.preview.capture(run.trainer)
+    assert len(run.rendered) == 3
+    assert same_params(params_of(run.trainer.pipeline), run.before[4])
+    assert same_params(ema.average, run.averages[4])
+
+
+def test_a_bad_render_result_is_refused_after_the_training_weights_are_back() -> None:
+    ema = EMA(decay=0.9)
+    preview = Preview(every="2it", fn=lambda t: {"picture": 1})
+    trainer = make_trainer(items=12, batch_size=2, max_epochs=2, callbacks=[ema, preview])
+    weights: list[list[torch.Tensor]] = []
+    trainer.on("post_step", priority=BEFORE_PREVIEW)(lambda t, **_: weights.append(params_of(t.pipeline)))
+    with pytest.raises(CallbackError, match="must return a mapping with an 'image'"):
+        trainer.train()
+    assert not same_params(weights[-1], ema.average)
+    assert same_params(params_of(trainer.pipeline), weights[-1])
+
+
+@pytest.mark.parametrize(
+    "ema",
+    [
+        pytest.param(None, id="no-ema"),
+        pytest.param(lambda: EMA(decay=0.9, use_for=["validation", "export"]), id="ema-not-for-preview"),
+    ],
+)
+def test_without_an_ema_for_the_preview_it_renders_the_training_weights(ema: Callable[[], EMA] | None) -> None:
+    average = None if ema is None else ema()
+    run = recording_run(ema=average)
+    assert run.trainer.train() is Status.COMPLETED
+    assert EvaluationWeights.of(run.trainer).provider("preview") is None
+    assert [iteration for iteration, _ in run.rendered] == [2, 4, 6, 8, 10, 12, 12]
+    for iteration, seen in run.rendered[:-1]:
+        assert same_params(seen, run.before[iteration]), iteration
+        if average is not None:  # the EMA kept an average that differs, and it was not shown
+            assert not same_params(seen, run.averages[iteration]), iteration
+    assert same_params(run.rendered[-1][1], params_of(run.trainer.pipeline))
+    assert run.preview.history["preview/w00"] == [
+        (iteration, float(run.before[iteration][0][0, 0])) for iteration in range(2, 13, 2)
+    ]
+
+
+def test_validate_with_average_false_still_previews_the_average() -> None:
+    validated: list[list[torch.Tensor]] = []
+
+    def validate(t: BaseTrainer) -> dict[str, Any]:
+        validated.append(params_of(t.pipeline))
+        return {"mse": 0.0}
+
+    ema = EMA(decay=0.9, validate_with_average=False)
+    run = recording_run(Validator(fn=validate, every="6it", at_end=False), ema=ema)
+    assert (ema.use_for, ema.validate_with_average) == (("preview", "export"), False)
+    assert run.trainer.train() is Status.COMPLETED
+    assert len(validated) == 2
+    assert same_params(validated[-1], run.before[12])  # validation at 12 ran on the training weights
+    assert same_params(run.rendered[-2][1], run.averages[12])  # the capture at 12 on the average
+    assert not same_params(run.averages[12], run.before[12])
+
+
+def test_with_an_ema_the_frame_is_the_trainers_own_render_of_the_average() -> None:
+    trainer = demo(max_epochs=1)
+    ema = trainer.add_callback(EMA(decay=0.9))
+    preview = trainer.add_callback(Preview(every="1000it"))  # only the final capture
+    assert isinstance(ema, EMA)
+    assert isinstance(preview, Preview)
+    assert trainer.train() is Status.COMPLETED
+    with ema.applied():
+        averaged = trainer.preview()  # type: ignore[attr-defined]
+    trained = trainer.preview()  # type: ignore[attr-defined]
+    frame = preview.frame
+    assert frame is not None
+    assert frame.pixels == uint8_bytes(averaged["image"])
+    assert frame.pixels != uint8_bytes(trained["image"])
+    assert preview.history["preview/mse"] == [(DEMO_STEPS, averaged["mse"])]
+    assert averaged["mse"] != trained["mse"]
     trainer.close()
 
 
