@@ -12,8 +12,13 @@ end-of-training event) and, apart, its fixed start-up and tear-down cost.
 * ``engine``: the same without the model (a step that does nothing), so the engines' own cost is not lost in the
   noise of a ~300 us training step: raw loop, stepbus / Ignite / Lightning with nothing and with ten no-op
   callbacks or handlers.
-* ``callbacks``: what individual stepbus callbacks cost over the bare engine (scheduled work next to the same work
-  written by hand; loggers).
+* ``callbacks``: what individual stepbus callbacks cost over the bare engine (loggers, the metric flow);
+  ``scheduled``: stepbus's scheduled callbacks next to the raw loop doing the same work by hand.
+* ``accumulate`` and ``bf16``: gradient accumulation over 4 batches and bfloat16 autocast on the CPU, each done by
+  hand in the raw loop (the group's baseline), by stepbus's trainer options and by the peers' (see
+  :mod:`benchmarks.step_options`).
+
+The hand-written loops are in :mod:`benchmarks.raw_loops`.
 
 Run: ``python -m benchmarks --case overhead`` (all cases: ``python -m benchmarks``); ``--quick`` for a smoke run.
 Nothing here is a pass/fail test.
@@ -22,35 +27,30 @@ Nothing here is a pass/fail test.
 from __future__ import annotations
 
 import gc
-import math
-import os
 import platform
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import blinker
 import torch
-from rich.console import Console
-from rich.progress import Progress
 from torch import nn
 
+from benchmarks import step_options
 from benchmarks.peers import PEERS, ignite_run, lightning_run, versions
+from benchmarks.raw_loops import no_prune, raw, raw_default_work, raw_null, raw_scheduled
 from benchmarks.workload import (
     Batch,
-    Discard,
     NullStepTrainer,
     Timing,
     default_set,
     make_batches,
-    make_model,
     progress,
     run_stepbus,
-    timed,
+    ten_noop_callbacks,
 )
 from callbacks import (
     Callback,
@@ -68,181 +68,7 @@ from trainers.engine.trainer import BaseTrainer
 __all__ = ["default_set", "report", "run", "ten_noop_callbacks"]
 
 
-# ---------------------------------------------------------------- no-op callbacks on mixed events and schedules
-class _PreStep(Callback):
-    def pre_step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        pass
-
-
-class _Step(Callback):
-    def step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        pass
-
-
-class _PostStep(Callback):
-    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        pass
-
-
-class _Every50(Callback):
-    every = "50it"
-
-    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        pass
-
-
-class _EveryMinute(Callback):
-    every = "1min"
-
-    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        pass
-
-
-class _Epochs(Callback):
-    every = "1ep"
-
-    def pre_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
-        pass
-
-    def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
-        pass
-
-
-class _Training(Callback):
-    def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
-        pass
-
-    def post_training(self, trainer: BaseTrainer, **payload: Any) -> None:
-        pass
-
-
-def ten_noop_callbacks() -> list[Callback]:
-    """10 callbacks: 6 run every step (2 pre_step, 2 step, 2 post_step), 2 on schedules checked every step
-    (50it, 1min), 1 per epoch, 1 per run."""
-    return [
-        _PreStep(state_key="pre_step_a"),
-        _PreStep(state_key="pre_step_b"),
-        _Step(state_key="step_a"),
-        _Step(state_key="step_b"),
-        _PostStep(state_key="post_step_a"),
-        _PostStep(state_key="post_step_b"),
-        _Every50(),
-        _EveryMinute(),
-        _Epochs(),
-        _Training(),
-    ]
-
-
-# ---------------------------------------------------------------- the raw loop
-def _raw(batches: list[Batch], epochs: int) -> Timing:
-    model = make_model(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-
-    def loop() -> None:
-        for _ in range(epochs):
-            for x, y in batches:
-                optimizer.zero_grad(set_to_none=True)
-                loss = nn.functional.mse_loss(model(x), y)
-                loss.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
-
-    return timed(loop)
-
-
-def _raw_default_work(batches: list[Batch], epochs: int, tmp: Path) -> Timing:
-    """The raw loop doing by hand what the full default set does: a rich progress bar redrawn at most 10 times a
-    second, the loss to TensorBoard every 50 iterations, Wisp's LR milestones, a checkpoint per epoch written
-    atomically (temporary file, fsync, rename; keep 3), and a finite check of the loss and gradients every step
-    that withholds the update when it fails. The fair baseline for that row: the same work without a framework."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    model = make_model(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    total = epochs * len(batches)
-    milestones = [round(m * total) for m in (0.5, 0.75, 0.9)]
-    params = list(model.parameters())
-    directory = Path(tempfile.mkdtemp(dir=tmp))
-    writer = SummaryWriter(str(directory / "tb"))
-    console = Console(file=Discard(), force_terminal=True, width=120, color_system=None)
-    saved: list[Path] = []
-
-    def save(epoch: int, iteration: int) -> None:
-        path = directory / f"step-{iteration:08d}.pt"
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "wb") as file:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        saved.append(path)
-        while len(saved) > 3:
-            saved.pop(0).unlink()
-
-    def loop() -> None:
-        iteration, next_draw = 0, 0.0
-        with Progress(console=console, auto_refresh=False) as progress:
-            task = progress.add_task("train", total=total)
-            for epoch in range(1, epochs + 1):
-                for x, y in batches:
-                    iteration += 1
-                    if iteration - 1 in milestones:
-                        for group in optimizer.param_groups:
-                            group["lr"] *= 0.333
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = nn.functional.mse_loss(model(x), y)
-                    loss.backward()  # type: ignore[no-untyped-call]
-                    norms = torch.stack(torch._foreach_norm([p.grad for p in params if p.grad is not None]))
-                    if math.isfinite((norms.sum() + loss.detach()).item()):
-                        optimizer.step()
-                    if iteration % 50 == 0:
-                        writer.add_scalar("train/loss", loss.item(), iteration)
-                    now = time.monotonic()
-                    if now >= next_draw:
-                        progress.update(task, completed=iteration)
-                        progress.refresh()
-                        next_draw = now + 0.1
-                save(epoch, iteration)
-        writer.close()
-
-    return timed(loop)
-
-
-def _raw_scheduled(batches: list[Batch], epochs: int) -> Timing:
-    """The raw loop doing by hand what the scheduled callbacks do."""
-    model = make_model(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    total = epochs * len(batches)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=[round(m * total) for m in (0.5, 0.75, 0.9)], gamma=0.333
-    )
-    params = list(model.parameters())
-    val_x, val_y = batches[0]
-
-    def loop() -> None:
-        best, wait, iteration = float("inf"), 0, 0
-        model.train()
-        for _ in range(epochs):
-            for x, y in batches:
-                iteration += 1
-                optimizer.zero_grad(set_to_none=True)
-                loss = nn.functional.mse_loss(model(x), y)
-                loss.backward()  # type: ignore[no-untyped-call]
-                norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-                if bool(torch.isfinite(norm) & torch.isfinite(loss)):
-                    optimizer.step()
-                scheduler.step()
-                if iteration % 100 == 0:
-                    _no_prune(model)
-            model.eval()
-            with torch.no_grad():
-                value = nn.functional.mse_loss(model(val_x), val_y).item()
-            model.train()
-            best, wait = (value, 0) if value < best else (best, wait + 1)
-
-    return timed(loop)
-
-
+# ---------------------------------------------------------------- callbacks measured on their own
 class _FlowReader(Callback):
     """What a logger does with the metric flow: a window read every 50 iterations."""
 
@@ -267,12 +93,8 @@ def _tensorboard() -> list[Callback]:
     return [TensorBoardLogger(every="50it")]
 
 
-def _no_prune(pipeline: nn.Module) -> None:
-    """The benchmark's stand-in for a grid's ``prune()``: the cost of the call, not of pruning."""
-
-
 def scheduled_callbacks(val_batch: Batch) -> list[Callback]:
-    """The issue-3 callbacks doing what :func:`_raw_scheduled` does by hand."""
+    """The scheduled callbacks doing what :func:`benchmarks.raw_loops.raw_scheduled` does by hand."""
     val_x, val_y = val_batch
 
     def validate(trainer: BaseTrainer) -> dict[str, Any]:
@@ -281,21 +103,10 @@ def scheduled_callbacks(val_batch: Batch) -> list[Callback]:
     return [
         LRDecay(),
         GradientGuard(clip_norm=1.0, on_nonfinite="skip"),
-        GridPruning("100it", prune=_no_prune),
+        GridPruning("100it", prune=no_prune),
         Validator(validate, every="1ep", at_end=False),
         EarlyStopping("val/loss", patience=1_000_000),
     ]
-
-
-def _raw_null(batches: list[Batch], epochs: int) -> Timing:
-    def loop() -> None:
-        sink = None
-        for _ in range(epochs):
-            for batch in batches:
-                sink = batch
-        del sink
-
-    return timed(loop)
 
 
 # ---------------------------------------------------------------- measurement
@@ -315,11 +126,11 @@ def variants(batches: list[Batch], epochs: int, tmp: Path) -> list[Variant]:
         return lambda: run_stepbus(batches, epochs, callbacks, cls=NullStepTrainer)
 
     return [
-        ("train", "raw PyTorch loop", lambda: _raw(batches, epochs)),
+        ("train", "raw PyTorch loop", lambda: raw(batches, epochs)),
         ("train", "stepbus, 0 callbacks", lambda: run_stepbus(batches, epochs, list)),
         ("train", "stepbus, 10 no-op callbacks", lambda: run_stepbus(batches, epochs, ten_noop_callbacks)),
         ("train", "stepbus, full default set", lambda: run_stepbus(batches, epochs, default_set, run_dir=tmp)),
-        ("train", "raw loop doing the default set's work by hand", lambda: _raw_default_work(batches, epochs, tmp)),
+        ("train", "raw loop doing the default set's work by hand", lambda: raw_default_work(batches, epochs, tmp)),
         ("train", "Ignite Engine, bare", peer(ignite, lambda: ignite_run(batches, epochs))),
         (
             "train",
@@ -332,7 +143,7 @@ def variants(batches: list[Batch], epochs: int, tmp: Path) -> list[Variant]:
             "Lightning Trainer, defaults on",
             peer(lightning, lambda: lightning_run(batches, epochs, defaults=True, tmp=Path(tempfile.mkdtemp(dir=tmp)))),
         ),
-        ("engine", "raw Python loop over the batches", lambda: _raw_null(batches, epochs)),
+        ("engine", "raw Python loop over the batches", lambda: raw_null(batches, epochs)),
         ("engine", "stepbus, 0 callbacks", null(list)),
         ("engine", "stepbus, 10 no-op callbacks", null(ten_noop_callbacks)),
         ("engine", "Ignite Engine, bare", peer(ignite, lambda: ignite_run(batches, epochs, null=True))),
@@ -363,13 +174,14 @@ def variants(batches: list[Batch], epochs: int, tmp: Path) -> list[Variant]:
         (
             "scheduled",
             "raw loop + LR decay, clip, finite check, prune hook, validation",
-            lambda: _raw_scheduled(batches, epochs),
+            lambda: raw_scheduled(batches, epochs),
         ),
         (
             "scheduled",
             "stepbus + LRDecay, GradientGuard, GridPruning, Validator, EarlyStopping",
             lambda: run_stepbus(batches, epochs, lambda: scheduled_callbacks(batches[0])),
         ),
+        *step_options.variants(batches, epochs, ignite, lightning),
     ]
 
 
@@ -440,7 +252,7 @@ def _at_least(need: float) -> Callable[[float], bool]:
 
 
 def headline(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
-    """The issue's targets next to what was measured: (claim, target, measured, verdict)."""
+    """The targets next to what was measured: (claim, target, measured, verdict)."""
     found: list[tuple[str, str, str, str]] = []
 
     def add(claim: str, target: str, value: float | None, unit: str, ok: Callable[[float], bool]) -> None:
@@ -486,6 +298,19 @@ def headline(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
         if a is not None and b is not None and a["overhead_median_us"] > 0:
             ratio = b["overhead_median_us"] / a["overhead_median_us"]
         add(f"{peer}'s engine overhead / stepbus's ({label}, median)", f"≥ {need:g}x", ratio, "x", _at_least(need))
+    # what accumulating costs stepbus beyond what it costs by hand: the accumulating row's overhead less the plain
+    # step's (both over their own raw loop, both minima: the least noisy figure for a fixed cost per iteration)
+    accumulate = _find(rows, "accumulate", step_options.STEPBUS_ACCUMULATE)
+    plain = _find(rows, "train", "stepbus, 0 callbacks")
+    added = None if accumulate is None or plain is None else accumulate["overhead_min_us"] - plain["overhead_min_us"]
+    add(
+        f"what accumulate={step_options.ACCUMULATE} adds to stepbus's step beyond doing it by hand (min overhead of "
+        "the accumulate row less the 0-callback train row's)",
+        "≤ 5 µs/it",
+        added,
+        " µs/it",
+        lambda v: v <= 5.0,
+    )
     return found
 
 
@@ -500,6 +325,12 @@ def table(rows: Sequence[dict[str, Any]], iterations: int, repeats: int) -> str:
         f"{iterations} iterations per run, {repeats} interleaved repeats; microseconds per iteration in steady state "
         "(the framework's start-of-training event to its end-of-training event); fixed cost: the rest of the call "
         "(start-up, tear-down), median.",
+        "Each case's first row is its baseline (overhead and ratio are against it). `accumulate`: the optimizer "
+        f"steps once every {step_options.ACCUMULATE} iterations, each loss divided by {step_options.ACCUMULATE}; "
+        "`bf16`: the forward pass and the loss under `torch.autocast` on the CPU in bfloat16. Ignite's accumulating "
+        "row is its stock `create_supervised_trainer`, whose update also calls `model.train()` and `loss.item()` "
+        "every iteration; its bf16 row is the bare `Engine` with the autocast in its update function (its `amp_mode` "
+        "autocasts for CUDA only).",
         "",
         "| claim | target | measured | |",
         "|---|---|---:|---|",

@@ -7,11 +7,17 @@ Every runner trains (or, with ``null=True``, merely iterates over) the same pre-
 :class:`Timing`: the steady-state time from the framework's own "training started" event to its "training ended"
 event, and the whole call, whose difference is the framework's fixed start-up and tear-down cost.
 
-* Ignite, bare: ``Engine(update)`` with nothing attached.
+* Ignite, bare: ``Engine(update)`` with nothing attached; ``autocast=torch.bfloat16``: the same update with its
+  forward pass and loss under ``torch.autocast("cpu", ...)`` (``create_supervised_trainer(amp_mode="amp")`` autocasts
+  for CUDA only, so on the CPU a custom update function is how an Ignite user gets bf16).
+* Ignite, stock trainer (:func:`ignite_supervised_run`): ``create_supervised_trainer(model, optimizer, mse_loss,
+  device="cpu", **options)``, e.g. ``gradient_accumulation_steps=4``; its update also calls ``model.train()``, moves
+  the batch with ``prepare_batch`` and returns ``loss.item()`` every iteration.
 * Ignite, handlers: what stepbus's default set does, with Ignite's own handlers -- ``ProgressBar`` (tqdm, into a
   buffer), ``TensorboardLogger`` every 50 iterations, ``LRScheduler`` (MultiStepLR at Wisp's 50/75/90 %),
   ``Checkpoint`` + ``DiskSaver`` every epoch (keep 3), and a non-finite check every 50 iterations in the update.
-* Lightning, extras off: ``Trainer(barebones=True)``.
+* Lightning, extras off: ``Trainer(barebones=True)``; ``options`` adds ``Trainer`` arguments (e.g.
+  ``accumulate_grad_batches=4``, ``precision="bf16-mixed"``).
 * Lightning, defaults: ``Trainer()`` as it comes -- progress bar (into a buffer), ``TensorBoardLogger`` (every 50
   steps, its default) with ``self.log("train/loss")``, ``ModelCheckpoint`` every epoch, model summary -- plus the
   same LR decay (a step-interval MultiStepLR).
@@ -26,7 +32,7 @@ import importlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +41,7 @@ from torch import nn
 
 from benchmarks.workload import Batch, Discard, Timing, make_model
 
-__all__ = ["PEERS", "ignite_run", "lightning_run", "versions"]
+__all__ = ["PEERS", "ignite_run", "ignite_supervised_run", "lightning_run", "versions"]
 
 #: import name -> distribution name
 PEERS = {"ignite": "pytorch-ignite", "lightning": "lightning"}
@@ -89,6 +95,7 @@ def ignite_run(
     null: bool = False,
     noop_handlers: int = 0,
     tmp: Path | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Timing:
     from ignite.engine import Engine, Events
 
@@ -108,15 +115,40 @@ def ignite_run(
         optimizer.step()
         return loss
 
+    def update_autocast(engine: Any, batch: Batch) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=autocast):
+            loss = nn.functional.mse_loss(model(batch[0]), batch[1])
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        return loss
+
     def nothing(engine: Any, batch: Batch) -> None:
         return None
 
-    engine = Engine(nothing if null else update)
+    engine = Engine(nothing if null else update if autocast is None else update_autocast)
     if noop_handlers:
         _ignite_noops(engine, Events)
     closers: list[Any] = []
     if handlers:
         closers = _ignite_handlers(engine, Events, model, optimizer, epochs * len(batches), tmp)
+    return _ignite_timed(engine, batches, epochs, closers)
+
+
+def ignite_supervised_run(batches: Sequence[Batch], epochs: int, **options: Any) -> Timing:
+    """Ignite's stock trainer: ``create_supervised_trainer(model, optimizer, mse_loss, device="cpu", **options)``."""
+    from ignite.engine import create_supervised_trainer
+
+    model = make_model(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    engine = create_supervised_trainer(model, optimizer, nn.functional.mse_loss, device="cpu", **options)
+    return _ignite_timed(engine, batches, epochs, [])
+
+
+def _ignite_timed(engine: Any, batches: Sequence[Batch], epochs: int, closers: Sequence[Any]) -> Timing:
+    """Run ``engine`` over ``batches``, timed from its ``STARTED`` event to its ``COMPLETED`` event."""
+    from ignite.engine import Events
+
     marks: dict[str, int] = {}
     engine.add_event_handler(Events.STARTED, lambda _: marks.__setitem__("start", time.perf_counter_ns()))
     engine.add_event_handler(Events.COMPLETED, lambda _: marks.__setitem__("end", time.perf_counter_ns()))
@@ -198,6 +230,7 @@ def lightning_run(
     null: bool = False,
     noop_handlers: int = 0,
     tmp: Path | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Timing:
     import lightning as L
 
@@ -235,16 +268,17 @@ def lightning_run(
     callbacks: list[Any] = [Clock()]
     if noop_handlers:
         callbacks += _lightning_noops(L)
-    options: dict[str, Any] = {"max_epochs": epochs, "accelerator": "cpu", "devices": 1, "callbacks": callbacks}
+    arguments: dict[str, Any] = {"max_epochs": epochs, "accelerator": "cpu", "devices": 1, "callbacks": callbacks}
     if defaults:
         if tmp is None:
             raise ValueError("Lightning's defaults need a directory for its logs and checkpoints")
-        options["default_root_dir"] = str(tmp)
+        arguments["default_root_dir"] = str(tmp)
     else:
-        options["barebones"] = True
+        arguments["barebones"] = True
+    arguments.update(options or {})
     with _quiet():
         start = time.perf_counter_ns()
-        trainer = L.Trainer(**options)
+        trainer = L.Trainer(**arguments)
         trainer.fit(Module(), train_dataloaders=_Batches(batches))
         total = time.perf_counter_ns() - start
     return Timing((marks["end"] - marks["start"]) / 1e3, total / 1e3)

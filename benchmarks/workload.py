@@ -1,5 +1,6 @@
 """The benchmarks' shared workload: a 16-32-1 MLP, batches of 32 pre-built once, and how a stepbus run of it is
-timed (steady state, from the end of ``pre_training`` to the start of ``post_training``, plus the whole call).
+timed (steady state, from the end of ``pre_training`` to the start of ``post_training``, plus the whole call); the
+callback sets the runs use (ten no-op callbacks, a progress bar, the full default set).
 
 The peers (:mod:`benchmarks.peers`) build the same model from the same seed and read the same batches."""
 
@@ -30,6 +31,7 @@ __all__ = [
     "make_model",
     "mse",
     "run_stepbus",
+    "ten_noop_callbacks",
     "timed",
 ]
 
@@ -95,6 +97,71 @@ class NullStepTrainer(BaseTrainer):
         return outputs
 
 
+# ---------------------------------------------------------------- no-op callbacks on mixed events and schedules
+class _PreStep(Callback):
+    def pre_step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        pass
+
+
+class _Step(Callback):
+    def step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        pass
+
+
+class _PostStep(Callback):
+    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        pass
+
+
+class _Every50(Callback):
+    every = "50it"
+
+    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        pass
+
+
+class _EveryMinute(Callback):
+    every = "1min"
+
+    def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
+        pass
+
+
+class _Epochs(Callback):
+    every = "1ep"
+
+    def pre_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
+        pass
+
+    def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
+        pass
+
+
+class _Training(Callback):
+    def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        pass
+
+    def post_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        pass
+
+
+def ten_noop_callbacks() -> list[Callback]:
+    """10 callbacks: 6 run every step (2 pre_step, 2 step, 2 post_step), 2 on schedules checked every step
+    (50it, 1min), 1 per epoch, 1 per run."""
+    return [
+        _PreStep(state_key="pre_step_a"),
+        _PreStep(state_key="pre_step_b"),
+        _Step(state_key="step_a"),
+        _Step(state_key="step_b"),
+        _PostStep(state_key="post_step_a"),
+        _PostStep(state_key="post_step_b"),
+        _Every50(),
+        _EveryMinute(),
+        _Epochs(),
+        _Training(),
+    ]
+
+
 class Discard(io.StringIO):
     """A text sink that drops what it is given: a terminal for progress displays that neither prints nor grows (an
     ``io.StringIO`` would keep every frame, and show up in the memory benchmark as a leak)."""
@@ -110,7 +177,7 @@ def progress() -> list[Callback]:
 
 
 def default_set() -> list[Callback]:
-    """The full default set of the issue: progress (a terminal, into a buffer), TensorBoard every 50 it, LR decay
+    """The full default set: progress (a terminal, into a buffer), TensorBoard every 50 it, LR decay
     (Wisp's milestones), a checkpoint per epoch (keep 3), the gradient guard (its default: a non-finite check every
     50 it)."""
     return [
@@ -129,9 +196,11 @@ def run_stepbus(
     run_dir: Path | None = None,
     *,
     cls: type[BaseTrainer] = BaseTrainer,
+    **options: Any,
 ) -> Timing:
     """Train :func:`make_model` on ``batches`` (in order) for ``epochs`` with ``callbacks()``; a fresh directory
-    under ``run_dir`` when given (for loggers and checkpoints)."""
+    under ``run_dir`` when given (for loggers and checkpoints); ``options`` go to the trainer (e.g. ``accumulate=4``,
+    ``precision="bf16-mixed"``)."""
     net = make_model(0)
     trainer = cls(
         net,
@@ -144,6 +213,7 @@ def run_stepbus(
         optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
         callbacks=callbacks(),
         run_dir=None if run_dir is None else Path(tempfile.mkdtemp(dir=run_dir)),
+        **options,
     )
     watch = SteadyState()
     trainer.add_callback(watch)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from benchmarks import memory, overhead, peers
 from benchmarks.__main__ import main
-from benchmarks.workload import Discard
+from benchmarks.raw_loops import raw_accumulate, raw_autocast, window_lengths
+from benchmarks.workload import Discard, make_batches, make_model, mse
+from trainers.engine.trainer import BaseTrainer
 
 NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?(x| µs/it| ns)?$")
 
@@ -34,6 +38,20 @@ ENGINE = [
     "Lightning Trainer, extras off",
     "Lightning Trainer, extras off, 10 no-op callbacks",
 ]
+STEP_OPTIONS = {
+    "accumulate": [
+        "raw loop accumulating by hand (loss / 4, a step every 4 batches)",
+        "stepbus, 0 callbacks, accumulate=4",
+        "Ignite create_supervised_trainer, gradient_accumulation_steps=4",
+        "Lightning Trainer, extras off, accumulate_grad_batches=4",
+    ],
+    "bf16": [
+        "raw loop, forward and loss under torch.autocast(cpu, bfloat16)",
+        'stepbus, 0 callbacks, precision="bf16-mixed"',
+        "Ignite Engine, bare, its update under torch.autocast(cpu, bfloat16)",
+        'Lightning Trainer, extras off, precision="bf16-mixed"',
+    ],
+}
 
 
 def _rows(section: str) -> list[list[str]]:
@@ -70,14 +88,18 @@ def test_case_1_has_the_headline_and_every_variant_measured(report: str) -> None
     assert f"pytorch-ignite {versions['ignite']}, lightning {versions['lightning']}." in section
     rows = _rows(section)
     headline = [row for row in rows if len(row) == 4 and row[0] != "claim"]
-    assert [row[1] for row in headline] == ["≤ 5 µs/it", "≤ 1.10x", "(context)", "≥ 3x", "≥ 3x", "≥ 40x", "≥ 40x"]
+    targets = ["≤ 5 µs/it", "≤ 1.10x", "(context)", "≥ 3x", "≥ 3x", "≥ 40x", "≥ 40x", "≤ 5 µs/it"]
+    assert [row[1] for row in headline] == targets
     for claim, _, measured, verdict in headline:
         assert NUMBER.match(measured), (claim, measured)
         assert verdict in ("met", "**missed**")
     table = [row for row in rows if len(row) == 8 and row[0] != "case"]
     assert [row[1] for row in table if row[0] == "train"] == TRAIN
     assert [row[1] for row in table if row[0] == "engine"] == ENGINE
-    assert [row[0] for row in table if row[0] not in ("train", "engine")] == ["callbacks"] * 5 + ["scheduled"] * 2
+    others = [row[0] for row in table if row[0] not in ("train", "engine")]
+    assert others == ["callbacks"] * 5 + ["scheduled"] * 2 + ["accumulate"] * 4 + ["bf16"] * 4
+    for group, names in STEP_OPTIONS.items():
+        assert [row[1] for row in table if row[0] == group] == names
     for row in table:
         assert all(NUMBER.match(cell) or cell == "n/a" for cell in row[2:]), row
     first = {row[0]: row for row in reversed(table)}  # the first row of each group is its baseline
@@ -135,8 +157,9 @@ def test_a_missing_peer_is_reported_not_faked(monkeypatch: pytest.MonkeyPatch) -
     rows = overhead.run(20, 1)
     text = overhead.table(rows, 20, 1)
     peer_rows = [(row["group"], row["variant"]) for row in rows if row["missing"]]
-    assert peer_rows == [("train", name) for name in TRAIN if name.startswith(("Ignite", "Lightning"))] + [
-        ("engine", name) for name in ENGINE if name.startswith(("Ignite", "Lightning"))
+    groups = {"train": TRAIN, "engine": ENGINE, **STEP_OPTIONS}
+    assert peer_rows == [
+        (group, name) for group, names in groups.items() for name in names if name.startswith(("Ignite", "Lightning"))
     ]
     for group, name in peer_rows:
         assert f"| {group} | {name} | not installed (`pip install stepbus[bench]`) | | | | | |" in text
@@ -162,3 +185,44 @@ def test_ten_noop_callbacks_have_distinct_keys_and_mixed_events() -> None:
     assert len({cb.state_key for cb in callbacks}) == 10
     events = {event.value for cb in callbacks for event, _, _ in cb.handlers()}
     assert events == {"pre_training", "pre_epoch", "pre_step", "step", "post_step", "post_epoch", "post_training"}
+
+
+def _weights(net: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in net.parameters()]
+
+
+@pytest.mark.parametrize(
+    ("options", "by_hand"),
+    [
+        ({"accumulate": 4}, lambda batches, net: raw_accumulate(batches, 2, 4, model=net)),
+        ({"precision": "bf16-mixed"}, lambda batches, net: raw_autocast(batches, 2, model=net)),
+    ],
+    ids=["accumulate", "bf16"],
+)
+def test_the_raw_loops_do_what_the_trainer_options_do(options: dict[str, Any], by_hand: Any) -> None:
+    # 10 batches an epoch: windows of 4, 4 and a cut-short 2 -- the same weights, bit for bit, after two epochs
+    batches = make_batches(10)
+    net = make_model(0)
+    trainer = BaseTrainer(
+        net,
+        batches,
+        max_epochs=2,
+        batch_size=None,
+        shuffle=False,
+        device="cpu",
+        loss_fn=mse,
+        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
+        **options,
+    )
+    trainer.train()
+    trainer.close()
+    raw = make_model(0)
+    by_hand(batches, raw)
+    assert all(torch.equal(a, b) for a, b in zip(_weights(net), _weights(raw), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(_weights(raw), _weights(make_model(0)), strict=True))
+
+
+def test_window_lengths_never_cross_an_epoch() -> None:
+    assert window_lengths(10, 4) == [4] * 8 + [2] * 2
+    assert window_lengths(8, 4) == [4] * 8
+    assert window_lengths(3, 1) == [1, 1, 1]
