@@ -162,6 +162,26 @@ def test_bf16_mixed_computes_the_loss_in_bf16_and_converges() -> None:
     assert sum(losses[-17:]) / 17 < 0.25 * sum(losses[:17]) / 17  # the last epoch's mean loss vs the first's
 
 
+def test_bf16_mixed_trains_the_demo_as_well_as_full_precision() -> None:
+    """The demo app (an MLP fitting a 2-D function) for 3 epochs: under bf16 autocast its held-out error falls from
+    0.37 to the full-precision run's level (both about 0.0075 here; within 1.5x of each other)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from trainers.apps.demo import demo_trainer
+
+    errors = {}
+    for precision in ("32", "bf16-mixed"):
+        trainer = demo_trainer(max_epochs=3, precision=precision, console=Console(file=StringIO()))
+        trainer.train()
+        with torch.no_grad():
+            errors[precision] = float(trainer.validate()["mse"])
+    assert errors["bf16-mixed"] < 0.02
+    assert errors["bf16-mixed"] < 1.5 * errors["32"]
+    assert errors["32"] < 1.5 * errors["bf16-mixed"]
+
+
 def test_a_precision_the_device_cannot_run_or_a_wrong_name_is_refused() -> None:
     with pytest.raises(ValueError, match="precision must be one of '32', 'bf16-mixed', '16-mixed'; got 'fp16'"):
         _trainer(precision="fp16")
