@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lifecycle import Loop
-from trainers.checkpoint.restore import checked_counters, restore
+from trainers.checkpoint.restore import checked_counters, checkpoint_dirs, restore
 from trainers.checkpoint.save import checkpoint_payload, save
 from trainers.distributed.ranks import Ranks
 from trainers.engine.driver import LoopDriver
@@ -22,7 +22,9 @@ from trainers.engine.driver import LoopDriver
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer
 
-__all__ = ["Checkpoints"]
+__all__ = ["CheckpointMethods", "Checkpoints"]
+
+Meta = Mapping[str, Any] | None
 
 _log = logging.getLogger("stepbus")
 
@@ -36,6 +38,9 @@ class Checkpoints:
         self._trainer, self._loop, self._driver, self._ranks = trainer, loop, driver, ranks
         #: name -> object carried in every checkpoint (``trainer.track``)
         self.tracked: dict[str, Any] = {}
+
+    def dirs(self) -> list[Path]:
+        return checkpoint_dirs(self._trainer)
 
     def track(self, name: str, obj: Any) -> Any:
         if not isinstance(name, str) or not name:
@@ -89,3 +94,38 @@ class Checkpoints:
         trainer.resumed_from = restored.path
         _log.info("resumed from %s at %s", restored.path, trainer.state)
         return restored.path
+
+
+class CheckpointMethods:
+    """The trainer's checkpoint methods (a mixin of ``BaseTrainer`` over its :class:`Checkpoints`)."""
+
+    _checkpoints: Checkpoints
+
+    def restore(self, checkpoint: str | os.PathLike[str]) -> Path | None:
+        """Before training: load a checkpoint -- a file, a directory (its newest loadable one) or ``"auto"`` (see
+        :mod:`trainers.checkpoint.restore`) -- so that the next :meth:`iterate` continues with the exact next batch;
+        returns the file loaded (``None``: ``"auto"`` found none and the run starts fresh). The restored run emits
+        ``pre_training(resumed=True)``, ``pre_epoch`` again when the checkpoint was taken mid-epoch, then the next
+        step; no consumed batch is replayed and no event of a finished step repeats."""
+        return self._checkpoints.restore(checkpoint)
+
+    def checkpoint_dirs(self) -> list[Path]:
+        """Where ``restore("auto")`` looks: every callback's ``checkpoint_dir``, else ``run_dir/checkpoints``."""
+        return self._checkpoints.dirs()
+
+    def track(self, name: str, obj: Any) -> Any:
+        """Carry ``obj`` (anything with ``state_dict()`` / ``load_state_dict()``: an LR scheduler driven by hand,
+        an AMP ``GradScaler``, an EMA of the weights) in every checkpoint under ``name``; returns ``obj``."""
+        return self._checkpoints.track(name, obj)
+
+    def checkpoint_state(self, *, reason: str = "manual", resumable: bool = True) -> dict[str, Any]:
+        """Everything an exact resume needs, as tensors and plain containers. A ``RuntimeError`` for a resumable
+        one inside a step or before an epoch's ``post_epoch`` (:meth:`request_checkpoint` waits for such a point)."""
+        return self._checkpoints.payload(reason=reason, resumable=resumable)
+
+    def save_checkpoint(
+        self, path: str | os.PathLike[str], *, reason: str = "manual", resumable: bool = True, metadata: Meta = None
+    ) -> Path:
+        """Write :meth:`checkpoint_state` to ``path`` atomically (in a job rank 0 writes, with every rank's RNG);
+        ``metadata`` adds plain keys. A ``CheckpointError`` when it cannot be written; the previous file is intact."""
+        return self._checkpoints.save(path, reason=reason, resumable=resumable, metadata=metadata)

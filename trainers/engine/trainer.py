@@ -20,7 +20,6 @@ from torch.utils.data import Dataset
 
 import trainers.distributed.environment as environment
 from lifecycle import Bus, Callback, Event, Handle, Loop, Phase, ScheduleSpec, State, Status
-from trainers.checkpoint.restore import checkpoint_dirs
 from trainers.data.feeder import Feeder
 from trainers.data.placement import resolve_device
 from trainers.data.plan import BatchPlan
@@ -28,7 +27,7 @@ from trainers.distributed.ranks import Job, Ranks, SingleProcess
 from trainers.engine import arguments
 from trainers.engine.arguments import LossFn
 from trainers.engine.callback_set import CallbackSet
-from trainers.engine.checkpoints import Checkpoints
+from trainers.engine.checkpoints import CheckpointMethods, Checkpoints
 from trainers.engine.collectives import RankMethods
 from trainers.engine.control import Control
 from trainers.engine.driver import LoopDriver
@@ -40,10 +39,9 @@ __all__ = ["BaseTrainer", "LossFn", "OptimizerSpec"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 E = TypeVar("E")
-Meta = Mapping[str, Any] | None
 
 
-class BaseTrainer(RankMethods):
+class BaseTrainer(CheckpointMethods, RankMethods):
     """The stepping engine's torch half.
 
     An app writes :meth:`compute_loss` (or passes ``loss_fn``); the base class does zero_grad, forward, backward,
@@ -287,40 +285,11 @@ class BaseTrainer(RankMethods):
         """The signal that interrupted ``train()`` (``signal.SIGINT`` ...), if one did."""
         return self._control.interrupted_by
 
-    # ------------------------------------------------------------------ checkpoints (trainers.engine.checkpoints)
-    def restore(self, checkpoint: str | os.PathLike[str]) -> Path | None:
-        """Before training: load a checkpoint -- a file, a directory (its newest loadable one) or ``"auto"`` (see
-        :mod:`trainers.checkpoint.restore`) -- so that the next :meth:`iterate` continues with the exact next batch;
-        returns the file loaded (``None``: ``"auto"`` found none and the run starts fresh). The restored run emits
-        ``pre_training(resumed=True)``, ``pre_epoch`` again when the checkpoint was taken mid-epoch, then the next
-        step; no consumed batch is replayed and no event of a finished step repeats."""
-        return self._checkpoints.restore(checkpoint)
-
-    def checkpoint_dirs(self) -> list[Path]:
-        """Where ``restore("auto")`` looks: every callback's ``checkpoint_dir``, else ``run_dir/checkpoints``."""
-        return checkpoint_dirs(self)
-
-    def track(self, name: str, obj: Any) -> Any:
-        """Carry ``obj`` (anything with ``state_dict()`` / ``load_state_dict()``: an LR scheduler driven by hand,
-        an AMP ``GradScaler``, an EMA of the weights) in every checkpoint under ``name``; returns ``obj``."""
-        return self._checkpoints.track(name, obj)
-
-    def checkpoint_state(self, *, reason: str = "manual", resumable: bool = True) -> dict[str, Any]:
-        """Everything an exact resume needs, as tensors and plain containers. A ``RuntimeError`` for a resumable
-        one inside a step or before an epoch's ``post_epoch`` (:meth:`request_checkpoint` waits for such a point)."""
-        return self._checkpoints.payload(reason=reason, resumable=resumable)
-
-    def save_checkpoint(
-        self, path: str | os.PathLike[str], *, reason: str = "manual", resumable: bool = True, metadata: Meta = None
-    ) -> Path:
-        """Write :meth:`checkpoint_state` to ``path`` atomically (in a job rank 0 writes, with every rank's RNG);
-        ``metadata`` adds plain keys. A ``CheckpointError`` when it cannot be written; the previous file is intact."""
-        return self._checkpoints.save(path, reason=reason, resumable=resumable, metadata=metadata)
-
     # ------------------------------------------------------------------ requests (trainers.engine.requests)
-    def request_validation(self) -> None:
-        """Ask every validator to run: at once between steps, else at the next safe point (see ``engine.requests``)."""
-        self.request("validation")
+    def request_validation(self, name: str | None = None) -> None:
+        """Ask every validator to run, or the one ``name`` names (its prefix or state_key, served as the request kind
+        ``"validation:<name>"``): at once between steps, else at the next safe point (see ``engine.requests``)."""
+        self.request("validation" if name is None else f"validation:{name}")
 
     def request_checkpoint(self) -> None:
         """Ask the checkpointer(s) to save: at once between steps, else at the next resumable point."""
