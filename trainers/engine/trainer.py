@@ -31,6 +31,7 @@ from trainers.engine.checkpoints import CheckpointMethods, Checkpoints
 from trainers.engine.collectives import RankMethods
 from trainers.engine.control import Control
 from trainers.engine.driver import LoopDriver
+from trainers.engine.log_sinks import LogSinks
 from trainers.engine.optimization import Optimization, Precision
 from trainers.engine.optimizers import SINGLE, OptimizerSpec, build_optimizers
 from trainers.engine.requests import Requests
@@ -132,6 +133,7 @@ class BaseTrainer(CheckpointMethods, RankMethods):
         self._callbacks = CallbackSet(self, self.bus, self._ranks.rank)
         self._checkpoints = Checkpoints(self, self._loop, self._driver, self._ranks)
         self._extensions: dict[type[Any], Any] = {}
+        self._log_sinks = LogSinks()
         #: the resolved configuration (plain containers), saved in every checkpoint's metadata
         self.config: dict[str, Any] | None = None
         #: the checkpoint this run was restored from, if any
@@ -306,6 +308,16 @@ class BaseTrainer(CheckpointMethods, RankMethods):
     def servers(self, kind: str) -> tuple[str, ...]:
         """The names of the callbacks serving ``kind`` requests, in order (empty: :meth:`request` would raise)."""
         return self._requests.servers(kind)
+
+    def log(self, name: str, value: Any) -> None:
+        """Send ``value`` -- a number or scalar tensor, an ``HxWxC`` image tensor, or a string -- to every logger
+        now, at the current iteration (``trainers.engine.log_sinks``); on ranks other than 0 it does nothing."""
+        if self._ranks.rank == 0:
+            self._log_sinks.emit(name, value, self.state.iteration)
+
+    def log_sink(self, fn: Callable[[str, Any, int], None], *, name: str) -> Callable[[], None]:
+        """For loggers: receive every :meth:`log` as ``fn(name, value, iteration)``; returns what stops it."""
+        return self._log_sinks.add(fn, name)
 
     def skip_optimizer_step(self) -> None:
         """From a ``step`` handler: do not apply this step's gradients (e.g. they are not finite)."""
