@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from trainers.data.plan import BatchPlan, mix_seed
 
-__all__ = ["Feeder", "SeededBatch", "shard_batch"]
+__all__ = ["Feeder", "SeededBatch", "default_collate_checked", "shard_batch"]
 
 
 class SeededBatch(list[int]):
@@ -67,7 +67,7 @@ class _SeededFetch:
             numpy.random.seed(batch.seed & 0xFFFFFFFF)
         getitems = getattr(self.dataset, "__getitems__", None)
         if getitems is not None and not self.prebuilt:
-            return list(getitems(list(batch)))
+            return getitems(list(batch))  # type: ignore[no-any-return]  # as given: torch's fetcher collates it
         return [self.dataset[i] for i in batch]
 
 
@@ -112,6 +112,19 @@ def shard_batch(batch: Any, rank: int, world_size: int) -> Any:
     return batch
 
 
+def default_collate_checked(batch: Any) -> Any:
+    """``default_collate``, with a clear error where it would fail on a ready batch: a dataset whose
+    ``__getitems__`` returns one (a dict of tensors, not a list of items) needs ``collate_fn=`` -- as torch's
+    DataLoader does, where the same dataset fails with a bare ``KeyError: 0``."""
+    if not isinstance(batch, (list, tuple)):
+        raise TypeError(
+            f"the dataset's __getitems__ returned a {type(batch).__name__}, not a list of items, so the default "
+            "collate cannot stack it (torch's DataLoader fails there too); if it is a ready batch, pass "
+            "collate_fn=lambda batch: batch"
+        )
+    return default_collate(list(batch))
+
+
 def _first(items: list[Any]) -> Any:
     """The collate of pre-built batches: the batch exactly as the dataset gave it."""
     return items[0]
@@ -138,7 +151,7 @@ class Feeder:
     ) -> None:
         self.dataset, self.plan = dataset, plan
         self.user_collate = collate_fn
-        self.collate: Callable[[list[Any]], Any] = collate_fn or default_collate
+        self.collate: Callable[[list[Any]], Any] = collate_fn or default_collate_checked
         self._loader: DataLoader[Any] | None = None
         self._sampler: _PlanSampler | None = None
         if num_workers > 0:
@@ -182,7 +195,7 @@ class Feeder:
                 rank, world = plan.rank, plan.world_size
                 return (shard_batch(batch, rank, world) for batch in batches)
             return batches
-        if isinstance(dataset, TensorDataset) and self.collate is default_collate:
+        if isinstance(dataset, TensorDataset) and self.collate is default_collate_checked:
             tensors = dataset.tensors
             # the same values default_collate would stack, in one gather per tensor instead of one row at a time
             return ([t[indices] for t in tensors] for indices in plan.index_batches(epoch, start))
