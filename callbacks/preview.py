@@ -12,8 +12,10 @@ and reads the training loss from the trainer's metric flow (one device read per 
 since the previous capture). Validation results (``val/*``) are recorded as they arrive. A trainer without a
 ``preview`` method still gets the loss and validation history.
 
-The picture shows the weights the trainer is evaluated with: the render runs inside
-``EvaluationWeights.of(trainer).applied("preview")`` (:mod:`callbacks.weights`), so with an ``EMA`` registered for
+A render never changes training: it runs inside ``trainer.inference()`` (eval mode, ``no_grad``; every module's
+train flag and the RNG states restored afterwards, see ``trainers.engine.inference``). The picture shows the
+weights the trainer is evaluated with: the render runs inside ``EvaluationWeights.of(trainer).applied("preview")``
+(:mod:`callbacks.weights`), so with an ``EMA`` registered for
 ``"preview"`` (its default) it renders the average, and the training weights are back, bit for bit, before training
 goes on -- also when the render raises. The picture is converted to bytes inside that block, so an image that views
 the weights themselves still shows the average. Without such a provider the render uses the training weights.
@@ -149,7 +151,8 @@ class Preview(Callback):
         if self._source is not None:
             # everything read from the render -- pixels and scalars -- is copied out before the training weights
             # return, since a returned tensor may view the weights themselves
-            with EvaluationWeights.of(trainer).applied("preview"):
+            # in eval mode under no_grad, train flags and RNG states restored after: a render never changes training
+            with trainer.inference(), EvaluationWeights.of(trainer).applied("preview"):
                 self._show(self._source(), trainer)
         self.version += 1
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from trainers.engine.checkpoints import CheckpointMethods, Checkpoints
 from trainers.engine.collectives import RankMethods
 from trainers.engine.control import Control
 from trainers.engine.driver import LoopDriver
+from trainers.engine.inference import inference
 from trainers.engine.log_sinks import LogSinks
 from trainers.engine.optimization import Optimization, Precision
 from trainers.engine.optimizers import SINGLE, OptimizerSpec, build_optimizers
@@ -169,6 +171,11 @@ class BaseTrainer(CheckpointMethods, RankMethods):
             f"{type(self).__name__} does not define validate(): override validate(self) -> dict of metrics, "
             "or give the Validator a function: Validator(fn=lambda trainer: {...})"
         )
+
+    def inference(self) -> AbstractContextManager[None]:
+        """``with trainer.inference():`` the pipeline in eval mode under ``no_grad``; afterwards every module's train
+        flag and the RNG states are restored (``trainers.engine.inference``): for renders between GUI ticks."""
+        return inference(self.pipeline)
 
     # ------------------------------------------------------------------ lifecycle methods (override + super())
     def pre_training(self) -> None:
