@@ -47,6 +47,8 @@ class State:
     optimizer_step: int = 0
     last_checkpoint: SavedCheckpoint | None = None
     best_checkpoint: SavedCheckpoint | None = None
+    #: epochs of this run had different lengths (the data was reloaded): the position is checked loosely on load
+    varied_epochs: bool = False
 
     @property
     def max_iterations(self) -> int:
@@ -81,7 +83,10 @@ class State:
 
     def state_dict(self) -> dict[str, int]:
         """The counters as plain ints (metrics are published state, not resumable state)."""
-        return {name: int(getattr(self, name)) for name in (*_COUNTERS, "optimizer_step")}
+        counters = {name: int(getattr(self, name)) for name in (*_COUNTERS, "optimizer_step")}
+        if self.varied_epochs:
+            counters["varied_epochs"] = 1
+        return counters
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Restore counters saved by :meth:`state_dict`; a missing or non-integer key is a ``ValueError``."""
@@ -98,7 +103,10 @@ class State:
             raise ValueError(f"max_epochs and iterations_per_epoch must be >= 1, got {values}")
         if values["epoch_iteration"] > values["iterations_per_epoch"] or values["epoch"] > values["max_epochs"]:
             raise ValueError(f"inconsistent counters {values}: position lies beyond the run's length")
+        varied = bool(state.get("varied_epochs", 0))
         expected = max(values["epoch"] - 1, 0) * values["iterations_per_epoch"] + values["epoch_iteration"]
+        if varied:  # earlier epochs had other lengths: each had at least one step
+            expected = max(values["iteration"], max(values["epoch"] - 1, 0) + values["epoch_iteration"])
         if values["iteration"] != expected or (values["epoch"] == 0 and values["epoch_iteration"] != 0):
             raise ValueError(
                 f"inconsistent counters {values}: after {values['epoch']} epoch(s) at step {values['epoch_iteration']} "
@@ -114,6 +122,7 @@ class State:
         for name, value in values.items():
             setattr(self, name, value)
         self.optimizer_step = optimizer_step
+        self.varied_epochs = varied
 
     def __str__(self) -> str:
         return (

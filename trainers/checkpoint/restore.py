@@ -34,7 +34,10 @@ from trainers.distributed.ranks import Ranks
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer
 
-__all__ = ["Restored", "checked_counters", "checkpoint_dirs", "restore"]
+__all__ = ["PlanIterations", "Restored", "checked_counters", "checkpoint_dirs", "restore"]
+
+#: the iterations per epoch of a trainer's batch plan over a dataset of the given length
+PlanIterations = Callable[[int], int]
 
 _log = logging.getLogger("stepbus")
 
@@ -48,6 +51,7 @@ class Restored:
     counters: dict[str, int]
     ended: bool
     rng: Any
+    data_size: int | None = None  #: the dataset length the saved epoch ran over (``None``: not recorded)
 
 
 def checkpoint_dirs(trainer: BaseTrainer) -> list[Path]:
@@ -63,9 +67,15 @@ def checkpoint_dirs(trainer: BaseTrainer) -> list[Path]:
 
 
 def restore(
-    trainer: BaseTrainer, checkpoint: str | os.PathLike[str], ranks: Ranks, tracked: Mapping[str, Any]
+    trainer: BaseTrainer,
+    checkpoint: str | os.PathLike[str],
+    ranks: Ranks,
+    tracked: Mapping[str, Any],
+    plan_iterations: PlanIterations | None = None,
 ) -> Restored | None:
-    """Choose, check and apply a checkpoint (see the module docstring); ``None`` when ``"auto"`` found none."""
+    """Choose, check and apply a checkpoint (see the module docstring); ``None`` when ``"auto"`` found none.
+    ``plan_iterations(size)``: the iterations per epoch of this trainer's plan over ``size`` items (a checkpoint
+    taken after the data was reloaded to another length restores at that length)."""
     if isinstance(checkpoint, str) and checkpoint == "auto":
         directories = checkpoint_dirs(trainer)
         if not directories:
@@ -84,19 +94,29 @@ def restore(
         else:
             found = _agreed(ranks, target, lambda: (target, load_checkpoint(target)))
         assert found is not None
-    return _apply(trainer, *found, tracked)
+    return _apply(trainer, *found, tracked, plan_iterations)
 
 
-def checked_counters(state: State, seed: int, saved: Any) -> dict[str, int]:
+def checked_counters(
+    state: State, seed: int, saved: Any, plan_iterations: PlanIterations | None = None
+) -> dict[str, int]:
     """The counters of a trainer state dict, checked against a trainer at ``state`` with ``seed``; raises
-    ``ValueError``. The trainer's own ``max_epochs`` is kept, so a finished run can be extended."""
+    ``ValueError``. The trainer's own ``max_epochs`` is kept, so a finished run can be extended. With
+    ``plan_iterations``, a state saved by a run whose data was reloaded to another length (``varied_epochs``) fits
+    when this trainer's plan over the saved ``data_size`` has the saved iterations per epoch."""
     if not isinstance(saved, dict) or "counters" not in saved or "seed" not in saved:
         raise ValueError(f"not a trainer state dict (expected keys 'counters' and 'seed'): {_short(saved)}")
     counters = dict(saved["counters"])
-    if counters.get("iterations_per_epoch") != state.iterations_per_epoch:
+    expected = state.iterations_per_epoch
+    size = saved.get("data_size")
+    # only a run that reloaded its data to another length may resume at another length (else: the data changed)
+    varied = bool(counters.get("varied_epochs")) and isinstance(size, int) and size > 0
+    if plan_iterations is not None and varied and counters.get("iterations_per_epoch") != expected:
+        expected = plan_iterations(size)
+    if counters.get("iterations_per_epoch") != expected:
         raise ValueError(
             f"the saved run had {counters.get('iterations_per_epoch')} iterations per epoch, this trainer has "
-            f"{state.iterations_per_epoch}: dataset size, batch_size or drop_last changed, so the data "
+            f"{expected}: dataset size, batch_size or drop_last changed, so the data "
             "position cannot be restored"
         )
     if saved["seed"] != seed:
@@ -109,9 +129,7 @@ def checked_counters(state: State, seed: int, saved: Any) -> dict[str, int]:
         raise ValueError(
             f"the saved run reached epoch {counters.get('epoch')}, beyond this trainer's max_epochs={state.max_epochs}"
         )
-    probe = State(
-        max_epochs=state.max_epochs, iterations_per_epoch=state.iterations_per_epoch, accumulate=state.accumulate
-    )
+    probe = State(max_epochs=state.max_epochs, iterations_per_epoch=expected, accumulate=state.accumulate)
     probe.load_state_dict(counters)  # validates without touching the trainer's state
     if probe.mid_window:
         raise ValueError(
@@ -155,7 +173,13 @@ def _agreed(
     return found
 
 
-def _apply(trainer: BaseTrainer, path: Path, loaded: dict[str, Any], tracked: Mapping[str, Any]) -> Restored:
+def _apply(
+    trainer: BaseTrainer,
+    path: Path,
+    loaded: dict[str, Any],
+    tracked: Mapping[str, Any],
+    plan_iterations: PlanIterations | None = None,
+) -> Restored:
     """Check that ``loaded`` fits ``trainer``, then apply it. Everything that can be checked without changing the
     trainer is checked first, so a checkpoint that does not fit changes nothing."""
     meta = loaded["stepbus"]
@@ -167,7 +191,7 @@ def _apply(trainer: BaseTrainer, path: Path, loaded: dict[str, Any], tracked: Ma
             "inspect it",
         )
     try:
-        counters = checked_counters(trainer.state, trainer.seed, loaded["trainer"])
+        counters = checked_counters(trainer.state, trainer.seed, loaded["trainer"], plan_iterations)
     except ValueError as exc:
         raise CheckpointError(path, f"does not fit this trainer: {exc}") from None
     rng = _rng_of_this_rank(trainer, path, loaded)
@@ -224,7 +248,9 @@ def _apply(trainer: BaseTrainer, path: Path, loaded: dict[str, Any], tracked: Ma
             except Exception as exc:  # noqa: BLE001 - reported; the original error is the one raised
                 _log.error("resume: could not undo loading %r after a failure: %s", obj, exc)
         raise
-    return Restored(path, counters, bool(loaded["trainer"].get("ended", True)), rng)
+    size = loaded["trainer"].get("data_size")
+    ended = bool(loaded["trainer"].get("ended", True))
+    return Restored(path, counters, ended, rng, size if isinstance(size, int) and size > 0 else None)
 
 
 def _saved_optimizers(path: Path, trainer: BaseTrainer, meta: dict[str, Any], saved: Any) -> list[tuple[str, Any]]:

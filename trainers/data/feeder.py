@@ -154,26 +154,41 @@ class Feeder:
         self.collate: Callable[[list[Any]], Any] = collate_fn or default_collate_checked
         self._loader: DataLoader[Any] | None = None
         self._sampler: _PlanSampler | None = None
-        if num_workers > 0:
-            prebuilt = plan.batch_size is None
-            collate = self.collate
-            if prebuilt:
-                collate = _first if collate_fn is None else _CollatePrebuilt(collate_fn)
-            if prebuilt and plan.world_size > 1:
-                collate = _RankShare(collate, plan.rank, plan.world_size)
-            self._sampler = _PlanSampler(plan)
-            # a DataLoader draws its workers' base seed from torch's global RNG when its first iterator is made --
-            # in a resumed process at another epoch than in the original one -- unless it has its own generator
-            generator = torch.Generator().manual_seed(mix_seed(plan.seed, 0x5EED))
-            self._loader = DataLoader(
-                _SeededFetch(dataset, prebuilt),  # type: ignore[arg-type]  # map-style: __len__ + __getitems__
-                batch_sampler=self._sampler,
-                num_workers=num_workers,
-                collate_fn=collate,
-                pin_memory=pin_memory,
-                persistent_workers=True,
-                generator=generator,
-            )
+        self._workers, self._pin = num_workers, pin_memory
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        if self._workers == 0:
+            return
+        plan, collate_fn = self.plan, self.user_collate
+        prebuilt = plan.batch_size is None
+        collate = self.collate
+        if prebuilt:
+            collate = _first if collate_fn is None else _CollatePrebuilt(collate_fn)
+        if prebuilt and plan.world_size > 1:
+            collate = _RankShare(collate, plan.rank, plan.world_size)
+        self._sampler = _PlanSampler(plan)
+        # a DataLoader draws its workers' base seed from torch's global RNG when its first iterator is made --
+        # in a resumed process at another epoch than in the original one -- unless it has its own generator
+        generator = torch.Generator().manual_seed(mix_seed(plan.seed, 0x5EED))
+        self._loader = DataLoader(
+            _SeededFetch(self.dataset, prebuilt),  # type: ignore[arg-type]  # map-style: __len__ + __getitems__
+            batch_sampler=self._sampler,
+            num_workers=self._workers,
+            collate_fn=collate,
+            pin_memory=self._pin,
+            persistent_workers=True,
+            generator=generator,
+        )
+
+    def reload(self, plan: BatchPlan, dataset: Dataset[Any] | Sequence[Any] | None = None) -> None:
+        """Use ``plan`` (and ``dataset``, when given) from the next :meth:`epoch` on; workers are started anew, so
+        they hold the data as it is now (persistent workers keep the copy they were started with)."""
+        self.close()
+        self.plan = plan
+        if dataset is not None:
+            self.dataset = dataset
+        self._start_workers()
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
         """The batches of ``epoch`` (1-based) from batch ``start`` (0-based) on."""

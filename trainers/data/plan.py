@@ -47,13 +47,27 @@ class BatchPlan:
         world_size: int = 1,
     ) -> None:
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         if batch_size is None:
             self.iterations_per_epoch = size
         elif drop_last:
             self.iterations_per_epoch = size // batch_size
         else:
             self.iterations_per_epoch = math.ceil(size / batch_size)
+
+    def resized(self, size: int) -> BatchPlan:
+        """The same plan over a dataset of ``size`` items (checked): the data of the epochs after a reload."""
+        plan = BatchPlan(
+            size,
+            self.batch_size,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+        plan.check(self.drop_last)
+        return plan
 
     def check(self, drop_last: bool) -> None:
         """A ``ValueError`` when an epoch has no batch; in a job, :func:`check_shares`."""

@@ -75,7 +75,12 @@ class Checkpoints:
         if self._loop.started:
             raise RuntimeError("load_state_dict() must be called before the first iterate()")
         trainer = self._trainer
-        trainer.state.load_state_dict(checked_counters(trainer.state, trainer.seed, state))
+        reload = self._driver.reload
+        counters = checked_counters(trainer.state, trainer.seed, state, reload.iterations_for)
+        size = state.get("data_size")
+        if isinstance(size, int) and size > 0 and counters.get("varied_epochs"):
+            reload.resume_at(size)
+        trainer.state.load_state_dict(counters)
         self._loop.restore(ended=bool(state.get("ended", True)))
 
     def restore(self, checkpoint: str | os.PathLike[str]) -> Path | None:
@@ -85,9 +90,11 @@ class Checkpoints:
                 f"restore({str(checkpoint)!r}) must be called before training starts; this trainer is at "
                 f"{trainer.state} (build a new trainer to load a checkpoint)"
             )
-        restored = restore(trainer, checkpoint, self._ranks, self.tracked)
+        restored = restore(trainer, checkpoint, self._ranks, self.tracked, self._driver.reload.iterations_for)
         if restored is None:
             return None
+        if restored.data_size is not None and restored.counters.get("varied_epochs"):
+            self._driver.reload.resume_at(restored.data_size)
         trainer.state.load_state_dict(restored.counters)
         self._loop.restore(ended=restored.ended)
         self._driver.restore_rng_at(restored.rng, restored.counters)

@@ -18,6 +18,7 @@ from trainers.checkpoint.rng import restore_rng
 from trainers.data.feeder import Feeder
 from trainers.data.placement import to_device
 from trainers.distributed.ranks import INTERRUPT, STOP, Ranks
+from trainers.engine.reload import DataReload
 from trainers.engine.requests import Requests
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,6 +47,7 @@ class LoopDriver:
         "_vote_every",
         "_votes",
         "_windows",
+        "reload",
         "stepping",
         "trainer",
     )
@@ -66,6 +68,8 @@ class LoopDriver:
         self._windows = trainer.state.accumulate > 1  # checked per step: a plain attribute, not the property
         self._pending_rng: Any = None  # from a restored checkpoint, put back at the resume point
         self._rng_point = "start"  # where that point is: before pre_training, after it, or after pre_epoch
+        #: data that changes between epochs (``trainer.reload_data()``, a changed length)
+        self.reload = DataReload(trainer, feeder)
 
     def restore_rng_at(self, rng: Any, counters: dict[str, int]) -> None:
         """Put ``rng`` (a checkpoint's RNG state) back where the saved run stood: re-fired events must not draw
@@ -91,8 +95,14 @@ class LoopDriver:
     def begin_epoch(self) -> None:
         t = self.trainer
         t.pipeline.train()
+        inside = t.state.epoch_iteration > 0  # a resumed epoch: its length is the saved one
+        if not inside and self.reload.due():
+            self.reload.apply(inside=False)  # the data changed between epochs
         self._batches = self._feeder.epoch(t.state.epoch, t.state.epoch_iteration)
         t.pre_epoch()
+        if self.reload.due():  # pre_epoch resampled or asked for a reload
+            self.reload.apply(inside=inside)
+            self._batches = self._feeder.epoch(t.state.epoch, t.state.epoch_iteration)
         if self._votes:
             self.settle(wait=True)
         if self._pending_rng is not None:
@@ -102,6 +112,9 @@ class LoopDriver:
         t = self.trainer
         try:
             batch = next(self._batches)
+        except IndexError:
+            self.reload.check_unchanged()  # the dataset shrank inside the epoch: say so, naming the iteration
+            raise
         except StopIteration:
             raise RuntimeError(
                 f"the data ran out at iteration {t.state.iteration} ({t.state}): the dataset yielded fewer "
@@ -126,6 +139,7 @@ class LoopDriver:
 
     def end_epoch(self) -> None:
         self._batches = iter(())
+        self.reload.check_unchanged()
         self.trainer.post_epoch()
         if self._votes:
             self.settle(wait=True)

@@ -172,6 +172,11 @@ class BaseTrainer(CheckpointMethods, RankMethods):
             "or give the Validator a function: Validator(fn=lambda trainer: {...})"
         )
 
+    def reload_data(self, dataset: Dataset[Any] | Sequence[Any] | None = None) -> None:
+        """The data changed (``dataset``: a new one): rebuild the batch plan for its length and restart DataLoader
+        workers at the next epoch's start, or at once from ``pre_epoch`` (``trainers.engine.reload``)."""
+        self._driver.reload.request(dataset)
+
     def inference(self) -> AbstractContextManager[None]:
         """``with trainer.inference():`` the pipeline in eval mode under ``no_grad``; afterwards every module's train
         flag and the RNG states are restored (``trainers.engine.inference``): for renders between GUI ticks."""
@@ -403,7 +408,12 @@ class BaseTrainer(CheckpointMethods, RankMethods):
     def state_dict(self) -> dict[str, Any]:
         """The counters and the data seed: with them a new trainer continues at the exact next batch. ``ended``
         says whether ``post_training`` had been emitted (a run saved at its final ``post_epoch`` had not)."""
-        return {"counters": self.state.state_dict(), "seed": self.seed, "ended": self._loop.status is not None}
+        return {
+            "counters": self.state.state_dict(),
+            "seed": self.seed,
+            "ended": self._loop.status is not None,
+            "data_size": self._driver.reload.size,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore counters saved by :meth:`state_dict` before training starts; the trainer's own ``max_epochs`` is

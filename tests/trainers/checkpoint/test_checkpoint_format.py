@@ -233,6 +233,7 @@ def test_round_trip_has_exactly_the_keys_metadata_and_tensors(tmp_path: Path) ->
         },
         "seed": 5,
         "ended": False,
+        "data_size": 6,
     }
     same_tree(loaded["model"], trainer.pipeline.state_dict(), "model")
     assert list(loaded["model"]) == ["weight", "bias"]

@@ -254,6 +254,7 @@ def test_resume_mid_epoch_is_bit_identical(stop_by: str) -> None:
         },
         "seed": 7,
         "ended": False,
+        "data_size": 6,
     }
     assert same_params(resumed, reference)
     assert rec.log[:3] == [
