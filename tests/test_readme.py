@@ -138,3 +138,46 @@ def test_readme_gan_example_is_the_gan_apps_update() -> None:
         "params": ["generator"],
     }
     assert [spec.key for spec in config.callbacks if spec.enabled] == ["lr_decay@generator", "lr_decay@discriminator"]
+
+
+def test_readme_resample_recipe_reloads_the_data_every_epoch() -> None:
+    """The ``pre_epoch`` resample shown under "Data that changes ..." runs as written on a real trainer: each epoch
+    trains on that epoch's points, whose number changes."""
+    import textwrap
+
+    import torch
+
+    from trainers import BaseTrainer
+
+    (code,) = [b for b in _blocks("Data that changes, renders between ticks, logging anything", "python")]
+
+    class Points:
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, int]] = []
+            self.resample(seed=0, epoch=0)
+
+        def resample(self, *, seed: int, epoch: int) -> None:
+            self.calls.append((seed, epoch))
+            generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+            self.x = torch.randn(4 + 4 * epoch, 2, generator=generator)
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, index: int) -> torch.Tensor:
+            return self.x[index]
+
+    dataset = Points()
+    trainer = BaseTrainer(
+        torch.nn.Linear(2, 1),
+        dataset,
+        max_epochs=3,
+        batch_size=4,
+        seed=5,
+        device="cpu",
+        loss_fn=lambda model, x: model(x).pow(2).mean(),
+    )
+    exec(compile(textwrap.dedent(code), "README.md", "exec"), {"trainer": trainer})
+    trainer.train()
+    assert dataset.calls == [(0, 0), (5, 1), (5, 2), (5, 3)]
+    assert trainer.state.iteration == 2 + 3 + 4
