@@ -29,12 +29,14 @@ BUILT_IN: dict[str, str] = {
     "metrics_file": "callbacks.loggers.metrics_file:MetricsFile",
     "preview": "callbacks.preview:Preview",
     "ema": "callbacks.ema:EMA",
+    "pipeline_export": "callbacks.pipeline_export:PipelineExport",
 }
 
 #: the other public names the callbacks' modules define (an error type, a record, metric functions)
 _ALSO = {
     "NonFiniteError": "callbacks.gradient_guard",
     "Frame": "callbacks.preview",
+    "ExportError": "callbacks.pipeline_export",
     "mse": "callbacks.metrics",
     "psnr": "callbacks.metrics",
 }

@@ -37,7 +37,7 @@ DEMO = str(ROOT / "trainers" / "apps" / "configs" / "demo.yaml")  # the fast MLP
 CLI = "trainers"  # python -m trainers: the stepbus command
 APP = "tests.trainers.engine.interrupt_app"  # the same command with a Hold callback (--hold-at N stops at iteration N)
 BUILT_IN: tuple[str, ...] = ("lr_decay", "grid_pruning", "gradient_guard", "validator", "early_stopping")
-BUILT_IN += ("tensorboard", "wandb", "progress", "checkpointer", "metrics_file", "preview", "ema")
+BUILT_IN += ("tensorboard", "wandb", "progress", "checkpointer", "metrics_file", "preview", "ema", "pipeline_export")
 SAMPLE = "plugin stepbus-plugin-example (stepbus_plugin_example:SampleLogger)"
 TINY = "plugin stepbus-plugin-example (stepbus_plugin_example:tiny_trainer)"
 CLASH = "plugin stepbus-plugin-clash (stepbus_plugin_clash:OtherLogger)"
@@ -424,8 +424,8 @@ def test_a_bad_config_exits_2_with_every_problem_on_stderr_and_nothing_on_stdout
         "priority, state_key",
         "callbacks.validator: " + _constructor_error("validator", every="often"),
         "callbacks.chekpointer: unknown callback 'chekpointer' (did you mean 'checkpointer'?); known: checkpointer, "
-        "early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, preview, progress, tensorboard, "
-        "validator, wandb",
+        "early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, pipeline_export, preview, "
+        "progress, tensorboard, validator, wandb",
         "callbacks.tensorboard: " + _constructor_error("tensorboard", every="1ep"),
     )
     assert not (tmp_path / "run").exists()

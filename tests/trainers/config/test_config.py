@@ -34,6 +34,7 @@ from callbacks.loggers.metrics_file import MetricsFile
 from callbacks.loggers.tensorboard import TensorBoardLogger
 from callbacks.loggers.wandb import WandbLogger
 from callbacks.lr_decay import LRDecay
+from callbacks.pipeline_export import PipelineExport
 from callbacks.preview import Preview
 from callbacks.progress import ProgressBar
 from callbacks.validator import Validator
@@ -60,10 +61,11 @@ BUILTINS = [
     "metrics_file",
     "preview",
     "ema",
+    "pipeline_export",
 ]
 KNOWN = (
-    "checkpointer, early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, preview, progress, "
-    "tensorboard, validator, wandb"
+    "checkpointer, early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, pipeline_export, "
+    "preview, progress, tensorboard, validator, wandb"
 )
 TRAINERS = "demo, gan, image_field"
 CHECKPOINTER_KEYS = (
@@ -508,6 +510,7 @@ ALL_ON: dict[str, dict[str, Any]] = {
     "metrics_file": {},
     "preview": {"every": "2it"},
     "ema": {"decay": 0.9},
+    "pipeline_export": {"every": "1ep"},
 }
 #: the handlers each one connects, by its state key
 OWN_HANDLERS = {
@@ -551,6 +554,7 @@ OWN_HANDLERS = {
     "metrics_file": ["MetricsFile.pre_training", "MetricsFile.post_training"],
     "preview": ["Preview.pre_training", "Preview.post_step", "Preview.post_training", "Preview.post_validation"],
     "ema": ["EMA.pre_training", "EMA.post_step", "EMA.pre_validation", "EMA.post_validation", "EMA.exception"],
+    "pipeline_export": ["PipelineExport.pre_training", "PipelineExport.post_epoch", "PipelineExport.post_training"],
 }
 CLASSES = {
     "lr_decay": LRDecay,
@@ -565,6 +569,7 @@ CLASSES = {
     "metrics_file": MetricsFile,
     "preview": Preview,
     "ema": EMA,
+    "pipeline_export": PipelineExport,
 }
 
 
@@ -592,6 +597,7 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("pre_training", "Preview.pre_training", -100),
         ("pre_training", "ProgressBar.pre_training", -200),
         ("pre_training", "Checkpointer.pre_training", -1000),
+        ("pre_training", "PipelineExport.pre_training", -1000),
         ("pre_training", "MetricsFile.pre_training", -2000),
         ("pre_epoch", "TensorBoardLogger.pre_epoch", -100),
         ("pre_epoch", "WandbLogger.pre_epoch", -100),
@@ -614,11 +620,13 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("post_epoch", "ProgressBar.post_epoch", -200),
         ("post_epoch", "Checkpointer.post_epoch", -1000),
         ("post_epoch", "Checkpointer.post_epoch", -1000),
+        ("post_epoch", "PipelineExport.post_epoch", -1000),
         ("post_training", "Validator.post_training", 200),
         ("post_training", "TensorBoardLogger.post_training", -100),
         ("post_training", "Preview.post_training", -100),
         ("post_training", "ReportProgress.post_training", -200),
         ("post_training", "Checkpointer.post_training", -1000),
+        ("post_training", "PipelineExport.post_training", -1000),
         ("post_training", "WandbLogger.post_training", -2000),
         ("post_training", "ProgressBar.post_training", -2000),
         ("post_training", "MetricsFile.post_training", -2000),
