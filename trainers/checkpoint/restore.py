@@ -110,8 +110,8 @@ def checked_counters(
     expected = state.iterations_per_epoch
     size = saved.get("data_size")
     # only a run that reloaded its data to another length may resume at another length (else: the data changed)
-    varied = bool(counters.get("varied_epochs")) and isinstance(size, int) and size > 0
-    if plan_iterations is not None and varied and counters.get("iterations_per_epoch") != expected:
+    varied = bool(counters.get("varied_epochs")) and counters.get("iterations_per_epoch") != expected
+    if plan_iterations is not None and varied and isinstance(size, int) and size > 0:
         expected = plan_iterations(size)
     if counters.get("iterations_per_epoch") != expected:
         raise ValueError(

@@ -157,7 +157,8 @@ def test_the_uninterrupted_runs_exercise_every_resumable_part(runs: Runs) -> Non
         assert ref["status"] == "completed"
         counters = {"epoch": 4, "iteration": N, "epoch_iteration": IPE, "max_epochs": 4, "iterations_per_epoch": IPE}
         counters["optimizer_step"] = N
-        assert ref["trainer"] == {"counters": counters, "seed": app.SEED, "ended": True, "data_size": app.IMAGE * app.IMAGE}
+        items = app.IMAGE * app.IMAGE
+        assert ref["trainer"] == {"counters": counters, "seed": app.SEED, "ended": True, "data_size": items}
         callbacks = ref["callbacks"]
         occupancy = ref["model"]["occupancy"]
         assert occupancy.dtype == torch.bool
