@@ -1,8 +1,8 @@
 """``EarlyStopping``: stop training when a validated metric stops improving, diverges, or reaches a target.
 
 Events used: ``post_validation`` (checks the monitored metric after each validation that produced it) and
-``pre_training`` (a resumed run that had been stopped early stops again at once). Publishes
-``early_stopping/wait`` (validations since the last improvement) in ``trainer.state.metrics``.
+``pre_training`` (a resumed run that had been stopped early stops again at once; a fresh run starts with a clean
+state). Publishes ``early_stopping/wait`` (validations since the last improvement) in ``trainer.state.metrics``.
 
 The wait counter, the best value and the reason are in :meth:`EarlyStopping.state_dict`, so patience does not
 restart after a resume -- the classic bug in peers (HF #28544, Lightning #1463).
@@ -36,6 +36,14 @@ class EarlyStopping(Callback):
     resets the wait; anything else increments it, and reaching ``patience`` stops. Stopping calls
     ``trainer.stop()`` -- the current epoch still gets its ``post_epoch``, then ``post_training(status="stopped")``
     -- and records why in :attr:`reason` and the iteration in :attr:`stopped_iteration`.
+
+    Resumed and fresh runs: a run resumed from a checkpoint (``pre_training(resumed=True)``, or any run restored
+    with ``trainer.restore``) continues the loaded wait and best, and one that had stopped early stops again at once.
+    A *fresh* run that starts with state from elsewhere -- ``load_state_dict`` without a restore, or this instance
+    reused from an earlier run -- starts over: that state counts another run's validations at another run's
+    iterations, and its stop would leave this run without early stopping. The wait, the best and any stop are
+    reset, with a warning naming what was dropped (logger ``stepbus.early_stopping``). To continue a run, restore
+    its checkpoint; to keep a target from an earlier run, use ``stopping_threshold``.
 
     Args:
         monitor: the ``state.metrics`` key to watch, as a validator publishes it (``"val/loss"``, ``"val/psnr"``).
@@ -99,14 +107,22 @@ class EarlyStopping(Callback):
         #: why training was stopped, and at which iteration (``None`` while it runs)
         self.reason: str | None = None
         self.stopped_iteration: int | None = None
+        self._carried = False  # the state came from elsewhere: load_state_dict, or an earlier run of this instance
+
+    def setup(self, trainer: BaseTrainer) -> None:
+        self._carried = self._carried or self._has_state()
 
     def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **_: Any) -> None:
+        self._adopt(trainer, resumed=resumed or trainer.resumed_from is not None)
         trainer.state.metrics["early_stopping/wait"] = self.wait
         if resumed and self.stopped_iteration is not None:
             _log.info("%s: the resumed run had stopped early (%s); stopping again", self.state_key, self.reason)
             trainer.stop()
 
     def post_validation(self, trainer: BaseTrainer, *, metrics: Mapping[str, float], **_: Any) -> None:
+        if self._carried:  # a validation before pre_training (a GUI button, a request before train())
+            state = trainer.state
+            self._adopt(trainer, resumed=trainer.resumed_from is not None or state.iteration > 0)
         if self.stopped_iteration is not None:
             return
         if self.monitor not in metrics:
@@ -153,6 +169,31 @@ class EarlyStopping(Callback):
                 f"{sorted(metrics)}; set monitor= to one of them"
             )
 
+    def _has_state(self) -> bool:
+        return self.wait != 0 or self.best is not None or self.stopped_iteration is not None
+
+    def _adopt(self, trainer: BaseTrainer, *, resumed: bool) -> None:
+        """Decide, once per run, what state from elsewhere means: a resumed run continues it, a fresh run drops it."""
+        if not self._carried:
+            return
+        self._carried = False
+        if resumed or not self._has_state():
+            return
+        stop = "" if self.stopped_iteration is None else f" and its stop at iteration {self.stopped_iteration}"
+        _log.warning(
+            "EarlyStopping %r: a fresh run (not resumed from a checkpoint) starts with state from another run "
+            "(wait %d/%d, best %s=%s at iteration %s%s); patience starts over. To continue that run, restore its "
+            "checkpoint (trainer.restore, stepbus train --resume) instead",
+            self.state_key,
+            self.wait,
+            self.patience,
+            self.monitor,
+            "none" if self.best is None else f"{self.best:g}",
+            self.best_iteration,
+            stop,
+        )
+        self.reset()
+
     def reset(self) -> None:
         """Forget the wait, the best value and any earlier stop (to continue a run that had stopped early)."""
         self.wait, self.best, self.best_iteration, self.reason, self.stopped_iteration = 0, None, None, None, None
@@ -180,6 +221,7 @@ class EarlyStopping(Callback):
             ) from None
         self.wait, self.best, self.best_iteration = wait, best, best_iteration
         self.reason, self.stopped_iteration = reason, stopped
+        self._carried = True
 
     def __repr__(self) -> str:
         return (

@@ -1,8 +1,10 @@
 """Metric helpers shared by callbacks (not a callback): PSNR and MSE, and which direction is better for a metric.
 
 The direction table is the single place that knows ``psnr`` improves upward and ``loss`` downward; the
-``Validator`` (best tracking) and ``EarlyStopping`` (patience) both read it, so they never disagree -- unlike
-Wisp, which kept ``max()`` for every metric, LPIPS included.
+``Validator`` (best tracking), ``EarlyStopping`` (patience) and the ``Checkpointer`` (the best file) all read it,
+so they never disagree -- unlike Wisp, which kept ``max()`` for every metric, LPIPS included. A metric's name
+matches a direction by its full name or by any part between ``/``, the most specific first: ``val/iou/lod0`` is
+found under ``iou`` (declared ``modes={"iou": "max"}``), ``val/loss/rgb`` under ``loss``.
 """
 
 from __future__ import annotations
@@ -13,11 +15,24 @@ from typing import Literal
 
 import torch
 
-__all__ = ["DEFAULT_MODES", "Mode", "as_scalar", "improves", "metric_mode", "monitor_mode", "mse", "psnr"]
+__all__ = [
+    "DEFAULT_MODES",
+    "Mode",
+    "as_scalar",
+    "find_mode",
+    "improves",
+    "metric_mode",
+    "monitor_mode",
+    "mse",
+    "name_keys",
+    "psnr",
+    "suggested_key",
+]
 
 Mode = Literal["min", "max"]
 
-#: Built-in directions, by metric name (the part after the last ``/``: ``val/psnr`` -> ``psnr``).
+#: Built-in directions, by metric name; a name matches by any of its parts between ``/`` (``val/psnr/lod0`` ->
+#: ``psnr``; see :func:`find_mode`).
 DEFAULT_MODES: Mapping[str, Mode] = {
     "psnr": "max",
     "ssim": "max",
@@ -55,35 +70,70 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
     return 10.0 * torch.log10(float(data_range) ** 2 / mse(pred, target))
 
 
-def metric_mode(name: str, declared: Mapping[str, str] | None = None) -> Mode:
-    """Whether ``name`` improves upward (``"max"``) or downward (``"min"``).
+def name_keys(name: str) -> tuple[str, ...]:
+    """The keys a direction is looked up under, in order: the full name, its trailing paths from the longest
+    (``iou/lod0`` of ``val/iou/lod0``), then each single part from the most specific outward (``lod0``, ``iou``,
+    ``val``). A key written without the validator's prefix thus matches the published name too."""
+    parts = name.split("/")
+    trailing = ["/".join(parts[i:]) for i in range(1, len(parts) - 1)]
+    return tuple(dict.fromkeys([name, *trailing, *reversed(parts)]))
 
-    ``declared`` (e.g. ``{"acc": "max"}``) is consulted first, by full name then by the part after the last ``/``;
-    then :data:`DEFAULT_MODES`. An unknown metric is a ``ValueError`` that says how to declare it.
-    """
-    base = name.rsplit("/", 1)[-1]
-    for table in (declared or {}, DEFAULT_MODES):
-        for key in (name, base):
+
+def find_mode(name: str, declared: Mapping[str, str] | None = None) -> Mode | None:
+    """The direction of ``name`` or ``None`` when nothing matches: for each of :func:`name_keys` in turn, a
+    declared mode, then the built-in :data:`DEFAULT_MODES` -- so ``val/iou/lod0`` with ``{"iou": "max"}`` is
+    ``"max"`` and ``val/loss/lod0`` is ``"min"``. A declared mode other than ``"min"``/``"max"`` is a ``ValueError``."""
+    tables = (declared or {}, DEFAULT_MODES)
+    for key in name_keys(name):
+        for table in tables:
             mode = table.get(key)
             if mode is not None:
                 if mode not in ("min", "max"):
                     raise ValueError(f"mode of metric {key!r} must be 'min' or 'max', got {mode!r}")
                 return "max" if mode == "max" else "min"
+    return None
+
+
+def suggested_key(name: str) -> str:
+    """The ``modes=`` key to suggest for an unknown ``name``: the name without a leading ``best/`` and ``val/`` (the
+    validator declares its metrics by their own names, ``acc`` for ``val/acc``), which :func:`find_mode` matches."""
+    parts = name.split("/")
+    for namespace in ("best", "val"):
+        if len(parts) > 1 and parts[0] == namespace:
+            parts = parts[1:]
+    return "/".join(parts)
+
+
+def metric_mode(name: str, declared: Mapping[str, str] | None = None) -> Mode:
+    """Whether ``name`` improves upward (``"max"``) or downward (``"min"``), looked up by :func:`find_mode`.
+
+    An unknown metric is a ``ValueError`` that says how to declare it, with a key that would be found.
+    """
+    mode = find_mode(name, declared)
+    if mode is not None:
+        return mode
     known = sorted(set(DEFAULT_MODES) | set(declared or {}))
+    key = suggested_key(name)
+    also = "; a key may also be one part of the name between '/' and then covers every metric with that part"
     raise ValueError(
-        f"metric {name!r} has no known direction (known: {known}); declare it, e.g. modes={{{base!r}: 'max'}} "
-        "if higher is better or 'min' if lower is better"
+        f"metric {name!r} has no known direction (known: {known}); declare it, e.g. modes={{{key!r}: 'max'}} "
+        f"if higher is better or 'min' if lower is better{also if '/' in name else ''}"
     )
 
 
 def monitor_mode(monitor: str, mode: str | None, owner: str) -> Mode:
-    """The direction of a monitored metric: ``mode`` when given (``"min"`` or ``"max"``), else inferred from the
-    name with :func:`metric_mode`. Errors are ``ValueError`` prefixed with ``owner`` (the callback)."""
+    """The direction of a monitored metric: ``mode`` when given (``"min"`` or ``"max"``), else looked up from the
+    name with :func:`find_mode` -- at construction, so an unknown one is refused before training. Errors are
+    ``ValueError`` prefixed with ``owner`` (the callback)."""
     if mode is None:
-        try:
-            return metric_mode(monitor)
-        except ValueError as exc:
-            raise ValueError(f"{owner}: {exc} (or pass mode=)") from None
+        found = find_mode(monitor)
+        if found is not None:
+            return found
+        known = sorted(DEFAULT_MODES)
+        raise ValueError(
+            f"{owner}: metric {monitor!r} has no known direction (known: {known}); pass mode='max' if higher is "
+            "better or mode='min' if lower is better"
+        )
     if mode not in ("min", "max"):
         raise ValueError(f"{owner}: mode must be 'min' or 'max', got {mode!r}")
     return "max" if mode == "max" else "min"

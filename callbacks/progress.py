@@ -1,12 +1,14 @@
-"""``ProgressBar``: a rich progress display (overall and per epoch), validation tables and a final summary.
+"""``ProgressBar``: a rich progress display (overall and per epoch), validation results and a final summary.
 
 Events used: ``pre_training`` (starts the display), ``pre_epoch`` (resets the epoch bar), ``post_step`` (every step,
 but throttled: the display is refreshed at most ``refresh_per_second`` times a second whatever the step or epoch
 rate, and only a refresh reads the loss back -- one host copy from ``MetricFlow.of(trainer)``), ``post_epoch`` (a line
-per epoch on a plain console),
-``post_validation`` (a small table) and ``post_training`` (stops the display and prints the summary: status,
-iterations, time, the ``best/*`` metrics and the checkpoint files the checkpointer published). The summary runs at
-priority ``FINAL``, after the checkpointer's end save, so the paths it shows are the final ones.
+per epoch on a plain console), ``post_validation`` (what that validation produced: a small table of its metrics
+with their best values, and a line naming its images; a validation with images only gets that line alone; a
+validator other than the default ``val`` is named by its prefix) and ``post_training`` (stops the display and
+prints the summary: status, iterations, time, the ``best/*`` metrics and the checkpoint files the checkpointer
+published). The summary runs at priority ``FINAL``, after the checkpointer's end save, so the paths it shows are the
+final ones.
 
 On a terminal it draws ``rich.progress`` bars with iterations, it/s, ETA, the window's mean loss and any
 ``state.metrics`` keys listed in ``metrics``. When the console is not a terminal (CI, a log file) it prints a plain
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -25,11 +28,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from callbacks.loggers.metric_flow import MetricFlow
+from callbacks.validation_names import DEFAULT_PREFIX, best_key, metric_name
 from lifecycle import Callback, Event, Priority, Status
 
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Mapping
-
     from callbacks.loggers.metric_flow import Window
     from trainers.engine.trainer import BaseTrainer
 
@@ -131,16 +133,38 @@ class ProgressBar(Callback):
         shown = f"  epoch/loss {loss:.5g}" if loss is not None else ""
         self.console.print(f"epoch {state.epoch}/{state.max_epochs} done at iteration {state.iteration}{shown}")
 
-    def post_validation(self, trainer: BaseTrainer, *, metrics: Mapping[str, float], **payload: Any) -> None:
-        self.console.print(f"validation at iteration {trainer.state.iteration}")
+    def post_validation(
+        self,
+        trainer: BaseTrainer,
+        *,
+        metrics: Mapping[str, float],
+        prefix: str | None = None,
+        best: Mapping[str, float] | None = None,
+        images: Mapping[str, Any] | None = None,
+        image_paths: Mapping[str, Path] | None = None,
+        **payload: Any,
+    ) -> None:
+        if not isinstance(prefix, str):  # an older or custom validator: its metrics' namespace
+            first = next(iter(metrics), DEFAULT_PREFIX)
+            prefix = first.split("/", 1)[0] if "/" in first else DEFAULT_PREFIX
+        name = "validation" if prefix == DEFAULT_PREFIX else f"validation {prefix!r}"
+        heading = f"{name} at iteration {trainer.state.iteration}"
+        shown = _images_line(images or {}, image_paths or {})
+        if not metrics:  # nothing to tabulate: one line, never an empty table
+            self.console.print(f"{heading}: {shown or 'no metrics and no images'}", markup=False, soft_wrap=True)
+            return
+        self.console.print(heading, markup=False, soft_wrap=True)
         table = Table(show_edge=False)
         table.add_column("metric")
         table.add_column("value", justify="right")
         table.add_column("best", justify="right")
         for key, value in metrics.items():
-            best = trainer.state.metrics.get("best/" + key.split("/", 1)[-1])
-            table.add_row(key, _fmt(value), _fmt(best) if best is not None else "")
+            where = best_key(prefix, metric_name(prefix, key))
+            best_value = (best or {}).get(where, trainer.state.metrics.get(where))
+            table.add_row(key, _fmt(value), _fmt(best_value) if best_value is not None else "")
         self.console.print(table)
+        if shown:
+            self.console.print(shown, markup=False, soft_wrap=True)  # paths and names as they are, on one line
 
     def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
         if self._progress is not None:
@@ -193,6 +217,15 @@ class ProgressBar(Callback):
                 f"epoch {state.epoch}/{state.max_epochs}  iteration {state.iteration}/{state.max_iterations}  "
                 f"{rate_text}  {info}".rstrip()
             )
+
+
+def _images_line(images: Mapping[str, Any], paths: Mapping[str, Path]) -> str:
+    """``images rgb, depth in runs/a/render``: the names of a validation's images and where they were written."""
+    if not images:
+        return ""
+    names = ", ".join(str(name) for name in images)
+    folders = {Path(path).parent for path in paths.values()}
+    return f"images {names} in {folders.pop()}" if len(folders) == 1 else f"images {names}"
 
 
 def _fmt(value: Any) -> str:

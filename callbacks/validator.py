@@ -1,19 +1,21 @@
 """``Validator``: runs validation on a schedule, on request and at the end, and tracks the best value of each metric.
 
-Events used: its schedule's event (``post_epoch`` for ``"1ep"``, ``post_step`` for ``"500it"`` or ``"10min"``),
-``post_training`` (``at_end``), ``pre_training`` (republishes its values after a resume), and ``validation``
-requests (``trainer.request_validation()``). It emits ``pre_validation(validator, reason)`` and
-``post_validation(metrics, best, improved, images, image_paths, validator, reason, seconds)`` through the trainer.
+Events used: its schedule's event (``post_epoch`` for ``"1ep"``, except after an epoch cut short by a stop or an
+interrupt; ``post_step`` for ``"500it"`` or ``"10min"``), ``post_training`` (``at_end``), ``pre_training``
+(republishes its values after a resume), and requests: ``"validation"`` (``trainer.request_validation()``, every
+validator) and ``"validation:<prefix>"`` / ``"validation:<state_key>"`` (``trainer.request_validation(name)``, this
+one). It emits ``pre_validation(validator, reason, prefix)`` and ``post_validation(metrics, best, improved, images,
+image_paths, validator, reason, seconds, prefix)`` through the trainer: ``metrics`` and ``best`` hold only this
+validation's values, so loggers write each validator's values at its own runs and nowhere else.
 
 Publishes in ``trainer.state.metrics``: ``<prefix>/<name>`` for each metric (``val/psnr``) and the best value so
-far as ``best/<name>`` (``best/<prefix>/<name>`` when the prefix is not ``val``). Early stopping and the
-checkpointer read these; the Validator never talks to them.
+far as ``best/<name>`` (``best/<prefix>/<name>`` when the prefix is not ``val``; see ``callbacks.validation_names``).
+Early stopping and the checkpointer read these; the Validator never talks to them.
 """
 
 from __future__ import annotations
 
-import random
-import sys
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -24,12 +26,15 @@ import torch
 from callbacks.helpers import parse_schedule, periodic_event
 from callbacks.images import to_uint8_hwc, write_png
 from callbacks.metrics import Mode, as_scalar, improves, metric_mode
+from callbacks.validation_names import best_key, check_prefix, metric_key, request_kind
 from lifecycle import Callback, Event, HandlerSpec, Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["ValidateFn", "Validator"]
+
+_log = logging.getLogger("stepbus.validator")
 
 #: ``fn(trainer) -> {"psnr": ..., "images": {...}}``: what a validator computes when the trainer's ``validate()``
 #: is not the source.
@@ -49,7 +54,21 @@ class Validator(Callback):
     best value: ``psnr``/``ssim`` are ``max``, ``loss``/``mse``/``lpips`` are ``min``; declare others with
     ``modes={"acc": "max"}`` (an undeclared unknown metric is an error). An optional ``"images"`` entry maps names
     to ``HxWxC`` (or ``HxW``) tensors, float in [0, 1] or uint8: they are written as
-    ``<image_dir>/<name>-<iteration>.png`` and handed to loggers in the ``post_validation`` payload.
+    ``<image_dir>/<name>-<iteration>.png`` and handed to loggers in the ``post_validation`` payload. A validation
+    may produce only images (a render every few epochs beside the metrics): then nothing is published.
+
+    An epoch schedule validates at the end of an epoch, so it does not fire on the ``post_epoch`` of an epoch that
+    a stop or an interrupt cut short (fewer than ``state.iterations_per_epoch`` steps were taken). After Ctrl-C
+    the interrupt checkpoint is already written by then: a validation there would publish values -- a new best --
+    that no checkpoint holds, and make every interrupt wait for a full validation. A stopped run still validates
+    at its end (``at_end``), before the checkpointer's end save; a stop or an interrupt after an epoch's last step
+    leaves that epoch whole, and it is validated as usual.
+
+    Several validators on one trainer need distinct prefixes and state keys (``Validator(fn=render, prefix=
+    "render", state_key="render", every="2ep")`` beside the default one): each publishes under its prefix, and
+    ``trainer.request_validation("render")`` -- by prefix or state key -- runs only that one, while
+    ``request_validation()`` runs them all. A name another validator already answers to is refused when the
+    validator is added.
 
     Args:
         fn: what to compute; ``None`` uses ``trainer.validate()``.
@@ -58,8 +77,8 @@ class Validator(Callback):
         at_end: also validate when training completes or is stopped (not when it fails or is interrupted), unless
             it already did at that iteration.
         modes: directions of metrics the built-in table does not know.
-        prefix: namespace of the published metrics (``"val"``; e.g. ``"test"`` for a second validator, which then
-            also needs ``state_key``).
+        prefix: namespace of the published metrics (``"val"``; e.g. ``"render"`` for a second validator, which then
+            also needs its own ``state_key``); not ``best``.
         image_dir: where images go; default ``<trainer.run_dir>/<prefix>``, or nowhere when the trainer has no
             ``run_dir``. ``save_images=False`` never writes files (loggers still get the images).
     """
@@ -83,10 +102,7 @@ class Validator(Callback):
         name = self.state_key
         if fn is not None and not callable(fn):
             raise TypeError(f"Validator {name!r}: fn must be callable as fn(trainer) -> dict, got {fn!r}")
-        if not isinstance(prefix, str) or not prefix.strip() or prefix.strip("/") != prefix:
-            raise ValueError(
-                f"Validator {name!r}: prefix must be a non-empty name without '/' at its ends, got {prefix!r}"
-            )
+        check_prefix(prefix, f"Validator {name!r}")
         for metric, mode in (modes or {}).items():
             if mode not in ("min", "max"):
                 raise ValueError(f"Validator {name!r}: modes[{metric!r}] must be 'min' or 'max', got {mode!r}")
@@ -107,22 +123,29 @@ class Validator(Callback):
         #: number of validations run
         self.count = 0
         self._last_iteration = -1
-        self._stop_serving: Callable[[], None] | None = None
+        self._stop_serving: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ names
     def metric_key(self, name: str) -> str:
         """``val/psnr``: where the latest value of ``name`` is published."""
-        return f"{self.prefix}/{name}"
+        return metric_key(self.prefix, name)
 
     def best_key(self, name: str) -> str:
         """``best/psnr`` (``best/test/psnr`` for another prefix): where the best value of ``name`` is published."""
-        return f"best/{name}" if self.prefix == "val" else f"best/{self.prefix}/{name}"
+        return best_key(self.prefix, name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What ``trainer.request_validation(name)`` accepts for this validator: its prefix and its state key."""
+        return tuple(dict.fromkeys((self.prefix, self.state_key)))
 
     # ------------------------------------------------------------------ wiring
     def handlers(self) -> Iterator[HandlerSpec]:
         yield Event.PRE_TRAINING, self._republish, None
         if self._schedule is not None:
-            yield periodic_event(self._schedule), self._on_schedule, self._schedule
+            event = periodic_event(self._schedule)
+            handler = self._on_epoch_schedule if event is Event.POST_EPOCH else self._on_schedule
+            yield event, handler, self._schedule
         if self.at_end:
             yield Event.POST_TRAINING, self._on_end, None
 
@@ -132,14 +155,37 @@ class Validator(Callback):
                 f"Validator {self.state_key!r}: {type(trainer).__name__} does not override validate(); override "
                 "validate(self) -> dict of metrics in the trainer, or pass Validator(fn=lambda trainer: {...})"
             )
-        self._stop_serving = trainer.serve("validation", self._on_request, name=f"{self.state_key}.validation")
+        kinds = [request_kind(name) for name in self.names]
+        for name, kind in zip(self.names, kinds, strict=True):
+            taken = trainer.servers(kind)
+            if taken:  # two validators under one name would publish into the same keys, or run on one request
+                raise ValueError(
+                    f"Validator {self.state_key!r}: the name {name!r} (its prefix or state_key) is already taken by "
+                    f"{', '.join(taken)}; give each validator its own prefix and state_key"
+                )
+        server = f"{self.state_key}.validation"
+        self._stop_serving = [trainer.serve(kind, self._on_request, name=server) for kind in ["validation", *kinds]]
 
     def teardown(self, trainer: BaseTrainer) -> None:
-        if self._stop_serving is not None:
-            self._stop_serving()
-            self._stop_serving = None
+        for stop in self._stop_serving:
+            stop()
+        self._stop_serving = []
 
     def _on_schedule(self, trainer: BaseTrainer, **_: Any) -> None:
+        self.run(trainer, reason="schedule")
+
+    def _on_epoch_schedule(self, trainer: BaseTrainer, **_: Any) -> None:
+        state = trainer.state
+        if state.epoch_iteration < state.iterations_per_epoch:
+            _log.info(
+                "Validator %r: epoch %d was cut short at step %d/%d (%s); not validating on its post_epoch",
+                self.state_key,
+                state.epoch,
+                state.epoch_iteration,
+                state.iterations_per_epoch,
+                "interrupted" if trainer.interrupted_by is not None else "stopped",
+            )
+            return
         self.run(trainer, reason="schedule")
 
     def _on_request(self, trainer: BaseTrainer) -> None:
@@ -158,12 +204,13 @@ class Validator(Callback):
 
     # ------------------------------------------------------------------ the run
     def run(self, trainer: BaseTrainer, *, reason: str = "manual", force: bool = False) -> dict[str, float] | None:
-        """Validate now; return the published ``{"val/<name>": value}``, or ``None`` when this validator already
-        validated at the current iteration (``force=True`` validates anyway)."""
+        """Validate now; return the published ``{"<prefix>/<name>": value}`` (empty for a validation that produced
+        only images), or ``None`` when this validator already validated at the current iteration (``force=True``
+        validates anyway)."""
         state = trainer.state
         if not force and self._last_iteration == state.iteration:
             return None
-        trainer.pre_validation(validator=self.state_key, reason=reason)
+        trainer.pre_validation(validator=self.state_key, reason=reason, prefix=self.prefix)
         started = time.perf_counter()
         values, images = self._evaluate_on_rank_zero(trainer)
         seconds = time.perf_counter() - started
@@ -199,6 +246,7 @@ class Validator(Callback):
             validator=self.state_key,
             reason=reason,
             seconds=seconds,
+            prefix=self.prefix,
         )
         return published
 
@@ -238,22 +286,9 @@ class Validator(Callback):
         return f"{type(trainer).__name__}.validate()" if self.fn is None else f"its fn {self.fn!r}"
 
     def _compute(self, trainer: BaseTrainer) -> Any:
-        pipeline = trainer.pipeline
-        flags = [(module, module.training) for module in pipeline.modules()]
-        cuda = [trainer.device] if trainer.device.type == "cuda" else []
-        py_state = random.getstate()
-        numpy = sys.modules.get("numpy")  # only restored when the program uses numpy; never imported here
-        np_state = numpy.random.get_state() if numpy is not None else None
-        try:
-            with torch.random.fork_rng(devices=cuda), torch.no_grad():
-                pipeline.eval()
-                return self.fn(trainer) if self.fn is not None else trainer.validate()
-        finally:
-            for module, training in flags:
-                module.training = training
-            random.setstate(py_state)
-            if numpy is not None:
-                numpy.random.set_state(np_state)
+        # eval mode under no_grad; every module's train flag and the RNG states put back after (trainer.inference)
+        with trainer.inference():
+            return self.fn(trainer) if self.fn is not None else trainer.validate()
 
     def _number(self, name: str, value: Any, trainer: BaseTrainer) -> float:
         number = as_scalar(value)

@@ -18,11 +18,11 @@ class Event(str, Enum):
         pre_training(resumed)             once, on the first iterate() (resumed=True after a restore)
           pre_epoch                       once per epoch
             pre_step(batch)               before the forward pass
-            step(loss, outputs)           gradients ready, optimizer NOT stepped yet (clip, inspect, skip)
+            step(loss, outputs, optimizer)   gradients ready, that optimizer NOT stepped yet (once per optimizer step)
             post_step(outputs)            optimizer stepped; counters final for this step
           post_epoch                      once per epoch, also for an epoch cut short by stop()
-          pre_validation(validator, reason)   whenever a validator runs, before it computes
-          post_validation(metrics, ...)   after it published its metrics (images, best values, its name)
+          pre_validation(validator, reason, prefix)   whenever a validator runs, before it computes
+          post_validation(metrics, ...)   after it published its own metrics (best values, images, prefix)
         post_training(status)             exactly once: completed | stopped | interrupted | failed
         exception(error)                  when anything raises; then post_training(status="failed")
     """

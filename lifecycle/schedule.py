@@ -3,6 +3,7 @@
 One vocabulary everywhere (code, YAML, CLI), parsed once at registration into a predicate::
 
     None            every time the event fires
+    "never"         never (the handler stays registered, so a callback's unscheduled handlers still run)
     100 / "100it"   iterations 100, 200, ... (``state.iteration % 100 == 0``); filters pre_step, step, post_step
     "2ep"           epochs 2, 4, ... (``state.epoch % 2 == 0``); filters pre_epoch, post_epoch (so on post_epoch:
                     "at the end of epochs 2, 4, ...", the Ignite/Lightning convention)
@@ -14,7 +15,9 @@ One vocabulary everywhere (code, YAML, CLI), parsed once at registration into a 
     once=True       only the first time the schedule is due
 
 Anything else -- ``0``, negatives, ``"1.5ep"``, ``"10 parsecs"``, ``True`` -- is a ``ValueError`` that names the bad
-value and lists the valid forms, raised when the handler is registered rather than at step 1000.
+value and lists the valid forms, raised when the handler is registered rather than at step 1000. ``0`` and negative
+periods (``-1`` is Wisp's "off") are refused rather than read as "off": the message points to ``"never"`` (and, in a
+config file, to ``enabled: false``, which leaves the callback out altogether).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ __all__ = ["VALID_FORMS", "Schedule", "ScheduleSpec"]
 
 VALID_FORMS = (
     "an int > 0 (iterations), a string '<N>it' (iterations), '<N>ep' (epochs), '<T>s' / '<T>min' / '<T>h' "
-    "(wall time), 'once', or at=[...] with optional start=/end= bounds"
+    "(wall time), 'once', 'never', or at=[...] with optional start=/end= bounds"
 )
 
 Unit = Literal["it", "ep", "s"]
@@ -41,6 +44,7 @@ ScheduleSpec = Union[None, int, str, "Schedule", Mapping[str, Any]]
 Predicate = Callable[[], bool]
 
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(it|ep|s|sec|min|h)?\s*$", re.IGNORECASE)
+_NEGATIVE = re.compile(r"^\s*-\s*(\d+(?:\.\d*)?|\.\d+)\s*(it|ep|s|sec|min|h)?\s*$", re.IGNORECASE)
 _SECONDS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
 _MAPPING_KEYS = ("every", "at", "start", "end", "once")
 
@@ -49,21 +53,36 @@ def _invalid(value: object, why: str) -> ValueError:
     return ValueError(f"invalid schedule {value!r}: {why}; valid forms are {VALID_FORMS}")
 
 
+def _not_positive(value: object, what: str, negative: bool) -> ValueError:
+    """The error for a count of zero or below; for a period it says how to write "never run" instead."""
+    if what != "the period":
+        return _invalid(value, f"{what} must be > 0")
+    if negative:
+        return _invalid(
+            value,
+            f"{what} must be > 0; a negative period does not mean 'off' here: write 'never' for a schedule that "
+            "never fires (in a config file, 'enabled: false' leaves the callback out altogether)",
+        )
+    return _invalid(value, f"{what} must be > 0; write 'never' for a schedule that never fires")
+
+
 def _parse_count(value: object, what: str) -> tuple[Unit, float]:
     """Parse ``100``, ``"100it"``, ``"2ep"``, ``"30s"`` into (unit, amount)."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise _invalid(value, f"{what} must be an int or a string, not {type(value).__name__}")
     if isinstance(value, int):
         if value <= 0:
-            raise _invalid(value, f"{what} must be > 0")
+            raise _not_positive(value, what, value < 0)
         return "it", float(value)
     match = _PATTERN.match(value)
     if match is None:
+        if _NEGATIVE.match(value):
+            raise _not_positive(value, what, True)
         raise _invalid(value, f"{what} is not a number with an optional unit")
     number, unit_text = match.group(1), (match.group(2) or "it").lower()
     amount = float(number)
     if not math.isfinite(amount) or amount <= 0:
-        raise _invalid(value, f"{what} must be > 0")
+        raise _not_positive(value, what, False)
     if unit_text in _SECONDS:
         return "s", amount * _SECONDS[unit_text]
     if not amount.is_integer() or "." in number:
@@ -91,6 +110,7 @@ class Schedule:
     start: tuple[Unit, int] | None = None
     end: tuple[Unit, int] | None = None
     text: str = "always"
+    never: bool = False
 
     @classmethod
     def parse(
@@ -140,6 +160,11 @@ class Schedule:
         parts: list[str] = []
         if isinstance(spec, str) and spec.strip().lower() == "once":
             once, spec = True, None
+        if isinstance(spec, str) and spec.strip().lower() == "never":
+            if at is not None:
+                raise _invalid(spec, "give either 'never' or at=[...], not both")
+            # bounds and once= were checked above and change nothing: a schedule that never fires stays so
+            return cls(never=True, text="never")
         if at is not None:
             if spec is not None:
                 raise _invalid(spec, "give either a period or at=[...], not both")
@@ -175,7 +200,7 @@ class Schedule:
 
     def events(self) -> frozenset[Event]:
         """The events this schedule can filter: iteration schedules the step events, epoch schedules the epoch
-        events, time and ``once`` schedules both."""
+        events, time, ``once`` and ``never`` schedules both."""
         if self.unit == "it":
             return STEP_EVENTS
         if self.unit == "ep":
@@ -209,6 +234,8 @@ class Schedule:
         self.check_event(event)
         if self.always:
             return None
+        if self.never:
+            return _never
         counter = "epoch" if self.unit == "ep" else "iteration"
         if self.unit == "it" and self.period is not None and not (self.once or self.start or self.end):
             n = int(self.period)
@@ -220,6 +247,10 @@ class Schedule:
 
     def __str__(self) -> str:
         return self.text
+
+
+def _never() -> bool:
+    return False
 
 
 class _GeneralPredicate:

@@ -12,12 +12,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
-from callbacks.helpers import parse_schedule
-from lifecycle import Callback, ScheduleSpec
-
-__all__ = ["ON_ERROR", "BackendGuard", "BackendLogger", "OnError", "check_on_error", "require_package"]
+__all__ = ["ON_ERROR", "BackendGuard", "OnError", "check_on_error", "require_package"]
 
 OnError = Literal["disable", "warn", "raise"]
 ON_ERROR: tuple[str, ...] = get_args(OnError)
@@ -78,32 +75,6 @@ class BackendGuard:
             return False
         return True
 
-
-class BackendLogger(Callback):
-    """Base of the loggers: they set ``self._guard`` (a :class:`BackendGuard`) in ``__init__`` and run every
-    backend call through it; this exposes its state and carries the failure count across a resume."""
-
-    _guard: BackendGuard
-    rank_zero_only = True  # one writer: rank 0 of a distributed job
-
-    @property
-    def disabled(self) -> bool:
-        """True once a failure disabled the logger (``on_error="disable"``)."""
-        return self._guard.disabled
-
-    @property
-    def failures(self) -> int:
-        """Backend failures so far (carried across a resume)."""
-        return self._guard.failures
-
-    @staticmethod
-    def check_step_schedule(every: ScheduleSpec, owner: str, rows: str) -> None:
-        """A ``ValueError`` naming ``owner`` when ``every`` counts epochs: ``rows`` are written per step window."""
-        if parse_schedule(every, owner).unit == "ep":
-            raise ValueError(f"{owner}: every={every!r} counts epochs; {rows} need an iteration or time schedule")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"failures": self.failures}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._guard.failures = int(state.get("failures", 0))
+    def warn(self, message: str) -> None:
+        """A warning about this logger that is not a backend failure (e.g. a value logged while nothing is open)."""
+        self._log.warning("%s: %s", self.owner, message)

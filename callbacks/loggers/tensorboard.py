@@ -1,12 +1,15 @@
-"""``TensorBoardLogger``: scalars, validation images, the config and the run's hyper-parameters as TensorBoard events.
+"""``TensorBoardLogger``: scalars, images, text, the config and the run's hyper-parameters as TensorBoard events.
 
 Events used: ``pre_training`` (opens ``torch.utils.tensorboard.SummaryWriter`` under ``<run_dir>/tb``; after a
 resume with ``purge_step`` = the next iteration, so events a crashed run wrote beyond its checkpoint are discarded and
-no step is written twice or goes backwards), ``post_step`` on its schedule (the window means of the step outputs from
-``MetricFlow.of(trainer)`` -- one host copy per write -- plus every number callbacks published in ``state.metrics``
-outside ``val/`` and ``best/``, e.g. ``lr``, ``grad_norm``), ``post_epoch`` (``epoch/*`` means, ``time/epoch_s``,
-then a flush), ``post_validation`` (``val/*``, ``best/*`` and the images) and ``post_training`` (hyper-parameters with
-the final metrics, then close, whatever the status). Every scalar's step is ``state.iteration``.
+no step is written twice or goes backwards), ``post_step`` on an iteration or time schedule (the window means of the
+step outputs from ``MetricFlow.of(trainer)`` -- one host copy per write -- plus the numbers callbacks published in
+``state.metrics``, e.g. ``lr``, ``grad_norm``), ``post_epoch`` (``epoch/*`` means, ``time/epoch_s``, then a flush;
+with an epoch schedule such as ``"1ep"`` only on it, with the published numbers and no step rows at all),
+``post_validation`` (that validation's ``metrics`` and ``best`` values, and its images under the validator's prefix)
+and ``post_training`` (hyper-parameters with the final metrics, then close, whatever the status). Values given to
+``trainer.log(name, value)`` are written when logged: numbers and one-element tensors as scalars, ``HxWxC`` tensors
+as images, strings as text (see :mod:`callbacks.loggers.backend`). Every step is ``state.iteration``.
 
 A backend failure (a directory that cannot be created, a full disk) follows ``on_error``: ``"disable"`` (default:
 warn once, stop logging, keep training), ``"warn"`` (warn at each failure and keep trying) or ``"raise"``.
@@ -22,10 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from callbacks.helpers import output_dir
-from callbacks.images import to_uint8_hwc
-from callbacks.loggers.failure_policy import BackendGuard, BackendLogger, OnError, require_package
+from callbacks.loggers.backend import BackendLogger, image_prefix
+from callbacks.loggers.failure_policy import BackendGuard, OnError, require_package
+from callbacks.loggers.logged import Kind, pixels, scalar
 from callbacks.loggers.metric_flow import MetricFlow
-from callbacks.loggers.values import as_markdown, flat_scalars, numbers, published, validation_numbers
+from callbacks.loggers.values import as_markdown, flat_scalars
 from lifecycle import Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,13 +48,14 @@ class TensorBoardLogger(BackendLogger):
 
     Args:
         dir: the log directory; ``None`` for ``<trainer.run_dir>/tb``.
-        every: the schedule of the step scalars (``"50it"``); epoch and validation scalars come at their events.
+        every: the schedule of the step scalars (``"50it"``, ``"10min"``, ``"never"``), or of the epoch scalars
+            when it counts epochs (``"1ep"``: epoch means only, no step scalars); validation values come at their
+            event.
         log_images: write validation images (``add_image``).
         on_error: ``"disable"``, ``"warn"`` or ``"raise"`` (see the module docstring).
     """
 
     priority = Priority.LOGGING
-    scheduled = ("post_step",)  # `every` paces the step rows; the other events always run
 
     def __init__(
         self,
@@ -63,8 +68,7 @@ class TensorBoardLogger(BackendLogger):
         state_key: str | None = None,
     ) -> None:
         super().__init__(priority=priority, every=every, state_key=state_key)
-        name = f"TensorBoardLogger {self.state_key!r}"
-        self.check_step_schedule(every, name, "step scalars")
+        name = self.owner
         if not isinstance(log_images, bool):
             raise ValueError(f"{name}: log_images must be true or false, got {log_images!r}")
         self.directory = Path(dir) if dir is not None else None
@@ -75,12 +79,14 @@ class TensorBoardLogger(BackendLogger):
         self._epoch_start = 0.0
 
     def setup(self, trainer: BaseTrainer) -> None:
-        require_package("tensorboard", "tensorboard", f"TensorBoardLogger {self.state_key!r}")
+        require_package("tensorboard", "tensorboard", self.owner)
         self.directory = output_dir(self, self.directory, trainer, "tb")
+        super().setup(trainer)
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
-        self._window = MetricFlow.of(trainer).window()
+        flow = MetricFlow.of(trainer)  # created now, so that it sees every epoch from the first
+        self._window = None if self.epoch_rows else flow.window()
         step = trainer.state.iteration
 
         def open_writer() -> None:
@@ -100,7 +106,7 @@ class TensorBoardLogger(BackendLogger):
         if self._writer is None or self._window is None:
             return
         values = self._window.take()
-        values.update(published(trainer.state.metrics))
+        values.update(self.published_numbers(trainer))
         self._scalars(values, trainer.state.iteration)
 
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
@@ -108,6 +114,8 @@ class TensorBoardLogger(BackendLogger):
             return
         values = MetricFlow.of(trainer).epoch_means()
         values["time/epoch_s"] = time.perf_counter() - self._epoch_start
+        if self.epoch_rows:  # the epoch is the only row: what callbacks published goes in it
+            values.update(self.published_numbers(trainer))
         self._scalars(values, trainer.state.iteration)
         writer = self._writer
         if writer is not None:  # None: writing the scalars just failed and disabled the logger
@@ -118,21 +126,22 @@ class TensorBoardLogger(BackendLogger):
         trainer: BaseTrainer,
         *,
         metrics: Mapping[str, float],
+        best: Mapping[str, float] | None = None,
         images: Mapping[str, Any] | None = None,
+        prefix: str | None = None,
         **payload: Any,
     ) -> None:
         if self._writer is None:
             return
         step = trainer.state.iteration
-        self._scalars({**validation_numbers(trainer.state.metrics), **numbers(metrics)}, step)
-        if self.log_images and images:
-            writer = self._writer
-            prefix = next(iter(metrics), "val/").split("/", 1)[0] if metrics else "val"
+        self._scalars(self.validation_values(metrics, best), step)  # this validation's values, no other's
+        writer = self._writer
+        if self.log_images and images and writer is not None:
+            folder = image_prefix(prefix, metrics)
 
             def write_images() -> None:
                 for name, image in images.items():
-                    pixels = to_uint8_hwc(image, name=str(name)).numpy()
-                    writer.add_image(f"{prefix}/{name}", pixels, step, dataformats="HWC")
+                    writer.add_image(f"{folder}/{name}", pixels(image, str(name)), step, dataformats="HWC")
 
             self._run("write images", write_images)
 
@@ -144,7 +153,7 @@ class TensorBoardLogger(BackendLogger):
         hparams: dict[str, Any] = {"max_epochs": state.max_epochs, "iterations_per_epoch": state.iterations_per_epoch}
         hparams.update(flat_scalars(trainer.config or {}))
         # under hparam/: add_hparams also writes these as scalars, which must not repeat the val/* time series
-        final = {f"hparam/{k}": v for k, v in validation_numbers(state.metrics).items()}
+        final = {f"hparam/{k}": v for k, v in self.final_numbers(trainer).items()}
         final["hparam/iterations"] = float(state.iteration)
 
         def finish() -> None:
@@ -157,6 +166,24 @@ class TensorBoardLogger(BackendLogger):
         self._run("write the final hyper-parameters and close", finish)
 
     # ------------------------------------------------------------------ helpers
+    def _is_open(self) -> bool:
+        return self._writer is not None
+
+    def _write_logged(self, name: str, kind: Kind, value: Any, step: int) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+
+        def write() -> None:
+            if kind == "scalar":
+                writer.add_scalar(name, scalar(value), step)
+            elif kind == "image":
+                writer.add_image(name, pixels(value, name), step, dataformats="HWC")
+            else:
+                writer.add_text(name, str(value), step)
+
+        self._run(f"write {name!r}", write)
+
     def _scalars(self, values: Mapping[str, float], step: int) -> None:
         writer = self._writer
         if writer is None:

@@ -1,14 +1,18 @@
 """``WandbLogger``: the same metrics as the TensorBoard logger, as a Weights & Biases run -- offline by default.
 
 Events used: ``pre_training`` (``wandb.init`` with the resolved config; a resumed run continues the same run id with
-``resume="allow"``), ``post_step`` on its schedule (the window means of the step outputs from
+``resume="allow"``), ``post_step`` on an iteration or time schedule (the window means of the step outputs from
 ``MetricFlow.of(trainer)`` -- one host copy per row -- plus the numbers callbacks published, e.g. ``lr``),
-``post_epoch`` (``epoch/*``, ``time/epoch_s``), ``post_validation`` (``val/*``, ``best/*`` and the images as
-``wandb.Image``), ``exception`` (a failure inside ``post_training`` still finishes the run) and ``post_training`` at
-priority ``FINAL`` -- after the checkpointer's end save, so the final checkpoint can be logged as an artifact --
-which writes the summary and calls ``finish`` with an exit code that reflects the status (0 completed or stopped,
-``128 + signal`` interrupted, 1 failed). Every row's step is ``state.iteration``; the rows written at one iteration
-(step values, epoch means, validation) merge into one.
+``post_epoch`` (``epoch/*``, ``time/epoch_s``; with an epoch schedule such as ``"1ep"`` only on it, with the published
+numbers and no step rows at all), ``post_validation`` (that validation's ``metrics`` and ``best`` values, and its
+images as ``wandb.Image`` under the validator's prefix), ``exception`` (a failure inside ``post_training`` still
+finishes the run) and ``post_training`` at priority ``FINAL`` -- after the checkpointer's end save, so the final
+checkpoint can be logged as an artifact -- which writes the summary and calls ``finish`` with an exit code that
+reflects the status (0 completed or stopped, ``128 + signal`` interrupted, 1 failed). Every row's step is
+``state.iteration``; the rows written at one iteration (step values, epoch means, validation) merge into one.
+Values given to ``trainer.log(name, value)`` are logged when logged, at that iteration: numbers and one-element
+tensors as numbers, ``HxWxC`` tensors as ``wandb.Image``, strings as text, lists of dicts as a ``wandb.Table`` (see
+:mod:`callbacks.loggers.backend`).
 
 It never prompts and never blocks: ``mode`` defaults to ``"offline"`` (upload later with ``wandb sync``), and
 ``mode="online"`` without credentials is refused when the logger is added, with what to do, instead of the login
@@ -28,10 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from callbacks.helpers import output_dir
-from callbacks.images import to_uint8_hwc
-from callbacks.loggers.failure_policy import BackendGuard, BackendLogger, OnError, require_package
+from callbacks.loggers.backend import BackendLogger, image_prefix
+from callbacks.loggers.failure_policy import BackendGuard, OnError, require_package
+from callbacks.loggers.logged import Kind, pixels, scalar, table_rows
 from callbacks.loggers.metric_flow import MetricFlow
-from callbacks.loggers.values import numbers, published, validation_numbers
 from lifecycle import Event, Phase, Priority, ScheduleSpec, Status
 from trainers.engine.signals import exit_code as signal_exit_code
 
@@ -58,7 +62,8 @@ class WandbLogger(BackendLogger):
         dir: where W&B writes (it adds ``wandb/``); ``None`` for ``trainer.run_dir``.
         mode: ``"offline"`` (default), ``"online"`` (only when asked; needs ``wandb login`` or ``WANDB_API_KEY``)
             or ``"disabled"`` (W&B's no-op mode).
-        every: the schedule of the step rows (``"50it"``); epoch and validation values come at their events.
+        every: the schedule of the step rows (``"50it"``, ``"10min"``, ``"never"``), or of the epoch rows when it
+            counts epochs (``"1ep"``: epoch means only, no step rows); validation values come at their event.
         log_images: log validation images as ``wandb.Image``.
         log_checkpoint: log the run's final checkpoint (``state.last_checkpoint``, published by the
             checkpointer) as a ``model`` artifact at the end, plus the best one (alias ``best``) when it differs.
@@ -70,7 +75,7 @@ class WandbLogger(BackendLogger):
     """
 
     priority = Priority.LOGGING
-    scheduled = ("post_step",)  # `every` paces the step rows; the other events always run
+    accepts_tables = True
 
     def __init__(
         self,
@@ -93,8 +98,7 @@ class WandbLogger(BackendLogger):
         state_key: str | None = None,
     ) -> None:
         super().__init__(priority=priority, every=every, state_key=state_key)
-        owner = f"WandbLogger {self.state_key!r}"
-        self.check_step_schedule(every, owner, "step rows")
+        owner = self.owner
         if mode not in _MODES:
             raise ValueError(f"{owner}: mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
         for label, flag in (("log_images", log_images), ("log_checkpoint", log_checkpoint)):
@@ -128,18 +132,20 @@ class WandbLogger(BackendLogger):
         return Priority.FINAL if event is Event.POST_TRAINING else self.priority
 
     def setup(self, trainer: BaseTrainer) -> None:
-        owner = f"WandbLogger {self.state_key!r}"
-        require_package("wandb", "wandb", owner)
+        require_package("wandb", "wandb", self.owner)
         self.directory = output_dir(self, self.directory, trainer, "")
         if self.mode == "online":
-            _check_credentials(owner)
+            _check_credentials(self.owner)
+        super().setup(trainer)
 
     def teardown(self, trainer: BaseTrainer) -> None:
+        super().teardown(trainer)
         self._finish(None, exit_code=0)  # removed mid-run: the run ends here rather than at interpreter exit
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
-        self._window = MetricFlow.of(trainer).window()
+        flow = MetricFlow.of(trainer)  # created now, so that it sees every epoch from the first
+        self._window = None if self.epoch_rows else flow.window()
         if self.run_id is None:
             self.run_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
         state = trainer.state
@@ -183,7 +189,7 @@ class WandbLogger(BackendLogger):
         if self.run is None or self._window is None:
             return
         values: dict[str, Any] = self._window.take()
-        values.update(published(trainer.state.metrics))
+        values.update(self.published_numbers(trainer))
         self._row(values, trainer.state.iteration)
 
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
@@ -191,6 +197,8 @@ class WandbLogger(BackendLogger):
             return
         values: dict[str, Any] = MetricFlow.of(trainer).epoch_means()
         values["time/epoch_s"] = time.perf_counter() - self._epoch_start
+        if self.epoch_rows:  # the epoch is the only row: what callbacks published goes in it
+            values.update(self.published_numbers(trainer))
         self._row(values, trainer.state.iteration)
 
     def post_validation(
@@ -198,23 +206,24 @@ class WandbLogger(BackendLogger):
         trainer: BaseTrainer,
         *,
         metrics: Mapping[str, float],
+        best: Mapping[str, float] | None = None,
         images: Mapping[str, Any] | None = None,
+        prefix: str | None = None,
         **payload: Any,
     ) -> None:
         run = self.run
         if run is None:
             return
         step = trainer.state.iteration
-        values: dict[str, Any] = {**validation_numbers(trainer.state.metrics), **numbers(metrics)}
+        values: dict[str, Any] = self.validation_values(metrics, best)  # this validation's values, no other's
         if self.log_images and images:
             import wandb
 
-            prefix = next(iter(metrics), "val/").split("/", 1)[0] if metrics else "val"
+            folder = image_prefix(prefix, metrics)
 
             def convert() -> None:
                 for name, image in images.items():
-                    pixels = to_uint8_hwc(image, name=str(name)).numpy()
-                    values[f"{prefix}/{name}"] = wandb.Image(pixels, caption=f"iteration {step}")
+                    values[f"{folder}/{name}"] = wandb.Image(pixels(image, str(name)), caption=f"iteration {step}")
 
             self._run("convert images", convert)
         self._row(values, step)
@@ -237,7 +246,7 @@ class WandbLogger(BackendLogger):
             try:
                 if trainer is not None:
                     state = trainer.state
-                    summary: dict[str, Any] = {**validation_numbers(state.metrics)}
+                    summary: dict[str, Any] = self.final_numbers(trainer)
                     summary.update(iterations=state.iteration, epochs=state.epoch, exit_code=exit_code)
                     if status is not None:
                         summary["status"] = str(status)
@@ -279,6 +288,31 @@ class WandbLogger(BackendLogger):
             )
             artifact.add_file(str(path), name=path.name)
             run.log_artifact(artifact, aliases=aliases)
+
+    def _is_open(self) -> bool:
+        return self.run is not None
+
+    def _write_logged(self, name: str, kind: Kind, value: Any, step: int) -> None:
+        def write() -> None:
+            import wandb
+
+            run = self.run
+            if run is None:
+                return
+            logged: Any
+            if kind == "scalar":
+                logged = scalar(value)
+            elif kind == "image":
+                logged = wandb.Image(pixels(value, name), caption=f"iteration {step}")
+            elif kind == "table":
+                columns, rows = table_rows(value) or ([], [])
+                header: list[str | int] = list(columns)  # wandb's annotation; the names are strings
+                logged = wandb.Table(columns=header, data=rows)
+            else:
+                logged = str(value)
+            run.log({name: logged}, step=step)
+
+        self._run(f"log {name!r}", write)
 
     def _row(self, values: Mapping[str, Any], step: int) -> None:
         run = self.run

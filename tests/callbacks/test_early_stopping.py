@@ -1,18 +1,20 @@
 """``EarlyStopping`` driven by a real ``Validator`` on a tiny ``nn.Linear``: the exact validation (iteration, epoch)
 where training stops for patience, min_delta, both directions, the thresholds and non-finite values; the wait
-counter surviving a resume (the classic peer bug resets it); a resumed run that had stopped stopping again; and the
-monitor errors."""
+counter surviving a resume (the classic peer bug resets it); a resumed run that had stopped stopping again; a fresh
+run given another run's state starting over with a warning; and the monitor errors."""
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from callbacks import EarlyStopping, Validator
+from callbacks import Checkpointer, EarlyStopping, Validator
 from lifecycle import CallbackError, Status
 from tests.support import Recorder, make_trainer
 from trainers import BaseTrainer
@@ -128,7 +130,7 @@ def test_mode_is_inferred_from_the_metric_name() -> None:
     assert EarlyStopping("val/acc", mode="max").mode == "max"
     with pytest.raises(ValueError, match=r"^EarlyStopping 'EarlyStopping': metric 'val/acc' has no known direction"):
         EarlyStopping("val/acc")
-    with pytest.raises(ValueError, match=r"\(or pass mode=\)$"):
+    with pytest.raises(ValueError, match=r"pass mode="):
         EarlyStopping("val/acc")
 
 
@@ -267,13 +269,99 @@ def test_a_resumed_run_that_had_stopped_early_stops_at_once() -> None:
     assert (es.wait, es.best, es.reason, es.stopped_iteration) == (0, None, None, None)
 
 
-def test_a_fresh_run_with_a_loaded_stop_is_not_stopped_at_pre_training() -> None:
-    # resumed=False (iteration 0): the loaded stop does not apply at pre_training; post_validation is ignored too
+def test_the_wait_survives_a_restore_from_a_real_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """trainer.restore: pre_training(resumed=True) continues the loaded wait and best (and says nothing)."""
+    reference, ref_es, _, _ = run(LOSSES, patience=4)
+    directory = tmp_path / "ckpt"
+
+    def build(max_epochs: int) -> tuple[BaseTrainer, EarlyStopping, Recorder]:
+        es, rec = EarlyStopping(patience=4), Recorder()
+        callbacks = [Validator(by_validation(LOSSES), every="1ep"), es, rec, Checkpointer(directory)]
+        return make_trainer(max_epochs=max_epochs, callbacks=callbacks), es, rec
+
+    first, first_es, _ = build(3)
+    assert first.train() is Status.COMPLETED
+    assert (first_es.wait, first_es.best, first_es.best_iteration) == (1, 3.0, 6)
+
+    resumed, es, rec = build(10)
+    with caplog.at_level(logging.WARNING, logger="stepbus.early_stopping"):
+        resumed.restore("auto")
+        assert resumed.train() is Status.STOPPED
+    assert caplog.records == []
+    assert rec.log[0] == ("pre_training", 3, 3, 9, True)
+    assert stopped_at(resumed) == ("stopped", 18, 6) == stopped_at(reference)
+    assert (es.stopped_iteration, es.reason) == (ref_es.stopped_iteration, ref_es.reason)
+
+
+OLD_STOP = {"wait": 1, "best": 1.0, "best_iteration": 3, "reason": "old", "stopped_iteration": 3}
+
+
+def fresh_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "stepbus.early_stopping" and r.levelname == "WARNING"]
+
+
+def test_a_fresh_run_with_a_loaded_state_starts_over_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """resumed=False and no restore: the loaded wait, best and stop are another run's. Dropped with a warning; this
+    run's own validations then stop it (a kept stop flag would have ignored every one of them)."""
+    es = EarlyStopping(patience=2)
+    es.load_state_dict(dict(OLD_STOP))
+    rec = Recorder()
+    values = [9.0, 9.5, 9.5, 1.0, 1.0, 1.0]
+    trainer = make_trainer(max_epochs=6, callbacks=[Validator(by_validation(values), every="1ep"), es, rec])
+    with caplog.at_level(logging.WARNING, logger="stepbus.early_stopping"):
+        assert trainer.train() is Status.STOPPED
+    [warning] = fresh_warnings(caplog)
+    assert warning == (
+        "EarlyStopping 'EarlyStopping': a fresh run (not resumed from a checkpoint) starts with state from another "
+        "run (wait 1/2, best val/loss=1 at iteration 3 and its stop at iteration 3); patience starts over. To "
+        "continue that run, restore its checkpoint (trainer.restore, stepbus train --resume) instead"
+    )
+    assert rec.log[0] == ("pre_training", 0, 0, 0, False)
+    assert stopped_at(trainer) == ("stopped", 9, 3)
+    assert es.reason == "val/loss did not improve by more than 0 (min) in 2 validations; best 9 at iteration 3"
+
+
+def test_an_instance_reused_for_a_second_run_starts_over(caplog: pytest.LogCaptureFixture) -> None:
     es = EarlyStopping(patience=1)
-    es.load_state_dict({"wait": 1, "best": 1.0, "best_iteration": 3, "reason": "old", "stopped_iteration": 3})
-    trainer = make_trainer(max_epochs=2, callbacks=[Validator(by_validation([9.0, 9.0]), every="1ep"), es])
-    assert trainer.train() is Status.COMPLETED
-    assert es.reason == "old"
+    values = [5.0, 6.0, 1.0, 1.0]
+    first = make_trainer(max_epochs=4, callbacks=[Validator(by_validation(values), every="1ep"), es])
+    assert first.train() is Status.STOPPED
+    assert es.stopped_iteration == 6
+    assert fresh_warnings(caplog) == []
+
+    second = make_trainer(max_epochs=4, callbacks=[Validator(by_validation(values), every="1ep"), es])
+    with caplog.at_level(logging.WARNING, logger="stepbus.early_stopping"):
+        assert second.train() is Status.STOPPED
+    assert len(fresh_warnings(caplog)) == 1
+    assert stopped_at(second) == ("stopped", 6, 2)  # by its own patience, not at once and not never
+
+
+def test_a_validation_before_training_is_kept_by_a_fresh_run(caplog: pytest.LogCaptureFixture) -> None:
+    """A request before train() (a GUI button at iteration 0) is this run's own: pre_training keeps it."""
+    es = EarlyStopping(patience=2)
+    values = [4.0, 5.0, 5.0, 5.0]
+    trainer = make_trainer(
+        max_epochs=4, callbacks=[Validator(lambda t: {"loss": values[t.state.iteration // 3]}, every="1ep"), es]
+    )
+    with caplog.at_level(logging.WARNING, logger="stepbus.early_stopping"):
+        trainer.request_validation()
+        assert (es.wait, es.best, es.best_iteration) == (0, 4.0, 0)
+        assert trainer.train() is Status.STOPPED
+    assert fresh_warnings(caplog) == []
+    assert stopped_at(trainer) == ("stopped", 6, 2)  # 5 at iterations 3 and 6 do not beat the 4 of iteration 0
+    assert es.best_iteration == 0
+
+
+def test_state_loaded_before_a_validation_that_precedes_training_is_settled_there(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    es = EarlyStopping(patience=2)
+    es.load_state_dict(dict(OLD_STOP))
+    trainer = make_trainer(max_epochs=2, callbacks=[Validator(lambda t: {"loss": 4.0}, every=None), es])
+    with caplog.at_level(logging.WARNING, logger="stepbus.early_stopping"):
+        trainer.request_validation()  # iteration 0, nothing restored: a fresh run
+    assert len(fresh_warnings(caplog)) == 1
+    assert (es.wait, es.best, es.best_iteration, es.stopped_iteration) == (0, 4.0, 0, None)
 
 
 def test_load_state_dict_rejects_garbage() -> None:

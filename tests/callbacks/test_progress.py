@@ -103,3 +103,53 @@ def test_bars_on_a_terminal_refresh_at_most_ten_times_a_second(tmp_path: Path) -
 def test_constructor_errors_name_the_parameter(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         ProgressBar(**options)
+
+
+def validation_output(*results: dict[str, Any], prefix: str = "val", run_dir: Path | None = None) -> str:
+    """What the progress display prints for validations returning ``results`` in turn (requested between steps)."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=False, width=120, color_system=None)
+    answers = iter(results)
+    validator = Validator(lambda t: next(answers), every=None, at_end=False, prefix=prefix, state_key=prefix)
+    trainer = make_trainer(run_dir=run_dir, callbacks=[validator, ProgressBar(console=console, plain_every=3600)])
+    for _ in results:
+        trainer.iterate()
+        trainer.request_validation()
+    return buffer.getvalue()
+
+
+def test_a_validation_with_only_images_prints_one_line_and_no_table(tmp_path: Path) -> None:
+    image = torch.zeros(2, 3, 3)
+    out = validation_output({"images": {"rgb": image, "depth": image}}, prefix="render", run_dir=tmp_path)
+    assert out.splitlines() == [f"validation 'render' at iteration 1: images rgb, depth in {tmp_path / 'render'}"]
+    out = validation_output({"images": {"rgb": image}}, prefix="render")  # not written anywhere: the names only
+    assert out.splitlines() == ["validation 'render' at iteration 1: images rgb"]
+    assert validation_output({}).splitlines() == ["validation at iteration 1: no metrics and no images"]
+
+
+def test_the_table_shows_each_validators_own_best(tmp_path: Path) -> None:
+    out = validation_output({"psnr": 20.0}, {"psnr": 18.0, "images": {"rgb": torch.zeros(2, 3, 3)}}, prefix="test")
+    lines = out.splitlines()
+    assert [line for line in lines if line.startswith("validation")] == [
+        "validation 'test' at iteration 1",
+        "validation 'test' at iteration 2",
+    ]
+    assert [line.split() for line in lines if line.startswith(" test/psnr")] == [
+        ["test/psnr", "│", "20", "│", "20"],
+        ["test/psnr", "│", "18", "│", "20"],  # best/test/psnr, never another validator's best/psnr
+    ]
+    assert lines[-1] == "images rgb"
+
+
+def test_a_post_validation_without_a_prefix_is_named_by_its_metrics() -> None:
+    """A custom validator emitting post_validation itself, without the payload's prefix: its metrics' namespace."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=False, width=120, color_system=None)
+    trainer = make_trainer(callbacks=[ProgressBar(console=console, plain_every=3600)])
+    trainer.state.metrics["best/holdout/acc"] = 0.9
+    trainer.post_validation({"holdout/acc": 0.8})
+    lines = buffer.getvalue().splitlines()
+    assert lines[0] == "validation 'holdout' at iteration 0"
+    assert [line.split() for line in lines if line.startswith(" holdout/acc")] == [
+        ["holdout/acc", "│", "0.8", "│", "0.9"]
+    ]

@@ -173,9 +173,9 @@ def test_validation_events_nest_inside_post_epoch_and_carry_the_payload() -> Non
 
     pre = [p for name, p in rec.payloads if name == "pre_validation"]
     post = [p for name, p in rec.payloads if name == "post_validation"]
-    assert pre == [{"validator": "Validator", "reason": "schedule"}] * 2
+    assert pre == [{"validator": "Validator", "reason": "schedule", "prefix": "val"}] * 2
     assert [sorted(p) for p in post] == [
-        ["best", "image_paths", "images", "improved", "metrics", "reason", "seconds", "validator"]
+        ["best", "image_paths", "images", "improved", "metrics", "prefix", "reason", "seconds", "validator"]
     ] * 2
     first, second = post
     assert first["metrics"] == {"val/psnr": 10.0}
@@ -185,6 +185,7 @@ def test_validation_events_nest_inside_post_epoch_and_carry_the_payload() -> Non
     assert first["image_paths"] == {}
     assert first["validator"] == "Validator"
     assert first["reason"] == "schedule"
+    assert first["prefix"] == "val"
     assert isinstance(first["seconds"], float)
     assert first["seconds"] >= 0.0
     assert second["metrics"] == {"val/psnr": 12.0}

@@ -399,7 +399,7 @@ def assert_invalid(exc: pytest.ExceptionInfo[ValueError], bad: object, *fragment
         ("0it", "must be > 0"),
         ("0ep", "must be > 0"),
         ("0s", "must be > 0"),
-        ("-3ep", "is not a number with an optional unit"),
+        ("-3ep", "must be > 0; a negative period does not mean 'off' here: write 'never'"),
         ("1.5ep", "counts epochs and must be whole"),
         ("2.5it", "counts iterations and must be whole"),
         ("2.0it", "counts iterations and must be whole"),

@@ -1,6 +1,9 @@
 """A callable's configurable parameters, read once from its typed signature, and the check of config values
 against them (with pydantic), so a callback or trainer declares its parameters exactly once: in ``__init__``.
 
+A schedule parameter (annotated ``ScheduleSpec``) is also parsed as a schedule, so ``every: 0it`` is reported at
+``callbacks.<name>.every`` with the schedule's own message.
+
 Annotations are strings here (``from __future__ import annotations``); names only imported for type checking
 (``PruneFn``, ``SchedulerSpec``) resolve to :class:`CodeOnly`, a type no config value can have. A parameter whose
 every alternative is such a type (a callable, a ``Console``) is *code-only*: it can be passed in Python but not
@@ -53,11 +56,17 @@ class Param:
     _adapter: Any = field(default=None, repr=False, compare=False)
 
     @property
+    def is_schedule(self) -> bool:
+        """True for a schedule parameter (annotated ``ScheduleSpec``, e.g. ``every``): its value is also parsed."""
+        return "ScheduleSpec" in self.text
+
+    @property
     def expected(self) -> str:
         """What a valid value is, in words."""
-        if "ScheduleSpec" in self.text:
+        if self.is_schedule:
             return (
-                "a schedule: '50it', '2ep', '10min', an integer (iterations), a mapping (every, at, start, end) or null"
+                "a schedule: '50it', '2ep', '10min', 'never', an integer (iterations), a mapping (every, at, start, "
+                "end) or null"
             )
         return type_phrase(self.annotation)
 
@@ -73,9 +82,23 @@ class Param:
         from pydantic import ValidationError
 
         try:
-            return self._adapter.validate_python(value)
+            checked = self._adapter.validate_python(value)
         except ValidationError as exc:
             raise ValueError(_message(exc, value, self.annotation, self.expected)) from None
+        if self.is_schedule:
+            _check_schedule(checked)
+        return checked
+
+
+def _check_schedule(value: Any) -> None:
+    """Parse a schedule value as the callback will, so that a bad one (``0it``, ``-1``) is a problem at its own key
+    (``callbacks.grid_pruning.every``) rather than at the callback's block."""
+    from lifecycle import Schedule
+
+    try:
+        Schedule.parse(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 def params_of(obj: Callable[..., Any], *, skip: Sequence[str] = ()) -> dict[str, Param]:

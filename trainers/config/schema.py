@@ -330,12 +330,15 @@ def _callbacks_section(
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def _try_construct(entry: Entry, kwargs: Mapping[str, Any], where: str) -> Problem | None:
-    """Build the callback once to run its own checks (``every='1ep'`` where iterations are needed, a mode that
-    contradicts the monitor ...): constructors have no side effects, and their messages name the parameter."""
+    """Build the callback once to run its own checks (a bound such as ``start: 0it``, a mode that contradicts the
+    monitor ...): constructors have no side effects, and their messages name the parameter. A schedule error names
+    the bad value (``invalid schedule '0it'``), so it is reported at the key that holds that value."""
     try:
         entry.load()(**kwargs)
     except ValueError as exc:
-        return Problem(where, str(exc))
+        text = str(exc)
+        keys = [key for key, value in kwargs.items() if f"invalid schedule {value!r}:" in text]
+        return Problem(f"{where}.{keys[0]}" if len(keys) == 1 else where, text)
     except Exception as exc:  # noqa: BLE001 - whatever a (plugin) constructor raises, the config block is named
         return Problem(where, f"{type(exc).__name__}: {exc}")
     return None

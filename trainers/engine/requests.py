@@ -63,14 +63,27 @@ class Requests:
     def request(self, kind: str, *, defer: bool) -> None:
         """Queue ``kind``; with ``defer=False`` (the trainer is idle) serve the queue at once."""
         if not self._servers.get(kind):
-            known = sorted(k for k, v in self._servers.items() if v)
-            raise RuntimeError(
-                f"nothing on this trainer serves {kind!r} requests; add a callback that does "
-                f"(the callbacks registered now serve: {known or 'no requests'})"
-            )
+            raise RuntimeError(self._unserved(kind))
         self.pending[kind] = None
         if not defer:
             self.drain()
+
+    def _unserved(self, kind: str) -> str:
+        """Why ``request(kind)`` cannot be served, naming what would work. A named kind (``"validation:<name>"``,
+        ``trainer.request_validation(name)``) lists the names served in its family, without the plumbing kinds."""
+        known = sorted(k for k, v in self._servers.items() if v)
+        family, named, name = kind.partition(":")
+        names = sorted(k.partition(":")[2] for k in known if named and k.startswith(f"{family}:"))
+        if names:
+            unnamed = f", or no name for every {family!r} server" if family in known else ""
+            return (
+                f"nothing on this trainer serves {kind!r} requests: no {family!r} server answers to {name!r}; the "
+                f"names that work are {', '.join(map(repr, names))}{unnamed}"
+            )
+        return (
+            f"nothing on this trainer serves {kind!r} requests; add a callback that does "
+            f"(the callbacks registered now serve: {known or 'no requests'})"
+        )
 
     def drain(self) -> None:
         """Serve every pending request once, in request order. A server that raises becomes a

@@ -523,7 +523,7 @@ def test_on_error_raise_fails_the_run_naming_the_logger(tmp_path: Path) -> None:
 def test_constructor_errors_name_the_parameter(tmp_path: Path) -> None:
     owner = "WandbLogger 'WandbLogger'"
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"every": "1ep"}, "every='1ep' counts epochs"),
+        ({"every": -1}, "invalid schedule -1: the period must be > 0; a negative period does not mean 'off'"),
         ({"mode": "cloud"}, "mode must be one of 'offline', 'online', 'disabled', got 'cloud'"),
         ({"log_images": "yes"}, "log_images must be true or false, got 'yes'"),
         ({"log_checkpoint": 1}, "log_checkpoint must be true or false, got 1"),

@@ -82,7 +82,7 @@ OPTIMIZERS = ", ".join(
 ADAM_KEYS = ", ".join(name for name in inspect.signature(torch.optim.Adam).parameters if name != "params")
 SCHEDULE_FORMS = (
     "valid forms are an int > 0 (iterations), a string '<N>it' (iterations), '<N>ep' (epochs), '<T>s' / '<T>min' / "
-    "'<T>h' (wall time), 'once', or at=[...] with optional start=/end= bounds"
+    "'<T>h' (wall time), 'once', 'never', or at=[...] with optional start=/end= bounds"
 )
 SMALL = ["trainer.samples=256", "trainer.max_epochs=1"]  # 4 iterations of 64 (of the demo)
 DEMO = (
@@ -897,8 +897,8 @@ ERRORS: list[tuple[str, Any, str, str]] = [
         "schedule",
         _cb({"checkpointer": {"every": 2.5}}),
         "callbacks.checkpointer.every",
-        "got 2.5; expected a schedule: '50it', '2ep', '10min', an integer (iterations), a mapping (every, at, start, "
-        "end) or null",
+        "got 2.5; expected a schedule: '50it', '2ep', '10min', 'never', an integer (iterations), a mapping (every, at, "
+        "start, end) or null",
     ),
     (
         "code-only Validator.fn",
@@ -919,18 +919,17 @@ ERRORS: list[tuple[str, Any, str, str]] = [
         "lr_decay (LRDecay) takes scheduler (SchedulerSpec | None) only in Python code, not from a config file",
     ),
     (
-        "constructor: tensorboard every 1ep",
-        _cb({"tensorboard": {"every": "1ep"}}),
-        "callbacks.tensorboard",
-        "TensorBoardLogger 'TensorBoardLogger': every='1ep' counts epochs; step scalars need an iteration or time "
-        "schedule",
+        "schedule: tensorboard every 0it",
+        _cb({"tensorboard": {"every": "0it"}}),
+        "callbacks.tensorboard.every",
+        "invalid schedule '0it': the period must be > 0; write 'never' for a schedule that never fires; "
+        f"{SCHEDULE_FORMS}",
     ),
     (
         "constructor: bad schedule text, tag in the owner's name",
         _cb({"checkpointer@x": {"every": "xyz"}}),
-        "callbacks.checkpointer@x",
-        f"callback Checkpointer 'Checkpointer@x': invalid schedule 'xyz': the period is not a number with an "
-        f"optional unit; {SCHEDULE_FORMS}",
+        "callbacks.checkpointer@x.every",
+        f"invalid schedule 'xyz': the period is not a number with an optional unit; {SCHEDULE_FORMS}",
     ),
     (
         "constructor: keep_best without monitor",
@@ -1131,7 +1130,7 @@ callbacks:
   checkpointer: {keep_last: x, monitr: val/mse}
   foo: {}
   validator: {enabled: "yes"}
-  tensorboard: {every: 1ep}
+  tensorboard: {every: 0it}
   lr_decay: {scheduler: cosine}
 """,
     )
@@ -1154,9 +1153,9 @@ callbacks:
         ("callbacks.foo", f"unknown callback 'foo'; known: {KNOWN}"),
         ("callbacks.validator.enabled", "got 'yes'; expected true or false"),
         (
-            "callbacks.tensorboard",
-            "TensorBoardLogger 'TensorBoardLogger': every='1ep' counts epochs; step scalars need an iteration or "
-            "time schedule",
+            "callbacks.tensorboard.every",
+            f"invalid schedule '0it': the period must be > 0; write 'never' for a schedule that never fires; "
+            f"{SCHEDULE_FORMS}",
         ),
         (
             "callbacks.lr_decay.scheduler",
@@ -1178,12 +1177,12 @@ def test_a_disabled_block_is_still_checked_but_not_constructed() -> None:
             "log_images, on_error, priority, state_key",
         )
     ]
-    config = load_config(_cb({"tensorboard": {"enabled": False, "every": "1ep"}}))
-    assert [(s.key, s.enabled, s.kwargs) for s in config.callbacks] == [("tensorboard", False, {"every": "1ep"})]
-    error = checked_error(config, overrides=["callbacks.tensorboard.enabled=true"])
+    config = load_config(_cb({"checkpointer": {"enabled": False, "keep_best": 2}}))
+    assert [(s.key, s.enabled, s.kwargs) for s in config.callbacks] == [("checkpointer", False, {"keep_best": 2})]
+    error = checked_error(config, overrides=["callbacks.checkpointer.enabled=true"])
     assert str(error) == (
-        "<dict> with --set: callbacks.tensorboard: TensorBoardLogger 'TensorBoardLogger': every='1ep' counts epochs; "
-        "step scalars need an iteration or time schedule"
+        "<dict> with --set: callbacks.checkpointer: Checkpointer 'Checkpointer': keep_best=2 needs monitor='<metric>' "
+        "to rank checkpoints by"
     )
 
 

@@ -88,7 +88,10 @@ def test_without_a_display_it_says_what_to_do(tmp_path: Path) -> None:
         (["--config", DEMO, "--config", DEMO, "--run-dir", "x"], "--run-dir and --resume take a single --config"),
         (["--budget-ms", "0"], "--budget-ms must be > 0, got 0.0"),
         (["--epochs", "0"], "--epochs must be >= 1, got 0"),
-        (["--config", DEMO, "--set", "callbacks.preview.every=soon"], "callbacks.preview: callback 'Preview'"),
+        (
+            ["--config", DEMO, "--set", "callbacks.preview.every=soon"],
+            "callbacks.preview.every: invalid schedule 'soon'",
+        ),
         (["--config", DEMO, "--set", "callbacks.preview.every=soon"], "invalid schedule 'soon'"),
     ],
 )

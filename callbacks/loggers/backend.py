@@ -1,0 +1,142 @@
+"""``BackendLogger``: what the TensorBoard and W&B loggers share as callbacks (the base class, not a logger).
+
+* **Rows on a schedule.** ``every`` paces the step rows -- the window means of the step outputs on ``post_step``
+  (``"50it"``, ``"10min"``) -- or, when it counts epochs (``"1ep"``, Wisp's default; ``"2ep"``, ``at=["3ep"]``),
+  the epoch rows: then no step row is written at all (``post_step`` is not even connected) and each scheduled
+  epoch's row carries the epoch means (``epoch/*``), ``time/epoch_s`` and the numbers callbacks published
+  (``lr`` ...). With a step schedule every epoch gets its row; ``"never"`` writes no step rows.
+* **Validation per validator.** ``post_validation`` writes the ``metrics`` and ``best`` of its payload -- that
+  validation's own values -- and the images under the validator's ``prefix``. The keys written are remembered (and
+  kept in the checkpoint), so the step rows never repeat a validator's values as "published" numbers.
+* **``trainer.log`` values.** ``setup`` registers a sink (``trainer.log_sink``; ``teardown`` removes it): each value's
+  kind is checked when it is logged (:mod:`callbacks.loggers.logged`; a value the logger cannot write is a
+  ``TypeError`` there), and it is written at once through the subclass while the backend is open (before
+  ``pre_training`` and after the end: not written, with one warning).
+* **The ``on_error`` state** (``disabled``, ``failures``), carried across a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from callbacks.loggers.failure_policy import BackendGuard
+from callbacks.loggers.logged import Kind, kind_of
+from callbacks.loggers.values import numbers, published, validation_numbers
+from lifecycle import Callback, Event, HandlerSpec, Schedule, ScheduleSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainers.engine.trainer import BaseTrainer
+
+__all__ = ["BackendLogger", "image_prefix"]
+
+
+def image_prefix(prefix: object, metrics: Mapping[str, Any]) -> str:
+    """Where a validation's images go: the validator's ``prefix`` from the payload, else the first path part of its
+    first metric (``render/psnr`` -> ``render``), else ``"val"``."""
+    if isinstance(prefix, str) and prefix.strip("/"):
+        return prefix.strip("/")
+    first = next(iter(metrics), None)
+    return first.split("/", 1)[0] if isinstance(first, str) and "/" in first else "val"
+
+
+class BackendLogger(Callback):
+    """Base of the TensorBoard and W&B loggers (see the module docstring). Subclasses set ``self._guard`` in
+    ``__init__`` and implement :meth:`_is_open` and :meth:`_write_logged`."""
+
+    _guard: BackendGuard
+    rank_zero_only = True  # one writer: rank 0 of a distributed job
+    scheduled: tuple[str, ...] | None = ("post_step",)  # `every` paces the step rows; the other events always run
+    #: lists of dicts given to ``trainer.log`` are tables (W&B) rather than refused
+    accepts_tables = False
+
+    def __init__(self, *, every: ScheduleSpec, priority: int | None, state_key: str | None) -> None:
+        super().__init__(priority=priority, every=every, state_key=state_key)
+        #: how messages name this logger: ``"TensorBoardLogger 'TensorBoardLogger'"``
+        self.owner = f"{type(self).__name__} {self.state_key!r}"
+        try:
+            schedule = Schedule.parse(every)
+        except ValueError as exc:
+            raise ValueError(f"{self.owner}: {exc}") from None
+        #: True when ``every`` counts epochs: one row per scheduled epoch and no step rows
+        self.epoch_rows = schedule.unit == "ep"
+        if self.epoch_rows:
+            self.scheduled = ("post_epoch",)
+        self._validation_keys: set[str] = set()
+        self._remove_sink: Callable[[], None] | None = None
+        self._warned_closed = False
+
+    def handlers(self) -> Iterator[HandlerSpec]:
+        for event, method, schedule in super().handlers():
+            if event is Event.POST_STEP and self.epoch_rows:
+                continue  # epoch rows only: nothing to do per step
+            yield event, method, schedule
+
+    def setup(self, trainer: BaseTrainer) -> None:
+        """Register the ``trainer.log`` sink (subclasses call this last, once nothing else can refuse)."""
+        self._remove_sink = trainer.log_sink(self._on_log, name=f"{self.state_key}.log")
+
+    def teardown(self, trainer: BaseTrainer) -> None:
+        remove, self._remove_sink = self._remove_sink, None
+        if remove is not None:
+            remove()
+
+    # ------------------------------------------------------------------ the on_error state
+    @property
+    def disabled(self) -> bool:
+        """True once a failure disabled the logger (``on_error="disable"``)."""
+        return self._guard.disabled
+
+    @property
+    def failures(self) -> int:
+        """Backend failures so far (carried across a resume)."""
+        return self._guard.failures
+
+    # ------------------------------------------------------------------ what the rows hold
+    def published_numbers(self, trainer: BaseTrainer) -> dict[str, float]:
+        """The numbers callbacks published (``lr``, ``grad_norm`` ...), less every validator's values."""
+        keys = self._validation_keys
+        return {k: v for k, v in published(trainer.state.metrics).items() if k not in keys}
+
+    def validation_values(self, metrics: Mapping[str, Any], best: Mapping[str, Any] | None) -> dict[str, float]:
+        """One validation's row: its ``metrics`` and its ``best`` values (remembered as validation keys)."""
+        values = {**numbers(metrics), **numbers(best or {})}
+        self._validation_keys.update(values)
+        return values
+
+    def final_numbers(self, trainer: BaseTrainer) -> dict[str, float]:
+        """The latest validation values in ``state.metrics``: ``val/*``, ``best/*`` and every key a validation wrote
+        (``render/psnr`` ...)."""
+        keys = self._validation_keys
+        final = validation_numbers(trainer.state.metrics)
+        final.update({k: v for k, v in numbers(trainer.state.metrics).items() if k in keys})
+        return final
+
+    # ------------------------------------------------------------------ trainer.log
+    def _on_log(self, name: str, value: Any, iteration: int) -> None:
+        kind = kind_of(name, value, self.owner, tables=self.accepts_tables)  # refused here, before any read
+        if not self._is_open():
+            if not self._warned_closed and not self._guard.disabled:
+                self._warned_closed = True
+                self._guard.warn(
+                    f"trainer.log({name!r}, ...) at iteration {iteration} while the logger has nothing open (it "
+                    "writes from pre_training to the end of the run); not written"
+                )
+            return
+        self._write_logged(name, kind, value, iteration)
+
+    def _is_open(self) -> bool:
+        """Whether the backend can write now (an event file, a run)."""
+        raise NotImplementedError
+
+    def _write_logged(self, name: str, kind: Kind, value: Any, step: int) -> None:
+        """Write one ``trainer.log`` value of a checked ``kind`` at ``step``, under the ``on_error`` policy."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        return {"failures": self.failures, "validation_keys": sorted(self._validation_keys)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._guard.failures = int(state.get("failures", 0))
+        self._validation_keys.update(str(k) for k in state.get("validation_keys", ()))
