@@ -26,6 +26,7 @@ import torch
 
 from callbacks.helpers import parse_schedule
 from lifecycle import Callback, Event, HandlerSpec, Priority, ScheduleSpec
+from trainers.engine.optimizers import parameters_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
@@ -132,9 +133,7 @@ class GradientGuard(Callback):
         self._uniform = len({(p.device, p.dtype) for p in self._params}) == 1
         self._due = self._schedule.bind(trainer.state, Event.STEP) if self._schedule is not None else None
         if len(trainer.optimizers) > 1:  # each step event is one optimizer's: guard the parameters it steps
-            held = {
-                name: {id(p) for g in o.param_groups for p in g["params"]} for name, o in trainer.optimizers.items()
-            }
+            held = {name: {id(p) for p in parameters_of(o)} for name, o in trainer.optimizers.items()}
             self._per_optimizer = {name: [p for p in self._params if id(p) in ids] for name, ids in held.items()}
 
     def teardown(self, trainer: BaseTrainer) -> None:

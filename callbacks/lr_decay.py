@@ -155,7 +155,9 @@ class LRDecay(Callback):
         name = self.optimizer if self.optimizer is not None else names[0]
         if name not in names or (self.optimizer is None and len(names) > 1):
             shown = ", ".join(repr(n) for n in names)
-            raise ValueError(f"{owner}: optimizer= must name one of the trainer's optimizers ({shown}); got {name!r}")
+            raise ValueError(
+                f"{owner}: optimizer= must name one of the trainer's optimizers ({shown}); got {self.optimizer!r}"
+            )
         optimizer = trainer.optimizers[name]
         spec = self.scheduler_spec
         if spec is None:

@@ -14,43 +14,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
 
 from callbacks import Checkpointer, MetricsFile, Validator
 from lifecycle import Status
+from tests.stray_signals import SIGNALS, outer_handlers  # noqa: F401 - an autouse fixture
 from tests.support import Recorder, make_trainer
 from tests.trainers.engine.live_process import LiveProcess
 from trainers import BaseTrainer
 from trainers.checkpoint.format import list_checkpoints, read_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class StraySignal(Exception):
-    """A SIGINT/SIGTERM that reached the handler installed before ``train()``."""
-
-
-def _stray(signum: int, frame: FrameType | None) -> None:
-    raise StraySignal(f"{signal.Signals(signum).name} reached the handler that was installed before train()")
-
-
-@pytest.fixture(autouse=True)
-def outer_handlers() -> Iterator[None]:
-    """A signal the trainer fails to catch fails the test instead of ending pytest."""
-    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    for sig in SIGNALS:
-        signal.signal(sig, _stray)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def loss_by_iteration(trainer: BaseTrainer) -> dict[str, Any]:

@@ -77,9 +77,7 @@ class Checkpoints:
         trainer = self._trainer
         reload = self._driver.reload
         counters = checked_counters(trainer.state, trainer.seed, state, reload.iterations_for)
-        size = state.get("data_size")
-        if isinstance(size, int) and size > 0 and counters.get("varied_epochs"):
-            reload.resume_at(size)
+        reload.resume_at(counters, state.get("data_size"))
         trainer.state.load_state_dict(counters)
         self._loop.restore(ended=bool(state.get("ended", True)))
 
@@ -93,8 +91,7 @@ class Checkpoints:
         restored = restore(trainer, checkpoint, self._ranks, self.tracked, self._driver.reload.iterations_for)
         if restored is None:
             return None
-        if restored.data_size is not None and restored.counters.get("varied_epochs"):
-            self._driver.reload.resume_at(restored.data_size)
+        self._driver.reload.resume_at(restored.counters, restored.data_size)
         trainer.state.load_state_dict(restored.counters)
         self._loop.restore(ended=restored.ended)
         self._driver.restore_rng_at(restored.rng, restored.counters)

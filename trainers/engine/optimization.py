@@ -34,12 +34,12 @@ import torch
 from lifecycle import Channel, State
 from trainers.distributed.ranks import Ranks
 from trainers.engine.arguments import short
-from trainers.engine.optimizers import parameters_of
+from trainers.engine.optimizers import SINGLE, parameters_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer
 
-__all__ = ["PRECISIONS", "Optimization", "Precision", "check_precision"]
+__all__ = ["PRECISIONS", "Optimization", "OptimizationMethods", "Precision", "check_precision"]
 
 #: the precisions a trainer runs in
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
@@ -250,6 +250,50 @@ class Optimization:
             valid = ", ".join(repr(n) for n in self.optimizers)
             raise ValueError(f"no optimizer named {name!r}; this trainer's optimizers are {valid}")
         return name
+
+
+class OptimizationMethods:
+    """The trainer's optimisation helpers and optimizers (a mixin of ``BaseTrainer`` over its :class:`Optimization`).
+    ``optimization_step`` itself stays on ``BaseTrainer``: an app overrides it there."""
+
+    _optimization: Optimization
+
+    def backward(self, loss: torch.Tensor, *, optimizer: str | None = None) -> None:
+        """From :meth:`optimization_step`: ``loss.backward()`` divided by the accumulation window's length, scaled
+        under ``"16-mixed"``; with ``optimizer``, into that optimizer's parameters only (``backward(inputs=...)``)."""
+        self._optimization.backward(loss, optimizer)
+
+    def optimizer_step(self, name: str) -> bool:
+        """From :meth:`optimization_step`: at an accumulation window's last micro-batch, average the optimizer's
+        gradients over the ranks, emit ``step(optimizer=name)``, then step it unless a handler called
+        :meth:`skip_optimizer_step`; inside a window do nothing. Returns whether the window ended here."""
+        return self._optimization.optimizer_step(name)
+
+    @property
+    def optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
+        """The optimizers by name, in stepping order (a lone one is named ``"optimizer"``)."""
+        return self._optimization.optimizers
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The trainer's lone optimizer (with named optimizers: :attr:`optimizers`)."""
+        if list(self.optimizers) != [SINGLE]:  # as checkpoints tell a lone optimizer from named ones
+            names = ", ".join(repr(n) for n in self.optimizers)
+            raise AttributeError(f"this trainer has named optimizers ({names}): use trainer.optimizers[name]")
+        return self._optimization.optimizers[SINGLE]
+
+    def skip_optimizer_step(self) -> None:
+        """From a ``step`` handler: do not apply this step's gradients (e.g. they are not finite)."""
+        self._optimization.skip()
+
+    def unscale_gradients(self) -> None:
+        """From a ``step`` handler, before reading or clipping gradients: undo the ``"16-mixed"`` loss scale."""
+        self._optimization.unscale()
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The GradScaler of ``precision="16-mixed"`` (checkpointed as ``"grad_scaler"``), else ``None``."""
+        return self._optimization.scaler
 
 
 def _split(result: Any, trainer: BaseTrainer, method: str) -> tuple[torch.Tensor, dict[str, Any]]:

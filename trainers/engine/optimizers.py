@@ -32,11 +32,11 @@ OptimizerSpec = (
 SINGLE = LONE_OPTIMIZER
 
 
-def build_optimizers(spec: OptimizerSpec, pipeline: nn.Module) -> tuple[dict[str, torch.optim.Optimizer], bool]:
-    """The optimizers ``spec`` describes over ``pipeline`` by name, and whether they were named (a mapping)."""
+def build_optimizers(spec: OptimizerSpec, pipeline: nn.Module) -> dict[str, torch.optim.Optimizer]:
+    """The optimizers ``spec`` describes over ``pipeline``, by name (a lone one is named :data:`SINGLE`)."""
     if isinstance(spec, Mapping):
-        return _named(spec, pipeline), True
-    return {SINGLE: _single(spec, pipeline)}, False
+        return _named(spec, pipeline)
+    return {SINGLE: _single(spec, pipeline)}
 
 
 def parameters_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ keep the copy of the dataset they were started with. So:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
@@ -69,8 +69,12 @@ class DataReload:
         self._feeder.reload(plan if size == plan.size else plan.resized(size), trainer.dataset)
         self._set_length(self._feeder.plan.iterations_per_epoch)
 
-    def resume_at(self, size: int) -> None:
-        """A restored checkpoint's epoch ran over ``size`` items: plan for that length until the next reload."""
+    def resume_at(self, counters: Mapping[str, int], size: object) -> None:
+        """Restored ``counters`` of a run that had reloaded its data (``varied_epochs``), whose epoch ran over
+        ``size`` items: plan for that length until the next reload. (A run that never reloaded keeps today's plan:
+        its length was checked against the saved iterations per epoch.)"""
+        if not counters.get("varied_epochs") or not isinstance(size, int) or size <= 0:
+            return
         if size != self._feeder.plan.size:
             self._feeder.reload(self._feeder.plan.resized(size))
             self._set_length(self._feeder.plan.iterations_per_epoch)

@@ -34,8 +34,8 @@ from trainers.engine.control import Control
 from trainers.engine.driver import LoopDriver
 from trainers.engine.inference import inference
 from trainers.engine.log_sinks import LogSinks
-from trainers.engine.optimization import Optimization, Precision
-from trainers.engine.optimizers import SINGLE, OptimizerSpec, build_optimizers
+from trainers.engine.optimization import Optimization, OptimizationMethods, Precision
+from trainers.engine.optimizers import OptimizerSpec, build_optimizers
 from trainers.engine.requests import Requests
 
 __all__ = ["BaseTrainer", "LossFn", "OptimizerSpec"]
@@ -44,7 +44,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 E = TypeVar("E")
 
 
-class BaseTrainer(CheckpointMethods, RankMethods):
+class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods):
     """The stepping engine's torch half.
 
     An app writes :meth:`compute_loss` (or passes ``loss_fn``); the base class does zero_grad, forward, backward,
@@ -120,7 +120,7 @@ class BaseTrainer(CheckpointMethods, RankMethods):
         plan = BatchPlan(size, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world)
         plan.check(drop_last)
         self.pipeline = pipeline.to(self.device)
-        optimizers, self._named_optimizers = build_optimizers(optimizer, pipeline)
+        optimizers = build_optimizers(optimizer, pipeline)
         self.dataset, self.batch_size, self.seed, self.loss_fn = dataset, batch_size, seed, loss_fn
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.state = State(max_epochs=max_epochs, iterations_per_epoch=plan.iterations_per_epoch, accumulate=accumulate)
@@ -209,30 +209,6 @@ class BaseTrainer(CheckpointMethods, RankMethods):
         :meth:`optimizer_step` for each optimizer; return the loss or an outputs dict with ``"loss"``. It runs under
         the precision's autocast after the window's ``zero_grad``; the default step (:meth:`step`) never calls it."""
         raise NotImplementedError  # pragma: no cover - only called when a subclass overrides it
-
-    def backward(self, loss: torch.Tensor, *, optimizer: str | None = None) -> None:
-        """From :meth:`optimization_step`: ``loss.backward()`` divided by the accumulation window's length, scaled
-        under ``"16-mixed"``; with ``optimizer``, into that optimizer's parameters only (``backward(inputs=...)``)."""
-        self._optimization.backward(loss, optimizer)
-
-    def optimizer_step(self, name: str) -> bool:
-        """From :meth:`optimization_step`: at an accumulation window's last micro-batch, average the optimizer's
-        gradients over the ranks, emit ``step(optimizer=name)``, then step it unless a handler called
-        :meth:`skip_optimizer_step`; inside a window do nothing. Returns whether the window ended here."""
-        return self._optimization.optimizer_step(name)
-
-    @property
-    def optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
-        """The optimizers by name, in stepping order (a lone one is named ``"optimizer"``)."""
-        return self._optimization.optimizers
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        """The trainer's lone optimizer (with named optimizers: :attr:`optimizers`)."""
-        if self._named_optimizers:
-            names = ", ".join(repr(n) for n in self.optimizers)
-            raise AttributeError(f"this trainer has named optimizers ({names}): use trainer.optimizers[name]")
-        return self._optimization.optimizers[SINGLE]
 
     def post_step(self, outputs: dict[str, Any]) -> None:
         """Emits ``post_step(outputs=...)``: the optimizer has stepped, counters are final for this step."""
@@ -330,19 +306,6 @@ class BaseTrainer(CheckpointMethods, RankMethods):
     def log_sink(self, fn: Callable[[str, Any, int], None], *, name: str) -> Callable[[], None]:
         """For loggers: receive every :meth:`log` as ``fn(name, value, iteration)``; returns what stops it."""
         return self._log_sinks.add(fn, name)
-
-    def skip_optimizer_step(self) -> None:
-        """From a ``step`` handler: do not apply this step's gradients (e.g. they are not finite)."""
-        self._optimization.skip()
-
-    def unscale_gradients(self) -> None:
-        """From a ``step`` handler, before reading or clipping gradients: undo the ``"16-mixed"`` loss scale."""
-        self._optimization.unscale()
-
-    @property
-    def scaler(self) -> torch.amp.GradScaler | None:
-        """The GradScaler of ``precision="16-mixed"`` (checkpointed as ``"grad_scaler"``), else ``None``."""
-        return self._optimization.scaler
 
     # ------------------------------------------------------------------ where the run stands
     @property

@@ -4,7 +4,8 @@
 Every signal here is real: ``signal.raise_signal`` from a handler on the main thread (Python runs the handler
 before ``raise_signal`` returns, so the signal lands exactly where the test puts it), or ``send_signal`` to a real
 ``python -m trainers train`` subprocess. While a test runs, SIGINT and SIGTERM outside ``train()`` go to a handler
-that raises :class:`StraySignal`, so a signal the trainer fails to catch fails that test instead of ending pytest.
+that raises :class:`tests.stray_signals.StraySignal`, so a signal the trainer fails to catch fails that test
+instead of ending pytest.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 
 from callbacks import Callback, Checkpointer, Validator
 from lifecycle import CallbackError, Loop, Status
+from tests.stray_signals import SIGNALS, outer_handlers, stray  # noqa: F401 - outer_handlers: an autouse fixture
 from tests.support import Recorder, Row, full_run, make_trainer, params_of, same_params
 from tests.trainers.engine.live_process import LiveProcess
 from trainers import BaseTrainer
@@ -34,27 +36,6 @@ from trainers.engine.signals import TrainingInterrupted
 
 ROOT = Path(__file__).resolve().parents[3]
 STEPS = 3  # make_trainer: 6 items in batches of 2
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class StraySignal(Exception):
-    """A SIGINT/SIGTERM that reached the handler installed before ``train()``."""
-
-
-def _stray(signum: int, frame: FrameType | None) -> None:
-    raise StraySignal(f"{signal.Signals(signum).name} reached the handler that was installed before train()")
-
-
-@pytest.fixture(autouse=True)
-def outer_handlers() -> Iterator[None]:
-    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    for sig in SIGNALS:
-        signal.signal(sig, _stray)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)  # type: ignore[arg-type]
 
 
 def handlers() -> dict[signal.Signals, Any]:
@@ -292,7 +273,7 @@ def test_a_signal_at_the_runs_last_step_does_not_change_a_completed_run(tmp_path
     raise_at(trainer, "post_step", at_iteration(3), signal.SIGINT)
     assert trainer.train() is Status.COMPLETED
     assert watch.log == full_run(1, STEPS)
-    assert handlers() == {sig: _stray for sig in SIGNALS}
+    assert handlers() == {sig: stray for sig in SIGNALS}
 
 
 # ---------------------------------------------------------------------------------------- exact resume
@@ -497,14 +478,14 @@ def test_train_without_handle_signals_installs_nothing(tmp_path: Path) -> None:
         trainer.train(handle_signals=False)
 
     assert type(info.value) is KeyboardInterrupt
-    assert during == [{signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _stray}] * 2
+    assert during == [{signal.SIGINT: signal.default_int_handler, signal.SIGTERM: stray}] * 2
     run = full_run(3, STEPS)
     cut = index_of(run, "post_step", 2) + 1
     assert watch.log == [*run[:cut], ("exception", 1, 2, 2, info.value), ("post_training", 1, 2, 2, "interrupted")]
     assert trainer.status is Status.INTERRUPTED
     assert trainer.interrupted_by is None
     assert list(directory.glob("*.pt")) == []
-    assert handlers() == {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _stray}
+    assert handlers() == {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: stray}
 
 
 def test_train_on_another_thread_installs_nothing_and_completes() -> None:
@@ -519,9 +500,9 @@ def test_train_on_another_thread_installs_nothing_and_completes() -> None:
     worker.join(timeout=60)
     assert not worker.is_alive()
     assert result == [Status.COMPLETED]
-    assert during == [{sig: _stray for sig in SIGNALS}] * (2 * STEPS)
+    assert during == [{sig: stray for sig in SIGNALS}] * (2 * STEPS)
     assert rec.log == full_run(2, STEPS)
-    assert handlers() == {sig: _stray for sig in SIGNALS}
+    assert handlers() == {sig: stray for sig in SIGNALS}
 
 
 def test_an_ignored_sigterm_stays_ignored(tmp_path: Path) -> None:
@@ -536,9 +517,9 @@ def test_an_ignored_sigterm_stays_ignored(tmp_path: Path) -> None:
     assert trainer.interrupted_by is None
     assert watch.log == full_run(2, STEPS)
     assert all(seen[signal.SIGTERM] is signal.SIG_IGN for seen in during)
-    assert all(seen[signal.SIGINT] is not _stray and callable(seen[signal.SIGINT]) for seen in during)
+    assert all(seen[signal.SIGINT] is not stray and callable(seen[signal.SIGINT]) for seen in during)
     assert list((tmp_path / "ckpt").glob("step-*.pt")) == []
-    assert handlers() == {signal.SIGINT: _stray, signal.SIGTERM: signal.SIG_IGN}
+    assert handlers() == {signal.SIGINT: stray, signal.SIGTERM: signal.SIG_IGN}
 
 
 # ---------------------------------------------------------------------------------------- the CLI, for real
