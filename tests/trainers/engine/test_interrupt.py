@@ -669,6 +669,7 @@ def test_cli_two_quick_sigints_exit_130_without_a_traceback(tmp_path: Path) -> N
     # gracefully; otherwise the second aborts it
     assert "aborted: SIGINT received twice: training aborted at once" in err or "interrupted by SIGINT" in err, err
     folder = run_dir / "checkpoints"
-    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    # an abort that lands before the first save leaves no folder at all; whatever exists must be complete
+    assert not [p.name for p in folder.glob("*") if p.name.endswith(".tmp")]
     for file in list_checkpoints(folder):
         assert read_metadata(file.path)["resumable"] is True  # every file written is complete
