@@ -1,10 +1,14 @@
 """``Checkpointer``: save resumable checkpoints on a schedule, at the end, on request and on interrupt; keep the
 last few and the best few; maintain ``last.pt`` and ``best.pt``.
 
-Events used: ``pre_training`` (refuses to overwrite another run's checkpoints; removes temporary files a crash
-left), the periodic event of its schedule (``post_step`` or ``post_epoch``), ``post_epoch`` (a step-schedule save
-that falls on an epoch's last step is taken after that epoch's ``post_epoch``, the only resumable point there),
-``post_training`` (the final save) and ``exception`` (an optional, non-resumable crash dump). It serves
+At the start of a run, right after the engine locked the run's directories and before any event (the
+``trainers.engine.directory_locks.CLAIM`` request, on rank 0), it refuses a directory that holds another run's
+checkpoints -- nothing of this run is written then, every rank raises the ``CheckpointError`` -- removes temporary
+files a killed process left (only under the lock, so no other writer is alive, and never a live process's: see
+``trainers.checkpoint.run_lock``) and points the links. Events used: the periodic event of its schedule
+(``post_step`` or ``post_epoch``), ``post_epoch`` (a step-schedule save that falls on an epoch's last step is taken
+after that epoch's ``post_epoch``, the only resumable point there), ``post_training`` (the final save) and
+``exception`` (an optional, non-resumable crash dump). It serves
 ``"checkpoint"`` requests (``trainer.request_checkpoint()``) and ``"interrupt"`` requests (SIGINT/SIGTERM during
 ``train()``: the save happens after the current step, before the cut-short epoch's ``post_epoch``).
 
@@ -36,10 +40,11 @@ from callbacks.helpers import output_dir, parse_schedule, periodic_event
 from callbacks.metrics import Mode, as_scalar, monitor_mode
 from lifecycle import Callback, Event, HandlerSpec, Priority, SavedCheckpoint, Schedule, ScheduleSpec, State, Status
 from trainers.checkpoint.atomic import atomic_link, fsync_directory
-from trainers.checkpoint.format import CheckpointError, list_checkpoints
+from trainers.checkpoint.format import CheckpointError, EarlierRunCheckpoints, list_checkpoints
+from trainers.checkpoint.run_lock import process_alive
+from trainers.engine.directory_locks import CLAIM
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainers.distributed.collective import RankZeroFailure
     from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["Checkpointer"]
@@ -129,7 +134,6 @@ class Checkpointer(Callback):
         self._due = False  # a step-schedule save fell on an epoch's last step: take it after post_epoch
         self._saved_iteration: int | None = None  # the iteration of this process's latest save
         self._failed = False
-        self._refused = False
         self._warned_monitor = False
         self._unserve: list[Any] = []
         self._trainer_state: State | None = None  # where the saved files are published (state.last_checkpoint)
@@ -146,7 +150,6 @@ class Checkpointer(Callback):
         return self.directory
 
     def handlers(self) -> Iterator[HandlerSpec]:
-        yield Event.PRE_TRAINING, self.pre_training, None
         if self._schedule is not None:
             yield periodic_event(self._schedule), self._on_schedule, self._schedule
         yield Event.POST_EPOCH, self._after_epoch, None
@@ -163,6 +166,7 @@ class Checkpointer(Callback):
         ]
         if self.on_interrupt:
             self._unserve.append(trainer.serve("interrupt", self._on_interrupt, name=name))
+        self._unserve.append(trainer.serve(CLAIM, self._claim, name=f"{self.state_key}.claim"))
 
     def teardown(self, trainer: BaseTrainer) -> None:
         for remove in self._unserve:
@@ -170,21 +174,22 @@ class Checkpointer(Callback):
         self._unserve = []
 
     # ------------------------------------------------------------------ events
-    def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
-        # only rank 0 touches the directory; its refusal is raised on every rank
-        trainer.on_rank_zero(lambda: self._check_directory(trainer, resumed), elsewhere=self._refused_on_zero)
-
-    def _refused_on_zero(self, failure: RankZeroFailure) -> BaseException:
-        """What the other ranks raise when rank 0 refused the directory (or failed to read it)."""
-        if failure.kind == "CheckpointError" and failure.reason is not None:
-            self._refused = True  # as on rank 0
-            return CheckpointError(self._dir(), failure.reason)
-        return RuntimeError(f"Checkpointer {self.state_key!r}: rank 0 could not check {self._dir()}: {failure}")
+    def _claim(self, trainer: BaseTrainer) -> None:
+        """Served at the start of a run, on rank 0 with the directories locked, before ``pre_training``: a refusal
+        here leaves every file untouched (no ``config.yaml``, logger or ``metrics.json`` of this run is written)."""
+        self._check_directory(trainer, resumed=trainer.resumed_from is not None)
 
     def _check_directory(self, trainer: BaseTrainer, resumed: bool) -> None:
         """Remove a killed process's temporary files; refuse another run's checkpoints; point the links."""
         directory = self._dir()
-        self._remove_temporaries(directory)
+        if trainer.holds_directory(directory):  # no other live process writes there
+            self._remove_temporaries(directory)
+        else:
+            _log.warning(
+                "Checkpointer %r: %s is not locked by this process; temporary files in it are left alone",
+                self.state_key,
+                directory,
+            )
         existing = list_checkpoints(directory)
         if self._loaded_dir is not None and self._loaded_dir != str(directory):
             self._files = []  # the state came from a run in another directory: its files are not ours
@@ -193,8 +198,7 @@ class Checkpointer(Callback):
         strangers = [f for f in existing if f.path.name not in known]
         if strangers and not resumed and trainer.resumed_from is None:
             newest = strangers[0]
-            self._refused = True  # and no crash dump goes into that directory either
-            raise CheckpointError(
+            raise EarlierRunCheckpoints(
                 directory,
                 f"holds {len(strangers)} checkpoint(s) of an earlier run (newest {newest.path.name}, iteration "
                 f"{newest.iteration}); continue that run with trainer.restore('auto') (stepbus train --resume auto), "
@@ -247,7 +251,7 @@ class Checkpointer(Callback):
 
     def exception(self, trainer: BaseTrainer, *, error: BaseException, **payload: Any) -> None:
         self._failed = True
-        if not self.on_exception or self._refused or not trainer.is_global_zero:
+        if not self.on_exception or not trainer.is_global_zero:
             return  # in a job, rank 0 writes the crash dump (no collective on a failure path: a peer may be gone)
         path = self._dir() / f"crash-{trainer.state.iteration:08d}.pt"
         try:
@@ -260,8 +264,10 @@ class Checkpointer(Callback):
     # ------------------------------------------------------------------ saving
     def save(self, trainer: BaseTrainer) -> Path | None:
         """Save now (between ``iterate()`` calls, e.g. from a GUI); returns the file, or ``None`` when the save
-        failed under ``on_error="warn"``."""
-        return self._save(trainer, "manual", force=True)
+        failed under ``on_error="warn"``. Outside a run the directory is locked for the save (``RunDirectoryBusy``
+        when another process holds it)."""
+        with trainer.holding_directories():
+            return self._save(trainer, "manual", force=True)
 
     def _save(self, trainer: BaseTrainer, reason: str, *, force: bool = False) -> Path | None:
         iteration = trainer.state.iteration
@@ -282,6 +288,7 @@ class Checkpointer(Callback):
             if self.on_error == "raise":
                 raise
             self.failures += 1
+            trainer.state.count_failed_write(self.state_key)  # reported by the run's summary and metrics.json
             _log.error(
                 "Checkpointer %r: save at iteration %d failed; training goes on: %s",
                 self.state_key,
@@ -386,7 +393,10 @@ class Checkpointer(Callback):
             return
         for name in names:
             match = _TEMPORARY.match(name)
-            if match is not None and int(match.group(1)) != os.getpid():
+            if match is None:
+                continue
+            pid = int(match.group(1))
+            if pid != os.getpid() and not process_alive(pid):
                 (directory / name).unlink(missing_ok=True)  # left by a process killed mid-write
 
     def _dir(self) -> Path:

@@ -84,14 +84,16 @@ class EarlyStopping(Callback):
             raise ValueError(
                 f"{name}: patience must be an int >= 1 (validations without improvement), got {patience!r}"
             )
-        if not isinstance(min_delta, (int, float)) or isinstance(min_delta, bool) or not min_delta >= 0:
-            raise ValueError(f"{name}: min_delta must be a number >= 0, got {min_delta!r}")
+        if not isinstance(min_delta, (int, float)) or isinstance(min_delta, bool) or not 0 <= min_delta < math.inf:
+            raise ValueError(f"{name}: min_delta must be a finite number >= 0, got {min_delta!r}")
         for label, threshold in (
             ("stopping_threshold", stopping_threshold),
             ("divergence_threshold", divergence_threshold),
         ):
-            if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
-                raise ValueError(f"{name}: {label} must be a number or None, got {threshold!r}")
+            if threshold is not None and (
+                isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold)
+            ):
+                raise ValueError(f"{name}: {label} must be a finite number or None, got {threshold!r}")
         self.monitor = monitor
         self.mode: Mode = mode
         self.patience = patience

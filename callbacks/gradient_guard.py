@@ -82,8 +82,12 @@ class GradientGuard(Callback):
         super().__init__(priority=priority, state_key=state_key)
         owner = f"GradientGuard {self.state_key!r}"
         for label, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-                raise ValueError(f"{owner}: {label} must be a number > 0 or None, got {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
+            ):
+                raise ValueError(
+                    f"{owner}: {label} must be a finite number > 0, or None for no clipping, got {value!r}"
+                )
         if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) or not norm_type > 0:
             raise ValueError(f"{owner}: norm_type must be a number > 0 (2.0, 1.0, float('inf')), got {norm_type!r}")
         if on_nonfinite not in ("skip", "stop", "raise", None):

@@ -112,8 +112,8 @@ class LRDecay(Callback):
                 )
             if values != sorted(values):
                 raise ValueError(f"{owner}: milestones must be in increasing order, got {values}")
-            if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
-                raise ValueError(f"{owner}: gamma must be a number > 0 (the decay factor), got {gamma!r}")
+            if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma < math.inf:
+                raise ValueError(f"{owner}: gamma must be a finite number > 0 (the decay factor), got {gamma!r}")
             self.milestones: tuple[float, ...] = tuple(float(m) for m in values)
         else:
             self.milestones = ()

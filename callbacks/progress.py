@@ -8,7 +8,9 @@ with their best values, and a line naming its images; a validation with images o
 validator other than the default ``val`` is named by its prefix) and ``post_training`` (stops the display and
 prints the summary: status, iterations, time, the ``best/*`` metrics and the checkpoint files the checkpointer
 published). The summary runs at priority ``FINAL``, after the checkpointer's end save, so the paths it shows are the
-final ones.
+final ones. Writes that failed while the run went on (``trainer.state.failed_writes``, where a checkpointer or
+logger with ``on_error="warn"`` records each one under its name) get a row per writer, and the summary's final line
+says so: ``training completed with 164 failed writes: Checkpointer 164``.
 
 On a terminal it draws ``rich.progress`` bars with iterations, it/s, ETA, the window's mean loss and any
 ``state.metrics`` keys listed in ``metrics``. When the console is not a terminal (CI, a log file) it prints a plain
@@ -66,8 +68,8 @@ class ProgressBar(Callback):
         if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
             raise ValueError(f"{name}: metrics must be a list of metric names, got {metrics!r}")
         for label, value in (("refresh_per_second", refresh_per_second), ("plain_every", plain_every)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name}: {label} must be a number > 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{name}: {label} must be a finite number > 0, got {value!r}")
         self.metrics = tuple(metrics)
         self.interval = 1.0 / float(refresh_per_second)
         self.plain_every = float(plain_every)
@@ -185,7 +187,15 @@ class ProgressBar(Callback):
                 table.add_row(key, _fmt(value))
         for role, saved in state.saved_checkpoints().items():
             table.add_row(f"checkpoint/{role}", str(saved.path))
+        failed = {writer: count for writer, count in sorted(state.failed_writes.items()) if count}
+        for writer, count in failed.items():
+            table.add_row(f"failed writes/{writer}", str(count))
         self.console.print(table)
+        if failed:
+            total = sum(failed.values())
+            each = ", ".join(f"{writer} {count}" for writer, count in failed.items())
+            line = f"training {status} with {total} failed write{'' if total == 1 else 's'}: {each}"
+            self.console.print(line, markup=False, soft_wrap=True, highlight=False)
 
     # ------------------------------------------------------------------ drawing
     def _throttled_refresh(self, trainer: BaseTrainer) -> None:

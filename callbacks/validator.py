@@ -103,6 +103,11 @@ class Validator(Callback):
         if fn is not None and not callable(fn):
             raise TypeError(f"Validator {name!r}: fn must be callable as fn(trainer) -> dict, got {fn!r}")
         check_prefix(prefix, f"Validator {name!r}")
+        if any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise ValueError(
+                f"Validator {name!r}: prefix {prefix!r} has an empty, '.' or '..' part; its images go to "
+                "<run_dir>/<prefix>, which must be a folder inside the run directory"
+            )
         for metric, mode in (modes or {}).items():
             if mode not in ("min", "max"):
                 raise ValueError(f"Validator {name!r}: modes[{metric!r}] must be 'min' or 'max', got {mode!r}")

@@ -12,6 +12,11 @@ connected, removed or toggled -- and runs it as the signal's first receiver. So:
 * Receivers connected directly to a bus signal are always held strongly: ``weak=True`` (blinker's default, and what
   ``@signal.connect`` uses) is upgraded, so nothing is ever dropped silently. Remove them with ``disconnect``.
 * A handler that raises becomes :class:`CallbackError` naming the handler, the event and ``state.iteration``.
+* Most events stop at the first handler that raises: the rest of a step must not run on state a handler left
+  half-done. ``exception`` and ``post_training`` (:data:`EVERY_HANDLER`) are the run's end -- a crash dump, the final
+  checkpoint, ``metrics.json``, closing a logger -- so there *every* handler and receiver runs even when one raises;
+  the first error is raised once all ran, each later one attached to it (``CallbackError.also_failed``, a note on
+  Python >= 3.11) and logged (``lifecycle.errors.Failures``). The step events' dispatch is not touched by this.
 * Handlers connected or toggled while an event is being dispatched take effect from the next emission.
 """
 
@@ -20,75 +25,31 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine
+from inspect import iscoroutinefunction
 from typing import Any, TypeVar
 
 from blinker import ANY, NamedSignal, Namespace
 
-from lifecycle.errors import CallbackError
+from lifecycle.errors import CallbackError, Failures
 from lifecycle.events import Event, as_event
+from lifecycle.handle import Handle, Handler
+from lifecycle.receivers import OrderedIds, handler_name, raw_receiver_name, receiver_name
 from lifecycle.schedule import Predicate, Schedule, ScheduleSpec
 from lifecycle.state import State
 
-__all__ = ["Bus", "Channel", "Handle", "handler_name"]
+__all__ = ["EVERY_HANDLER", "Bus", "Channel", "Handle", "handler_name"]
+
+#: the events whose handlers all run even when one raises (see the module docstring)
+EVERY_HANDLER: frozenset[Event] = frozenset({Event.EXCEPTION, Event.POST_TRAINING})
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-Handler = Callable[..., Any]
-
-
-def handler_name(fn: object) -> str:
-    """A readable name for a handler: ``Class.method``, ``module.function``, or ``<lambda> at file:line``."""
-    self_obj = getattr(fn, "__self__", None)
-    func = getattr(fn, "__func__", fn)
-    name = getattr(func, "__qualname__", None) or type(fn).__name__
-    if self_obj is not None and not isinstance(self_obj, type):
-        name = f"{type(self_obj).__name__}.{getattr(func, '__name__', name)}"
-    code = getattr(func, "__code__", None)
-    if ("<lambda>" in name or "<locals>" in name) and code is not None:
-        name = f"{name} at {code.co_filename}:{code.co_firstlineno}"  # local names are ambiguous: say where
-    elif self_obj is None and isinstance(getattr(func, "__module__", None), str) and hasattr(func, "__qualname__"):
-        name = f"{func.__module__}.{name}"
-    return name
-
-
-class _OrderedIds:
-    """An insertion-ordered set for blinker's bookkeeping, so direct receivers run in connection order."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Iterable[Any] = ()) -> None:
-        self._items: dict[Any, None] = dict.fromkeys(items)
-
-    def add(self, item: Any) -> None:
-        self._items[item] = None
-
-    def discard(self, item: Any) -> None:
-        self._items.pop(item, None)
-
-    def copy(self) -> _OrderedIds:
-        return _OrderedIds(self._items)
-
-    def __or__(self, other: Iterable[Any]) -> _OrderedIds:
-        merged = _OrderedIds(self._items)
-        for item in other:
-            merged.add(item)
-        return merged
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._items
 
 
 class _BusSignal(NamedSignal):
     """A ``NamedSignal`` that keeps receivers in connection order and never holds them weakly."""
 
-    set_class = _OrderedIds  # type: ignore[assignment]  # duck-typed: blinker only uses the methods above
+    set_class = OrderedIds  # type: ignore[assignment]  # duck-typed: blinker only uses the methods above
 
     def __init__(self, name: str, channel: Channel) -> None:
         super().__init__(name, f"stepbus lifecycle event {name!r}")
@@ -107,55 +68,41 @@ class _BusSignal(NamedSignal):
         self._channel._refresh()
 
 
-class Handle:
-    """A registered handler. ``enabled`` toggles it at runtime; ``remove()`` unregisters it."""
+class _EveryReceiverSignal(_BusSignal):
+    """The signal of an :data:`EVERY_HANDLER` event: ``send`` calls every receiver even when one raises."""
 
-    __slots__ = ("_channel", "_enabled", "due", "event", "fn", "name", "priority", "removed", "schedule", "seq")
-
-    def __init__(
+    def send(
         self,
-        channel: Channel,
-        fn: Handler,
+        sender: Any | None = None,
+        /,
         *,
-        priority: int,
-        schedule: Schedule,
-        due: Predicate | None,
-        name: str,
-        seq: int,
-    ) -> None:
-        self._channel = channel
-        self.event: Event = channel.event
-        self.fn = fn
-        self.priority = priority
-        self.schedule = schedule
-        self.due = due
-        self.name = name
-        self.seq = seq
-        self._enabled = True
-        self.removed = False
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the handler runs. A disabled handler is left out of the dispatch list: it costs nothing."""
-        return self._enabled
-
-    @enabled.setter
-    def enabled(self, value: bool) -> None:
-        if self.removed:
-            raise RuntimeError(f"handler {self.name!r} on {self.event.value!r} was removed; connect it again")
-        if value != self._enabled:
-            self._enabled = bool(value)
-            self._channel._rebuild()
-
-    def remove(self) -> None:
-        """Unregister the handler (idempotent)."""
-        if not self.removed:
-            self._channel._remove(self)
-
-    def __repr__(self) -> str:
-        flags = "" if self._enabled else ", disabled"
-        flags += ", removed" if self.removed else ""
-        return f"<Handle {self.name!r} on {self.event.value!r} priority={self.priority} every={self.schedule}{flags}>"
+        _async_wrapper: Callable[[Callable[..., Coroutine[Any, Any, Any]]], Callable[..., Any]] | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Callable[..., Any], Any]]:
+        """Call every receiver (blinker's ``send``, without stopping at the first one that raises); then raise the
+        first failure, the later ones attached."""
+        if self.is_muted:
+            return []
+        results: list[tuple[Callable[..., Any], Any]] = []
+        failures = Failures()
+        channel = self._channel
+        for receiver in self.receivers_for(sender):
+            try:
+                if iscoroutinefunction(receiver):
+                    if _async_wrapper is None:
+                        raise RuntimeError("Cannot send to a coroutine function.")
+                    results.append((receiver, _async_wrapper(receiver)(sender, **kwargs)))
+                else:
+                    results.append((receiver, receiver(sender, **kwargs)))
+            except CallbackError as exc:
+                failures.add(exc)
+            except Exception as exc:  # noqa: BLE001 - kept, and raised once every receiver ran
+                failures.add(_caused(channel._bus._raw_error(channel.event, exc, receiver), exc))
+            except BaseException as exc:
+                failures.note_on(exc)
+                raise
+        failures.raise_first()
+        return results
 
 
 class Channel:
@@ -171,7 +118,8 @@ class Channel:
         self.plan: tuple[tuple[Handler, Predicate | None, Handle], ...] = ()
         self.raw = False
         self.active = False
-        self.signal = _BusSignal(event.value, self)
+        every = event in EVERY_HANDLER
+        self.signal = (_EveryReceiverSignal if every else _BusSignal)(event.value, self)
         self.signal.connect(self._receive)
 
     def emit(self, sender: object, /, **payload: Any) -> None:
@@ -235,6 +183,42 @@ class Channel:
         return tuple(sorted(self._handles, key=lambda h: (-h.priority, h.seq)))
 
 
+class _EveryHandlerChannel(Channel):
+    """The channel of an :data:`EVERY_HANDLER` event: every handler runs even when one raises."""
+
+    __slots__ = ()
+
+    def emit(self, sender: object, /, **payload: Any) -> None:
+        """Run every handler (and plain blinker receiver) of this event; then raise the first failure, if any."""
+        if self.raw:
+            self.signal.send(sender, **payload)  # an _EveryReceiverSignal: it runs _receive, then the receivers
+        else:
+            self._receive(sender, **payload)
+
+    def _receive(self, sender: object, /, **payload: Any) -> None:
+        failures = Failures()
+        for fn, due, handle in self.plan:
+            if due is not None and not due():
+                continue
+            try:
+                fn(sender, **payload)
+            except CallbackError as exc:
+                failures.add(exc)
+            except Exception as exc:  # noqa: BLE001 - kept, and raised once every receiver ran
+                failures.add(_caused(self._bus._error(handle, exc), exc))
+            except BaseException as exc:
+                failures.note_on(exc)
+                raise
+        failures.raise_first()
+
+
+def _caused(error: CallbackError, cause: Exception) -> CallbackError:
+    """``error`` as ``raise error from cause`` leaves it (it is raised later, once every handler ran)."""
+    error.__cause__ = cause
+    error.__suppress_context__ = True
+    return error
+
+
 class Bus:
     """The lifecycle bus of one trainer (never process-global).
 
@@ -252,7 +236,7 @@ class Bus:
         self._namespace = Namespace()
         self._channels: dict[Event, Channel] = {}
         for event in Event:
-            channel = Channel(self, event)
+            channel = (_EveryHandlerChannel if event in EVERY_HANDLER else Channel)(self, event)
             self._namespace[event.value] = channel.signal
             self._channels[event] = channel
 
@@ -351,26 +335,11 @@ class Bus:
         )
         return CallbackError(message, handler=handle.name, event=handle.event.value, iteration=iteration)
 
-    def _raw_error(self, event: Event, exc: Exception) -> CallbackError:
-        name = _raw_receiver_name(exc)
+    def _raw_error(self, event: Event, exc: Exception, receiver: object = None) -> CallbackError:
+        name = raw_receiver_name(exc) if receiver is None else receiver_name(receiver)
         iteration = self.state.iteration if self.state is not None else None
         message = (
             f"blinker receiver {name!r} (connected directly to signal {event.value!r}) failed during event "
             f"{event.value!r} {self._where()}: {type(exc).__name__}: {exc}"
         )
         return CallbackError(message, handler=name, event=event.value, iteration=iteration)
-
-
-def _raw_receiver_name(exc: BaseException) -> str:
-    """The function blinker's ``send`` called when ``exc`` was raised: the frame right after ``send`` in the
-    traceback (blinker itself does not say which receiver failed)."""
-    tb = exc.__traceback__
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        if code.co_name == "send" and "blinker" in code.co_filename and tb.tb_next is not None:
-            receiver = tb.tb_next.tb_frame.f_code
-            return f"{getattr(receiver, 'co_qualname', receiver.co_name)} at {receiver.co_filename}:" + str(
-                receiver.co_firstlineno
-            )
-        tb = tb.tb_next
-    return "<unknown receiver>"

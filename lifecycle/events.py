@@ -25,6 +25,9 @@ class Event(str, Enum):
           post_validation(metrics, ...)   after it published its own metrics (best values, images, prefix)
         post_training(status)             exactly once: completed | stopped | interrupted | failed
         exception(error)                  when anything raises; then post_training(status="failed")
+
+    ``post_training`` and ``exception`` run every handler even when one raises (the first error is raised once all
+    ran, the later ones attached to it); every other event stops at the first handler that raises (``lifecycle.bus``).
     """
 
     PRE_TRAINING = "pre_training"

@@ -23,7 +23,9 @@ during the run's final ``post_epoch`` changes nothing: the run completed. Outsid
 between ticks) ``stop()`` finishes at once. An exception anywhere emits
 ``exception(error=...)``, then ``post_training(status="failed")`` (``"interrupted"`` for ``KeyboardInterrupt``) unless
 ``post_training`` was already under way, then propagates; errors raised by those two emissions are attached to the
-original as notes instead of replacing it.
+original as notes (and logged) instead of replacing it. Every handler of those two events runs even when one raises
+(``lifecycle.bus``): a handler that raises in ``exception`` neither stops the crash dump of a handler after it nor
+``post_training(status="failed")``; each of their failures becomes a note of its own on the original error.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import logging
 from enum import Enum
 from typing import Protocol
 
+from lifecycle.errors import CallbackError, add_note
 from lifecycle.events import Status
 from lifecycle.state import State
 
@@ -243,7 +246,7 @@ class Loop:
     def _fail(self, driver: Driver, error: BaseException) -> None:
         already_finishing = self.phase is Phase.FINISHING
         if self.state.iteration:
-            _note(error, f"stepbus: raised at iteration {self.state.iteration} ({self.state})")
+            add_note(error, f"stepbus: raised at iteration {self.state.iteration} ({self.state})")
         status = Status.INTERRUPTED if isinstance(error, KeyboardInterrupt) else Status.FAILED
         # while `exception` handlers run, FAILING says post_training follows; FINISHING that it was under way
         self.phase, self.status = (Phase.FINISHING if already_finishing else Phase.FAILING), status
@@ -265,10 +268,7 @@ class Loop:
 def _attach(error: BaseException, where: str, secondary: BaseException) -> None:
     message = f"while handling this error, {where} also failed: {type(secondary).__name__}: {secondary}"
     _log.error(message)
-    _note(error, message)
-
-
-def _note(error: BaseException, message: str) -> None:
-    add_note = getattr(error, "add_note", None)  # Python >= 3.11; on 3.10 the log line above is all there is
-    if add_note is not None:
-        add_note(message)
+    add_note(error, message)
+    if isinstance(secondary, CallbackError):  # the later failures of the same emission (already logged by the bus)
+        for later in secondary.also_failed:
+            add_note(error, f"while handling this error, {where} also failed: {type(later).__name__}: {later}")

@@ -1,4 +1,10 @@
-"""The trainer's counters: the single source of truth for "where are we" (never kept in a GUI)."""
+"""The trainer's counters: the single source of truth for "where are we" (never kept in a GUI).
+
+It also counts the writes that failed without failing the run (``failed_writes``): a checkpointer or a logger told
+to warn and go on records each failure with :meth:`State.count_failed_write` under its own name, and whatever
+reports the run's outcome (the progress summary, ``metrics.json``) reads the counts here -- so that no callback
+imports another. The counts are saved with the counters (one ``failed_writes/<writer>`` entry each, only when
+there are any) and restored on resume, so a resumed run reports the failures of the runs it continues."""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from typing import Any
 __all__ = ["SavedCheckpoint", "State"]
 
 _COUNTERS = ("epoch", "iteration", "epoch_iteration", "max_epochs", "iterations_per_epoch")
+#: the prefix of a failed-write count in :meth:`State.state_dict`
+FAILED_WRITES = "failed_writes/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +43,8 @@ class State:
     * ``metrics``: latest values published by callbacks (``"val/psnr"``, ``"lr"`` ...).
     * ``last_checkpoint``, ``best_checkpoint``: the newest checkpoint written in this process and the best-ranked
       one (:class:`SavedCheckpoint`), published by a checkpointer; ``None`` until it saves one.
+    * ``failed_writes``: writes that failed while the run went on, by writer (``{"Checkpointer": 3}``); see the
+      module docstring.
     """
 
     max_epochs: int = 1
@@ -49,6 +59,7 @@ class State:
     best_checkpoint: SavedCheckpoint | None = None
     #: epochs of this run had different lengths (the data was reloaded): the position is checked loosely on load
     varied_epochs: bool = False
+    failed_writes: dict[str, int] = field(default_factory=dict)
 
     @property
     def max_iterations(self) -> int:
@@ -76,6 +87,14 @@ class State:
         saved = {"last": self.last_checkpoint, "best": self.best_checkpoint}
         return {role: checkpoint for role, checkpoint in saved.items() if checkpoint is not None}
 
+    def count_failed_write(self, writer: str) -> int:
+        """Record one failed write of ``writer`` (a callback's ``state_key``); returns its count so far."""
+        if not isinstance(writer, str) or not writer:
+            raise ValueError(f"a failed write needs the writer's name (a non-empty string), got {writer!r}")
+        count = self.failed_writes.get(writer, 0) + 1
+        self.failed_writes[writer] = count
+        return count
+
     @property
     def epoch_finished(self) -> bool:
         """True once the current epoch's last step has been taken."""
@@ -86,6 +105,7 @@ class State:
         counters = {name: int(getattr(self, name)) for name in (*_COUNTERS, "optimizer_step")}
         if self.varied_epochs:
             counters["varied_epochs"] = 1
+        counters.update({FAILED_WRITES + writer: count for writer, count in self.failed_writes.items()})
         return counters
 
     def load_state_dict(self, state: dict[str, int]) -> None:
@@ -119,13 +139,30 @@ class State:
         if not 0 <= optimizer_step <= values["iteration"]:
             iteration = values["iteration"]
             raise ValueError(f"inconsistent counters: optimizer_step={optimizer_step} after {iteration} iterations")
+        failed = _failed_writes(state)
         for name, value in values.items():
             setattr(self, name, value)
         self.optimizer_step = optimizer_step
         self.varied_epochs = varied
+        self.failed_writes = failed
 
     def __str__(self) -> str:
         return (
             f"epoch {self.epoch}/{self.max_epochs}, step {self.epoch_iteration}/{self.iterations_per_epoch}, "
             f"iteration {self.iteration}"
         )
+
+
+def _failed_writes(state: dict[str, int]) -> dict[str, int]:
+    """The ``failed_writes/<writer>`` entries of a state dict, checked: each a non-negative int."""
+    failed: dict[str, int] = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not key.startswith(FAILED_WRITES):
+            continue
+        writer = key[len(FAILED_WRITES) :]
+        if not writer or isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(
+                f"state entry {key!r} must name a writer and count its failed writes (an int >= 0), got {value!r}"
+            )
+        failed[writer] = value
+    return failed

@@ -12,7 +12,8 @@
   kind is checked when it is logged (:mod:`callbacks.loggers.logged`; a value the logger cannot write is a
   ``TypeError`` there), and it is written at once through the subclass while the backend is open (before
   ``pre_training`` and after the end: not written, with one warning).
-* **The ``on_error`` state** (``disabled``, ``failures``), carried across a resume.
+* **The ``on_error`` state** (``disabled``, ``failures``), carried across a resume; each failure the run survives
+  is also counted in ``trainer.state.failed_writes`` under the logger's ``state_key`` (from ``setup`` on).
 """
 
 from __future__ import annotations
@@ -73,10 +74,13 @@ class BackendLogger(Callback):
             yield event, method, schedule
 
     def setup(self, trainer: BaseTrainer) -> None:
-        """Register the ``trainer.log`` sink (subclasses call this last, once nothing else can refuse)."""
+        """Register the ``trainer.log`` sink and count failures in the trainer's state (subclasses call this last,
+        once nothing else can refuse)."""
         self._remove_sink = trainer.log_sink(self._on_log, name=f"{self.state_key}.log")
+        self._guard.count_in(trainer.state, self.state_key)
 
     def teardown(self, trainer: BaseTrainer) -> None:
+        self._guard.count_in(None)
         remove, self._remove_sink = self._remove_sink, None
         if remove is not None:
             remove()

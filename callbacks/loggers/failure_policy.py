@@ -5,14 +5,27 @@ A logger is an observer: a full disk under its event files or a W&B hiccup must 
 their training run -- but it must not fail silently either. :class:`BackendGuard` runs each backend call and applies
 the policy the user chose: ``"disable"`` (default: warn once, stop logging, keep training), ``"warn"`` (warn at each
 failure, keep trying) or ``"raise"`` (the failure fails the run, named by the bus like any handler error).
+
+A write that failed for lack of room is told in plain words, the same as a checkpoint's (``TensorBoardLogger
+'TensorBoardLogger' could not write scalars in runs/x/tb: no space left on device (0 bytes free on /mnt)``; see
+:mod:`trainers.checkpoint.disk_space`); under ``"raise"`` it is raised as an ``OSError`` with that message. Each
+failure the run survives (``"warn"``, ``"disable"``) is counted in the guard and, once the logger is added to a
+trainer, in ``trainer.state.failed_writes`` under the logger's name, where the progress summary and
+``metrics.json`` read it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
+
+from trainers.checkpoint.disk_space import describe_full_disk, full_disk_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lifecycle import State
 
 __all__ = ["ON_ERROR", "BackendGuard", "OnError", "check_on_error", "require_package"]
 
@@ -55,6 +68,13 @@ class BackendGuard:
         self.owner, self.on_error, self._log, self._where = owner, check_on_error(on_error, owner), logger, where
         self.disabled = False  #: set once a failure disabled the logger (policy "disable")
         self.failures = 0  #: failures so far, in this process and (through the logger's state) before a resume
+        self.raised = False  #: set once a failure was raised (policy "raise"): the run is failing because of it
+        self._state: State | None = None
+        self._writer = ""
+
+    def count_in(self, state: State | None, writer: str = "") -> None:
+        """Count each failure the run survives in ``state.failed_writes[writer]`` too (``None``: stop)."""
+        self._state, self._writer = state, writer
 
     def run(self, what: str, action: Callable[[], None]) -> bool:
         """Run ``action`` unless disabled; True when it ran and succeeded. ``what`` completes "could not ..."."""
@@ -62,18 +82,33 @@ class BackendGuard:
             return False
         try:
             action()
-        except Exception as exc:
-            if self.on_error == "raise":
-                raise
-            self.failures += 1
-            where = f"{self.owner} could not {what} in {self._where()}"
-            if self.on_error == "warn":
-                self._log.warning("%s: %s: %s; training goes on", where, type(exc).__name__, exc)
-                return False
-            self.disabled = True
-            self._log.warning("%s: %s: %s; the logger is disabled, training goes on", where, type(exc).__name__, exc)
+        except Exception as exc:  # noqa: BLE001 - every backend failure goes to the policy, which may raise it
+            self.fail(what, exc)
             return False
         return True
+
+    def fail(self, what: str, error: Exception, *, where: object = None) -> None:
+        """Apply the policy to ``error``, a failure of :meth:`run`'s action or one found otherwise (a writer's
+        health check): raise it, or warn, count, and under ``"disable"`` disable. ``where`` replaces the guard's
+        place in the message (a run's own folder rather than the logger's)."""
+        place = self._where() if where is None else where
+        words = describe_full_disk(error, place if isinstance(place, (str, os.PathLike)) else os.curdir)
+        message = f"{self.owner} could not {what} in {place}"
+        if self.on_error == "raise":
+            self.raised = True
+            found = full_disk_error(error)
+            if words is not None and found is not None:
+                raise OSError(found.errno, f"{message}: {words}") from error
+            raise error
+        self.failures += 1
+        if self._state is not None:
+            self._state.count_failed_write(self._writer)
+        reason = words if words is not None else f"{type(error).__name__}: {error}"
+        if self.on_error == "warn":
+            self._log.warning("%s: %s; training goes on", message, reason)
+            return
+        self.disabled = True
+        self._log.warning("%s: %s; the logger is disabled, training goes on", message, reason)
 
     def warn(self, message: str) -> None:
         """A warning about this logger that is not a backend failure (e.g. a value logged while nothing is open)."""

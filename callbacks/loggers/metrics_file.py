@@ -6,10 +6,18 @@ atomically::
 
     {"status": "completed", "iterations": 3000, "epochs": 10, "seconds": 58.2, "seconds_total": 58.2,
      "final": {"val/psnr": 33.1, ...}, "best": {"best/psnr": 33.4, ...},
-     "metrics": {every number in state.metrics}, "checkpoints": {"last": "...", "best": "..."}}
+     "metrics": {every number in state.metrics}, "checkpoints": {"last": "...", "best": "..."},
+     "failed_writes": {"Checkpointer": 3}}
 
 ``seconds`` is this process's training time; ``seconds_total`` adds the time of the runs it resumed from (kept in
-the checkpoint).
+the checkpoint). ``failed_writes`` counts, by writer, the writes that failed while the run went on (a checkpointer
+or logger with ``on_error="warn"``, a logger disabled by a failure): ``{"Checkpointer": 164}``, ``{}`` when none
+did. The counts come from ``trainer.state.failed_writes``, where each writer records its own (see
+:mod:`lifecycle.state`), and cover the runs this one resumed from.
+
+When the file itself cannot be written the run fails with an ``OSError`` that names it and says why in plain words
+(``MetricsFile 'MetricsFile': runs/x/metrics.json could not be written: no space left on device (0 bytes free on
+/mnt)``).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from callbacks.helpers import output_dir
 from lifecycle import Callback, Priority, Status
 from trainers.checkpoint.atomic import atomic_write
+from trainers.checkpoint.disk_space import describe_full_disk
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer
@@ -79,10 +88,16 @@ class MetricsFile(Callback):
             "best": {k: v for k, v in numbers.items() if k.startswith("best/")},
             "metrics": numbers,
             "checkpoints": {role: str(saved.path) for role, saved in state.saved_checkpoints().items()},
+            "failed_writes": dict(sorted(state.failed_writes.items())),
         }
         text = (json.dumps(report, indent=2, sort_keys=False) + "\n").encode("utf-8")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, lambda f: f.write(text), durable=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, lambda f: f.write(text), durable=True)
+        except OSError as exc:
+            words = describe_full_disk(exc, self.path) or exc.strerror or str(exc)
+            where = f"MetricsFile {self.state_key!r}: {self.path} could not be written"
+            raise (OSError(exc.errno, f"{where}: {words}") if exc.errno else OSError(f"{where}: {words}")) from exc
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = time.perf_counter() - self._started if self._started else 0.0

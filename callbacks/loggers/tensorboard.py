@@ -12,11 +12,14 @@ and ``post_training`` (hyper-parameters with the final metrics, then close, what
 as images, strings as text (see :mod:`callbacks.loggers.backend`). Every step is ``state.iteration``.
 
 A backend failure (a directory that cannot be created, a full disk) follows ``on_error``: ``"disable"`` (default:
-warn once, stop logging, keep training), ``"warn"`` (warn at each failure and keep trying) or ``"raise"``.
+warn once, stop logging, keep training), ``"warn"`` (warn at each failure and keep trying) or ``"raise"``. A full
+disk is told in plain words (``no space left on device (0 bytes free on /mnt)``) and only that way: the traceback
+TensorBoard's writer thread would print is kept off stderr (:mod:`callbacks.loggers.event_files`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from callbacks.helpers import output_dir
 from callbacks.loggers.backend import BackendLogger, image_prefix
+from callbacks.loggers.event_files import check_writer, open_summary_writer
 from callbacks.loggers.failure_policy import BackendGuard, OnError, require_package
 from callbacks.loggers.logged import Kind, pixels, scalar
 from callbacks.loggers.metric_flow import MetricFlow
@@ -90,10 +94,10 @@ class TensorBoardLogger(BackendLogger):
         step = trainer.state.iteration
 
         def open_writer() -> None:
-            from torch.utils.tensorboard import SummaryWriter
-
+            directory = self.directory
+            assert directory is not None  # set by setup
             # after a resume, events at or beyond the next iteration (written after the checkpoint) are dropped
-            self._writer = SummaryWriter(str(self.directory), purge_step=step + 1 if resumed else None)
+            self._writer = open_summary_writer(directory, purge_step=step + 1 if resumed else None)
             if trainer.config is not None:
                 self._writer.add_text("config", as_markdown(trainer.config), step)
 
@@ -149,6 +153,10 @@ class TensorBoardLogger(BackendLogger):
         writer, self._writer = self._writer, None
         if writer is None:
             return
+        if self._guard.raised:  # a write failed and failed the run: close what is open, write nothing more
+            with contextlib.suppress(Exception):
+                writer.close()
+            return
         state = trainer.state
         hparams: dict[str, Any] = {"max_epochs": state.max_epochs, "iterations_per_epoch": state.iterations_per_epoch}
         hparams.update(flat_scalars(trainer.config or {}))
@@ -158,6 +166,9 @@ class TensorBoardLogger(BackendLogger):
 
         def finish() -> None:
             try:
+                assert self.directory is not None  # set by setup
+                writer.flush()  # raises what the writer thread met, if anything
+                check_writer(writer, self.directory)  # add_hparams opens a second writer: not onto a full disk
                 writer.add_hparams(hparams, final, run_name=".", global_step=state.iteration)
                 writer.add_text("status", str(status), state.iteration)
             finally:

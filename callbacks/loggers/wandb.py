@@ -17,6 +17,13 @@ tensors as numbers, ``HxWxC`` tensors as ``wandb.Image``, strings as text, lists
 It never prompts and never blocks: ``mode`` defaults to ``"offline"`` (upload later with ``wandb sync``), and
 ``mode="online"`` without credentials is refused when the logger is added, with what to do, instead of the login
 prompt ``wandb.init`` would show on a terminal. A backend failure follows ``on_error`` like the TensorBoard logger.
+
+W&B's service writes the run file in a process of its own and tells Python nothing when a write fails (a full disk):
+so at each epoch's end, and after ``finish``, the logger looks at the run's files for such a failure
+(:mod:`callbacks.loggers.wandb_health`) and reports the first one once, through ``on_error`` and in plain words
+(``could not write the run file run-x.wandb in .../offline-run-...: no space left on device (0 bytes free on
+/mnt)``); it counts as one failed write. A failure found only after ``finish`` comes after the summaries written at
+the same ``post_training`` (the progress display's, ``metrics.json``) when they were added before this logger.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from callbacks.loggers.backend import BackendLogger, image_prefix
 from callbacks.loggers.failure_policy import BackendGuard, OnError, require_package
 from callbacks.loggers.logged import Kind, pixels, scalar, table_rows
 from callbacks.loggers.metric_flow import MetricFlow
+from callbacks.loggers.wandb_health import RunFileWatch
 from lifecycle import Event, Phase, Priority, ScheduleSpec, Status
 from trainers.engine.signals import exit_code as signal_exit_code
 
@@ -51,6 +59,9 @@ _log = logging.getLogger("stepbus.wandb")
 Mode = Literal["offline", "online", "disabled"]
 _MODES: tuple[str, ...] = ("offline", "online", "disabled")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+#: how long ``finish`` waits for W&B's service to write the run's exit record: milliseconds as a rule, seconds on
+#: a loaded machine, and a healthy run is not to be reported as incomplete (only a lost one waits this long)
+FINISH_TIMEOUT = 30.0
 
 
 class WandbLogger(BackendLogger):
@@ -126,6 +137,8 @@ class WandbLogger(BackendLogger):
         self.sync_dir: Path | None = None  #: the last run's local directory (``<dir>/wandb/offline-run-...``)
         self._window: Window | None = None
         self._epoch_start = 0.0
+        self._watch: RunFileWatch | None = None  # the open run's files, watched for a write W&B could not make
+        self._write_failed = False  # a failed write of the run file was reported (once per run)
 
     def priority_of(self, event: Event) -> int:
         # the end: after the checkpointer's final save (the artifact) and the other loggers
@@ -175,8 +188,15 @@ class WandbLogger(BackendLogger):
                 reinit="create_new",  # two trainers, two runs; never the global wandb.run of someone else
                 settings=wandb.Settings(**settings),
             )
-            sync_dir = getattr(self.run.settings, "sync_dir", None) if self.mode != "disabled" else None
+            run_settings = self.run.settings
+            sync_dir = getattr(run_settings, "sync_dir", None) if self.mode != "disabled" else None
             self.sync_dir = Path(sync_dir) if sync_dir else None  # "disabled": W&B writes nothing
+            sync_file = getattr(run_settings, "sync_file", None) if self.sync_dir is not None else None
+            service_log = getattr(run_settings, "log_internal", None)
+            self._write_failed = False
+            self._watch = (
+                RunFileWatch(Path(sync_file), Path(service_log) if service_log else None) if sync_file else None
+            )
             where = self.run.url if self.mode == "online" else self.sync_dir  # .url warns when offline
             _log.info("W&B run %s (%s%s): %s", self.run_id, self.mode, ", resumed" if resumed else "", where)
 
@@ -200,6 +220,7 @@ class WandbLogger(BackendLogger):
         if self.epoch_rows:  # the epoch is the only row: what callbacks published goes in it
             values.update(self.published_numbers(trainer))
         self._row(values, trainer.state.iteration)
+        self._check_run_file(final=False)
 
     def post_validation(
         self,
@@ -241,6 +262,13 @@ class WandbLogger(BackendLogger):
         run, self.run = self.run, None
         if run is None:
             return
+        if self._guard.raised:  # a failure of this logger failed the run: end the W&B run, raise nothing more
+            self._watch = None
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as exc:  # noqa: BLE001 - the failure that ended the run was already raised
+                _log.debug("WandbLogger %r: finish after a failure also failed: %s", self.state_key, exc)
+            return
 
         def end() -> None:
             try:
@@ -259,6 +287,22 @@ class WandbLogger(BackendLogger):
                 run.finish(exit_code=exit_code)
 
         self._run("finish the run", end)
+        self._check_run_file(final=True)
+        self._watch = None
+
+    def _check_run_file(self, *, final: bool) -> None:
+        """Report, once, a write of the run file that W&B's service could not make (see the module docstring)."""
+        watch = self._watch
+        if watch is None or self._write_failed or self._guard.disabled:
+            return
+        failure = watch.finished(FINISH_TIMEOUT) if final else watch.failure()
+        if failure is None:
+            return
+        self._write_failed = True
+        what = f"write the run file {watch.run_file.name}"
+        self._guard.fail(what, failure, where=watch.run_file.parent)
+        if self._guard.disabled:
+            self._end_disabled()
 
     def _log_checkpoints(self, run: Run, trainer: BaseTrainer, status: Status | None) -> None:
         import wandb
@@ -321,12 +365,19 @@ class WandbLogger(BackendLogger):
         self._run("log", lambda: run.log(dict(values), step=step))
 
     def _run(self, what: str, action: Callable[[], None]) -> None:
-        if not self._guard.run(what, action) and self._guard.disabled and self.run is not None:
-            run, self.run = self.run, None
-            try:
-                run.finish(exit_code=1)
-            except Exception as exc:  # noqa: BLE001 - the failure that disabled the logger was already reported
-                _log.debug("WandbLogger %r: finish after a failure also failed: %s", self.state_key, exc)
+        if not self._guard.run(what, action) and self._guard.disabled:
+            self._end_disabled()
+
+    def _end_disabled(self) -> None:
+        """The logger was just disabled: end its run, if one is open, as failed."""
+        run, self.run = self.run, None
+        self._watch = None
+        if run is None:
+            return
+        try:
+            run.finish(exit_code=1)
+        except Exception as exc:  # noqa: BLE001 - the failure that disabled the logger was already reported
+            _log.debug("WandbLogger %r: finish after a failure also failed: %s", self.state_key, exc)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "run_id": self.run_id}

@@ -11,6 +11,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +26,14 @@ from callbacks import Callback, Checkpointer, Validator
 from lifecycle import CallbackError, Status
 from tests.support import Recorder, full_run, make_trainer, mse, params_of, same_params
 from trainers import BaseTrainer
-from trainers.checkpoint.format import CheckpointError, check_plain, list_checkpoints, load_checkpoint, read_metadata
+from trainers.checkpoint.format import (
+    CheckpointError,
+    EarlierRunCheckpoints,
+    check_plain,
+    list_checkpoints,
+    load_checkpoint,
+    read_metadata,
+)
 
 # make_trainer: 6 items in batches of 2 -> 3 iterations per epoch
 STEPS = 3
@@ -627,21 +636,24 @@ def test_a_fresh_run_refuses_a_directory_with_another_runs_checkpoints_and_chang
 
     rec = Recorder()
     fresh = make_trainer(max_epochs=3, callbacks=[rec, Checkpointer(tmp_path, every="1ep", on_exception=on_exception)])
-    with pytest.raises(CallbackError) as info:
+    status = fresh.status
+    # refused as the run starts, before any event: nothing of the refused run is written anywhere
+    with pytest.raises(EarlierRunCheckpoints) as info:
         fresh.iterate()
-    message = str(info.value)
-    assert "Checkpointer.pre_training" in message
-    cause = info.value.__cause__
-    assert isinstance(cause, CheckpointError)
+    cause = info.value
     assert cause.path == tmp_path
     assert "holds 3 checkpoint(s) of an earlier run (newest step-00000009.pt, iteration 9)" in cause.reason
     assert "restore('auto')" in cause.reason
-    assert str(tmp_path) in message
-    assert step(9) in message
-    assert fresh.status is Status.FAILED
-    assert rec.names() == ["pre_training", "exception", "post_training"]
+    assert str(tmp_path) in str(cause)
+    assert fresh.status is status
+    assert rec.names() == []
     # nothing modified, nothing added (not even a crash dump of the refused run's untrained state)
     assert contents(tmp_path) == before
+    # the trainer is as it was: with the earlier run's files moved away, the same trainer runs
+    for name in (step(3), step(6), step(9), "last.pt"):
+        (tmp_path / name).unlink()
+    assert fresh.train() is Status.COMPLETED
+    assert rec.names()[0] == "pre_training"
 
 
 def test_a_run_resumed_from_a_checkpoint_taken_before_the_first_step_is_not_refused(tmp_path: Path) -> None:
@@ -695,8 +707,10 @@ def test_a_file_deleted_right_after_a_checkpoint_is_not_owned_by_a_run_resumed_f
     assert (tmp_path / step(1)).read_bytes() == foreign
 
 
-def test_stale_temporary_files_are_removed_at_pre_training_and_nothing_else(tmp_path: Path) -> None:
-    other = os.getpid() + 1
+def test_stale_temporary_files_are_removed_as_the_run_starts_and_nothing_else(tmp_path: Path) -> None:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    other = ended.pid  # a writer that is gone (a live process's temporaries are never removed)
     stale = [
         f".step-00000005.pt.{other}.deadbeef.tmp",
         f".last.pt.{other}.0badf00d.tmp",
@@ -720,8 +734,9 @@ def test_stale_temporary_files_are_removed_at_pre_training_and_nothing_else(tmp_
     assert trainer.iterate()
     (hi_tag, _, _, hi_snap), (lo_tag, _, _, lo_snap) = log[0], log[1]
     assert (hi_tag, lo_tag) == ("hi", "lo")
-    assert sorted(hi_snap) == sorted(stale + unrelated)  # still there before the checkpointer's pre_training
-    assert sorted(lo_snap) == sorted(unrelated)
+    # removed as the run started, under the directory's lock (.stepbus.lock), before any pre_training handler
+    assert sorted(hi_snap) == sorted([*unrelated, ".stepbus.lock"])
+    assert sorted(lo_snap) == sorted([*unrelated, ".stepbus.lock"])
     assert trainer.train() is Status.COMPLETED
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*unrelated, "last.pt", step(3)])
 

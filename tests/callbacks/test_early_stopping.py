@@ -156,9 +156,13 @@ def test_explicit_mode_overrides_the_name() -> None:
         {"patience": 1.5},
         {"min_delta": -0.1},
         {"min_delta": NAN},
+        {"min_delta": INF},
         {"mode": "up"},
         {"stopping_threshold": "1"},
+        {"stopping_threshold": NAN},
+        {"stopping_threshold": -INF},
         {"divergence_threshold": True},
+        {"divergence_threshold": INF},
         {"monitor": ""},
     ],
 )

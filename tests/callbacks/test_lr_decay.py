@@ -545,8 +545,10 @@ def test_configuration_errors() -> None:
         LRDecay(lambda opt: StepLR(opt, 2), milestones=[0.5])
     with pytest.raises(ValueError, match="interval must be 'iteration' or 'epoch', got 'step'"):
         LRDecay(interval="step")
-    with pytest.raises(ValueError, match="gamma must be a number > 0"):
+    with pytest.raises(ValueError, match="gamma must be a finite number > 0"):
         LRDecay(gamma=0)
+    with pytest.raises(ValueError, match=r"gamma must be a finite number > 0 \(the decay factor\), got inf"):
+        LRDecay(gamma=math.inf)
     with pytest.raises(ValueError, match="warmup_start must be a fraction in"):
         LRDecay(warmup=2, warmup_start=1.5)
     with pytest.raises(ValueError, match="monitor must be a metric name"):

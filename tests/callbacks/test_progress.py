@@ -4,6 +4,7 @@ a terminal, bars on a terminal, validation tables, the final summary, and the re
 from __future__ import annotations
 
 import io
+import math
 import re
 import time
 from pathlib import Path
@@ -96,8 +97,10 @@ def test_bars_on_a_terminal_refresh_at_most_ten_times_a_second(tmp_path: Path) -
     ("options", "message"),
     [
         ({"metrics": "lr"}, "metrics must be a list of metric names, got 'lr'"),
-        ({"refresh_per_second": 0}, "refresh_per_second must be a number > 0, got 0"),
-        ({"plain_every": -1}, "plain_every must be a number > 0, got -1"),
+        ({"refresh_per_second": 0}, "refresh_per_second must be a finite number > 0, got 0"),
+        ({"refresh_per_second": math.inf}, "refresh_per_second must be a finite number > 0, got inf"),
+        ({"plain_every": -1}, "plain_every must be a finite number > 0, got -1"),
+        ({"plain_every": math.inf}, "plain_every must be a finite number > 0, got inf"),
     ],
 )
 def test_constructor_errors_name_the_parameter(options: dict[str, Any], message: str) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from callbacks import Callback
-from lifecycle import Priority, Status
+from lifecycle import Priority, ScheduleSpec, Status
 from trainers.engine.optimization import Precision
 from trainers.engine.trainer import BaseTrainer, OptimizerSpec
 
@@ -36,7 +36,7 @@ class ReportProgress(Callback):
     priority = Priority.PROGRESS
     scheduled = ("post_step",)  # accumulate at every step, report on the schedule
 
-    def __init__(self, console: Console, *, every: str = "100it") -> None:
+    def __init__(self, console: Console, *, every: ScheduleSpec = "100it") -> None:
         super().__init__(every=every)
         self.console = console
         self._sum: torch.Tensor | None = None
@@ -95,7 +95,7 @@ def demo_trainer(
     batch_size: int = 64,
     samples: int = 8192,
     optimizer: OptimizerSpec | None = None,
-    report_every: str = "128it",
+    report_every: ScheduleSpec = "128it",
     console: Console | None = None,
     precision: Precision = "32",
     accumulate: int = 1,

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional
 from torch.utils.data import TensorDataset
 
+from trainers.apps.checks import check_counts, check_threads
 from trainers.engine.optimization import Precision
 from trainers.engine.trainer import BaseTrainer
 
@@ -131,11 +132,10 @@ def gan_trainer(
     ``BaseTrainer``'s. ``threads`` sets ``torch.set_num_threads`` (``None``: torch's default; these small layers are
     fastest on one thread).
     """
+    check_counts(samples=samples, latent=latent)
+    check_threads(threads)
     if threads is not None:
         torch.set_num_threads(threads)
-    for name, value in (("samples", samples), ("latent", latent)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     generator = torch.Generator().manual_seed(seed)
     modes = torch.randint(MODES, (samples,), generator=generator)
     real = ring_centres()[modes] + STD * torch.randn(samples, 2, generator=generator)

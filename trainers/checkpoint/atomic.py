@@ -4,15 +4,25 @@ A reader -- or a process started after a crash -- sees the old file or the new o
 ``durable=True`` the bytes are flushed and fsynced before the rename and the folder is fsynced after it, so the
 rename itself survives a power loss (checkpoints); without it the write costs what a plain write costs (images).
 Temporary names are ``.<name>.<pid>.<8 hex>.tmp``: hidden, unique, and recognisable as left over by a dead process.
+
+A write that failed for lack of room always comes out as an ``OSError`` with its ``errno`` (``ENOSPC``, ``EDQUOT``,
+``EFBIG``), even where a library wrapped it: ``torch.save``'s zip writer turns the failure of a ``write`` into a
+``RuntimeError`` (``unexpected pos 64 vs 0``) that keeps the ``OSError`` only as its context. Such a wrapper is
+replaced by an ``OSError`` naming the target, and a ``RuntimeError`` with no ``OSError`` behind it at all is taken as
+``ENOSPC`` when the file system has no block left (asked while the temporary file still holds its bytes; see
+:mod:`trainers.checkpoint.disk_space`). Every other failure propagates as it is.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from trainers.checkpoint.disk_space import full_disk_error, no_room_left
 
 __all__ = ["atomic_link", "atomic_write", "fsync_directory", "temporary_name"]
 
@@ -38,7 +48,8 @@ def fsync_directory(directory: Path) -> None:
 
 def atomic_write(target: Path, write: Callable[[BinaryIO], object], *, durable: bool) -> None:
     """Replace ``target`` with what ``write(file)`` writes. On any failure the temporary file is removed, the
-    error propagates, and whatever was at ``target`` is untouched. The folder must exist."""
+    error propagates (a lack of room as an ``OSError``: see the module docstring), and whatever was at ``target``
+    is untouched. The folder must exist."""
     tmp = temporary_name(target)
     # os.open with 0o666 honours the umask like a plain write (mkstemp would force 0600)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -49,11 +60,26 @@ def atomic_write(target: Path, write: Callable[[BinaryIO], object], *, durable: 
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
+        full = _wrapped_full_disk(exc, tmp)  # asked before the temporary file gives its space back
         tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise OSError(full, os.strerror(full), str(target)) from exc
         raise
     if durable:
         fsync_directory(target.parent)
+
+
+def _wrapped_full_disk(error: BaseException, tmp: Path) -> int | None:
+    """The ``errno`` of a lack of room behind ``error`` when ``error`` is not itself an ``OSError`` (a library's
+    wrapper), else ``None``. Only a ``RuntimeError`` -- how torch's writer reports a failed write -- is read as a
+    full disk on the file system's word alone."""
+    if isinstance(error, OSError) or not isinstance(error, Exception):
+        return None
+    found = full_disk_error(error)
+    if found is not None and found.errno is not None:
+        return found.errno
+    return errno.ENOSPC if isinstance(error, RuntimeError) and no_room_left(tmp.parent) else None
 
 
 def atomic_link(directory: Path, link: str, target: str) -> None:

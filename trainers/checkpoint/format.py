@@ -5,7 +5,9 @@ only, so that it loads with ``torch.load(..., weights_only=True)`` -- a checkpoi
 
     {"stepbus":   {"format": 1, "version": ..., "torch": ..., "saved_at": ISO time, "unix_time": ..., "reason": ...,
                    "resumable": bool, "iteration": ..., "epoch": ..., "epoch_iteration": ..., "metrics": {...},
-                   "config": {...} | None, "trainer": "module.Class", ...},
+                   "config": {...} | None, "trainer": "module.Class", "optimizers": [name, ...],
+                   "optimizer_types": {name: "torch.optim.adam.Adam"},
+                   "optimizer_groups": {name: [[shape of each parameter] for each group]}, ...},
      "trainer":   {"counters": {...}, "seed": ...},        # the data position
      "model":     pipeline.state_dict(),
      "optimizer": optimizer.state_dict(),
@@ -51,7 +53,6 @@ __all__ = [
     "CheckpointError",
     "CheckpointFile",
     "check_model_fits",
-    "check_optimizer_fits",
     "check_plain",
     "list_checkpoints",
     "load_checkpoint",
@@ -85,6 +86,11 @@ class CheckpointError(Exception):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"checkpoint {self.path}: {reason}")
+
+
+class EarlierRunCheckpoints(CheckpointError):
+    """A fresh run was pointed at a checkpoint directory that holds another run's checkpoints (refused before the
+    run writes anything: continue that run with ``--resume``, or choose another directory)."""
 
 
 def stepbus_version() -> str:
@@ -318,23 +324,6 @@ def check_model_fits(path: Path, model: torch.nn.Module, saved: Any) -> None:
         problems.append(f"shape mismatch {_first_few(shapes)}")
     if problems:
         raise CheckpointError(path, f"its model does not fit {type(model).__name__}: " + "; ".join(problems))
-
-
-def check_optimizer_fits(path: Path, optimizer: torch.optim.Optimizer, saved: Any) -> None:
-    """Raise :class:`CheckpointError` unless ``saved`` is an optimizer state with the same group sizes."""
-    groups = saved.get("param_groups") if isinstance(saved, dict) else None
-    if not isinstance(groups, list):
-        raise CheckpointError(path, "malformed: 'optimizer' has no 'param_groups' list")
-    if not isinstance(saved.get("state"), dict):
-        raise CheckpointError(path, "malformed: 'optimizer' has no 'state' dict")
-    own = [len(group["params"]) for group in optimizer.param_groups]
-    theirs = [len(group.get("params", ())) if isinstance(group, dict) else -1 for group in groups]
-    if own != theirs:
-        raise CheckpointError(
-            path,
-            f"its optimizer does not fit: saved parameter groups of sizes {theirs}, this "
-            f"{type(optimizer).__name__} has {own}",
-        )
 
 
 def _first_few(items: Sequence[str], limit: int = 5) -> str:

@@ -7,6 +7,14 @@ loadable checkpoint in the directory of each callback that has a ``checkpoint_di
 with a warning and the next newest is tried; ``"auto"`` with no checkpoint at all starts from scratch. Every other
 failure is a :class:`~trainers.checkpoint.format.CheckpointError` naming the file and the reason, raised before
 anything is changed. In a job, rank 0 chooses the file and every rank loads that same one.
+
+What must fit: the model (keys and shapes), the counters (seed, iterations per epoch, accumulation), the RNG state,
+and the optimizers and GradScaler (class, parameter groups and shapes, GradScaler present or not: see
+:mod:`trainers.checkpoint.optimizer_fit`). Callback and tracked-object states are offered to their objects, which
+may refuse them; one registered now but absent from the file, or the other way round, is a warning (adding a logger
+to a resumed run is ordinary). ``fresh_optimizer=True`` restores everything but the optimizers' and the
+GradScaler's state: they stay as built, with the configured hyper-parameters, and the run continues from the saved
+counters -- the way to resume after changing the optimizer or the precision.
 """
 
 from __future__ import annotations
@@ -20,13 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lifecycle import State
-from trainers.checkpoint.format import (
-    LONE_OPTIMIZER,
-    CheckpointError,
-    check_model_fits,
+from trainers.checkpoint.format import LONE_OPTIMIZER, CheckpointError, check_model_fits, load_checkpoint, load_newest
+from trainers.checkpoint.optimizer_fit import (
+    FRESH_HINT,
+    GRAD_SCALER,
     check_optimizer_fits,
-    load_checkpoint,
-    load_newest,
+    check_scaler_fits,
+    hyper_parameter_changes,
 )
 from trainers.checkpoint.rng import check_rng
 from trainers.distributed.ranks import Ranks
@@ -72,10 +80,13 @@ def restore(
     ranks: Ranks,
     tracked: Mapping[str, Any],
     plan_iterations: PlanIterations | None = None,
+    *,
+    fresh_optimizer: bool = False,
 ) -> Restored | None:
     """Choose, check and apply a checkpoint (see the module docstring); ``None`` when ``"auto"`` found none.
     ``plan_iterations(size)``: the iterations per epoch of this trainer's plan over ``size`` items (a checkpoint
-    taken after the data was reloaded to another length restores at that length)."""
+    taken after the data was reloaded to another length restores at that length). ``fresh_optimizer``: everything
+    but the optimizers' and the GradScaler's state, which stay as built (neither is checked against the file)."""
     if isinstance(checkpoint, str) and checkpoint == "auto":
         directories = checkpoint_dirs(trainer)
         if not directories:
@@ -94,7 +105,7 @@ def restore(
         else:
             found = _agreed(ranks, target, lambda: (target, load_checkpoint(target)))
         assert found is not None
-    return _apply(trainer, *found, tracked, plan_iterations)
+    return _apply(trainer, *found, tracked, plan_iterations, fresh_optimizer=fresh_optimizer)
 
 
 def checked_counters(
@@ -179,9 +190,12 @@ def _apply(
     loaded: dict[str, Any],
     tracked: Mapping[str, Any],
     plan_iterations: PlanIterations | None = None,
+    *,
+    fresh_optimizer: bool = False,
 ) -> Restored:
     """Check that ``loaded`` fits ``trainer``, then apply it. Everything that can be checked without changing the
-    trainer is checked first, so a checkpoint that does not fit changes nothing."""
+    trainer is checked first -- model, optimizers, GradScaler, counters, RNG -- so a checkpoint that does not fit
+    changes nothing; a callback or tracked object that refuses its state undoes what was applied before it."""
     meta = loaded["stepbus"]
     if not meta.get("resumable", True):
         raise CheckpointError(
@@ -200,17 +214,26 @@ def _apply(
     except ValueError as exc:
         raise CheckpointError(path, f"malformed: {exc}") from None
     check_model_fits(path, trainer.pipeline, loaded["model"])
-    optimizers = _saved_optimizers(path, trainer, meta, loaded["optimizer"])
-    for name, saved in optimizers:
-        check_optimizer_fits(path, trainer.optimizers[name], saved)
     saved_tracked = loaded.get("tracked", {})
     if not isinstance(saved_tracked, dict):
         raise CheckpointError(path, f"malformed: 'tracked' is a {type(saved_tracked).__name__}, expected a dict")
+    optimizers: list[tuple[str, Any]] = []
+    if fresh_optimizer:  # the optimizers and the GradScaler stay as built: nothing of theirs is read
+        tracked = {name: obj for name, obj in tracked.items() if name != GRAD_SCALER}
+        saved_tracked = {name: state for name, state in saved_tracked.items() if name != GRAD_SCALER}
+    else:
+        optimizers = _saved_optimizers(path, trainer, meta, loaded["optimizer"])
+        for name, saved in optimizers:
+            check_optimizer_fits(path, name, trainer.optimizers[name], saved, meta)
+        check_scaler_fits(
+            path, saved=GRAD_SCALER in saved_tracked, own=GRAD_SCALER in tracked, own_scaler=trainer.scaler is not None
+        )
     saved_callbacks = loaded["callbacks"]
     # all or nothing: the parts are applied in order of how likely they are to refuse (callbacks and tracked
     # objects run user code), each undone from a snapshot if a later one fails; the model, checked key by key
     # and shape by shape above, goes last
     parts: list[tuple[str, Any, Any]] = []
+    changed: list[tuple[str, str]] = []  # (optimizer, its saved hyper-parameters that differ from the configured)
     for name, obj in tracked.items():
         if name in saved_tracked:
             parts.append((f"tracked object {name!r}", obj, saved_tracked[name]))
@@ -230,6 +253,9 @@ def _apply(
     for name, saved in optimizers:
         what = "the optimizer" if name == LONE_OPTIMIZER else f"optimizer {name!r}"
         parts.append((what, trainer.optimizers[name], saved))
+        changes = hyper_parameter_changes(trainer.optimizers[name], saved)
+        if changes:
+            changed.append((name, "; ".join(changes)))
     parts.append((f"the model ({type(trainer.pipeline).__name__})", trainer.pipeline, loaded["model"]))
     undo: list[tuple[Any, Any]] = []
     try:
@@ -248,6 +274,14 @@ def _apply(
             except Exception as exc:  # noqa: BLE001 - reported; the original error is the one raised
                 _log.error("resume: could not undo loading %r after a failure: %s", obj, exc)
         raise
+    for name, differences in changed:
+        _log.warning(
+            "resume: %s: optimizer %r continues with its saved hyper-parameters, not the configured ones: %s "
+            "(restore with fresh_optimizer=True to start it with the configured ones)",
+            path,
+            name,
+            differences,
+        )
     size = loaded["trainer"].get("data_size")
     ended = bool(loaded["trainer"].get("ended", True))
     return Restored(path, counters, ended, rng, size if isinstance(size, int) and size > 0 else None)
@@ -259,7 +293,7 @@ def _saved_optimizers(path: Path, trainer: BaseTrainer, meta: dict[str, Any], sa
     own = list(trainer.optimizers)
     if not isinstance(names, list) or sorted(map(str, names)) != sorted(own):
         raise CheckpointError(
-            path, f"does not fit this trainer: it holds the optimizers {names}, this trainer has {own}"
+            path, f"does not fit this trainer: it holds the optimizers {names}, this trainer has {own}; {FRESH_HINT}"
         )
     if names == [LONE_OPTIMIZER]:
         return [(LONE_OPTIMIZER, saved)]

@@ -1,5 +1,13 @@
 """What a trainer's checkpoint holds, and how it is written: by this process alone, or in a job by rank 0 with
-every rank's RNG state (so that a resumed job draws the same dropout masks on every rank)."""
+every rank's RNG state (so that a resumed job draws the same dropout masks on every rank).
+
+A save that failed for lack of room says so in plain words, whatever wrapped the error on its way up::
+
+    checkpoint runs/x/checkpoints/step-00000042.pt: could not be written: no space left on device (0 bytes free on
+    /mnt); any previous file is intact
+
+(``disk quota exceeded on /home``, ``file too large (...: ulimit -f)`` likewise; see
+:mod:`trainers.checkpoint.disk_space`)."""
 
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lifecycle import Status
+from trainers.checkpoint.disk_space import describe_full_disk
 from trainers.checkpoint.format import (
     FORMAT,
     LONE_OPTIMIZER,
@@ -20,6 +29,7 @@ from trainers.checkpoint.format import (
     stepbus_version,
     write_checkpoint,
 )
+from trainers.checkpoint.optimizer_fit import optimizer_record
 from trainers.checkpoint.rng import capture_rng
 from trainers.distributed.collective import RankZeroFailure
 from trainers.distributed.ranks import Ranks
@@ -54,6 +64,7 @@ def checkpoint_payload(
         "writer": {"host": socket.gethostname(), "pid": os.getpid(), "rank": trainer.rank},
         "world_size": trainer.world_size,
         "optimizers": list(trainer.optimizers),
+        **optimizer_record(trainer.optimizers),  # what a restore checks the optimizers against
     }
     return {
         "stepbus": meta,
@@ -89,14 +100,14 @@ def save(
     every rank returns the path, or raises (a ``CheckpointError`` where rank 0 raised one). In a single process each
     of those steps is the process itself. A non-resumable one (the state at a failure) is written by the caller."""
     if not resumable:
-        return write_checkpoint(path, _with(payload(), metadata))
+        return _write(path, _with(payload(), metadata))
     states = ranks.gather(capture_rng())
 
     def write_on_zero() -> str:
         written = _with(payload(), metadata)
         if states is not None and len(states) > 1:
             written["rank_rng"] = states
-        return str(write_checkpoint(path, written))
+        return str(_write(path, written))
 
     def elsewhere(failure: RankZeroFailure) -> Exception:
         if failure.kind == "CheckpointError" and failure.reason is not None:
@@ -104,6 +115,19 @@ def save(
         return RuntimeError(f"rank 0 could not save checkpoint {path}: {failure}")
 
     return Path(ranks.on_rank_zero(write_on_zero, elsewhere))
+
+
+def _write(path: Path, written: dict[str, Any]) -> Path:
+    """``write_checkpoint``, with a lack of room told in plain words (see the module docstring)."""
+    try:
+        return write_checkpoint(path, written)
+    except CheckpointError as exc:
+        words = describe_full_disk(exc.__cause__, exc.path)
+        if words is None:
+            raise
+        raise CheckpointError(exc.path, f"could not be written: {words}; any previous file is intact") from (
+            exc.__cause__
+        )
 
 
 def _with(written: dict[str, Any], metadata: Mapping[str, Any] | None) -> dict[str, Any]:

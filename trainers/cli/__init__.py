@@ -19,12 +19,17 @@ rendezvous); ``stepbus train --nproc N ...`` starts that ``torchrun --standalone
 directory and prints; the trainer does the rest (see ``trainers.engine.trainer.BaseTrainer``).
 
 Exit codes: 0 when the run completed or was stopped by a callback (early stopping), 128 + the signal number when
-SIGINT/SIGTERM interrupted it (130 for Ctrl-C; a checkpoint was saved first), 2 for a bad config, bad arguments or an
-unusable checkpoint (nothing was trained), 1 when training failed (in a distributed run: on any rank).
+SIGINT/SIGTERM interrupted it (130 for Ctrl-C; a checkpoint was saved first), 2 when the input was refused and nothing
+was trained -- a bad config or bad arguments, an unusable checkpoint, a run directory that holds another run's
+checkpoints, is in use by another live process, or cannot be created or written -- with a message and no traceback;
+1 when training failed (in a distributed run: on any rank), with a first line that says where and why (``error:
+training failed at epoch 3, iteration 412 in Checkpointer.post_step: OSError: ...``), then the traceback, except for
+a full disk, a used-up quota or a file size limit, where that line says it all (see ``trainers.cli.outcome``).
 
 One module per command (``train``, ``launch`` for ``train --nproc``, ``gui``, ``callbacks``, ``config``), the
-argument parser in ``parser``, the config and run directory of ``train`` and ``gui`` in ``prepare``. None of them
-imports torch at module level: ``stepbus --help`` and argument errors answer without it.
+argument parser in ``parser``, the config and run directory of ``train`` and ``gui`` in ``prepare``, how those two
+end on an error (exit 2 or 1, and what they print) in ``outcome``. None of them imports torch at module level:
+``stepbus --help`` and argument errors answer without it.
 """
 
 from __future__ import annotations

@@ -21,18 +21,24 @@ def epochs_ok(epochs: int | None, errors: Console) -> bool:
     return True
 
 
-def restore_checkpoint(trainer: BaseTrainer, resume: str, console: Console, errors: Console) -> bool:
-    """Load ``--resume`` into ``trainer``; False (the error printed) when the checkpoint cannot be used, so the
-    command exits 2 without training."""
+def restore_checkpoint(
+    trainer: BaseTrainer, resume: str, console: Console, errors: Console, *, fresh_optimizer: bool = False
+) -> bool:
+    """Load ``--resume`` into ``trainer`` (with ``--fresh-optimizer``: all but the optimizer and GradScaler
+    state); False (the error printed) when the checkpoint cannot be used, so the command exits 2 without training."""
     from trainers.checkpoint.format import CheckpointError
 
     try:
-        loaded = trainer.restore(resume)
+        loaded = trainer.restore(resume, fresh_optimizer=fresh_optimizer)
     except (CheckpointError, ValueError) as exc:
-        errors.print(f"[red]error:[/red] --resume {escape(resume)}: {escape(str(exc))}")
+        errors.print(f"[red]error:[/red] --resume {escape(resume)}: {escape(str(exc))}", soft_wrap=True)
         return False
     if loaded is not None:
-        console.print(f"resumed from {escape(str(loaded))} at {trainer.state}")
+        fresh = ""
+        if fresh_optimizer:
+            names = ", ".join(type(optimizer).__name__ for optimizer in trainer.optimizers.values())
+            fresh = f" with a fresh optimizer ({names}) and the configured hyper-parameters"
+        console.print(f"resumed from {escape(str(loaded))} at {trainer.state}{escape(fresh)}", soft_wrap=True)
     return True
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from trainers.cli.common import epochs_ok, restore_checkpoint
+from trainers.cli.outcome import REFUSED, refusal, report
 from trainers.cli.parser import overrides
 from trainers.cli.prepare import prepare
 from trainers.engine.signals import exit_code
@@ -38,6 +39,7 @@ def gui_command(args: argparse.Namespace) -> int:
     import tkinter as tk
 
     from trainers.config.builder import build
+    from trainers.config.errors import ConfigError
     from trainers.config.registry import Registry
     from trainers.gui import TrainingWindow
 
@@ -56,16 +58,24 @@ def gui_command(args: argparse.Namespace) -> int:
         return 2
     trainers: list[BaseTrainer] = []
     titles: list[str] = []
+    starts: list[int] = []  # each trainer's iteration before training: a step began once it passes it
     window: TrainingWindow | None = None
     try:
         for (config, _, resume), run_dir in zip(prepared, run_dirs, strict=True):
-            trainer = build(config, run_dir=run_dir, registry=registry, objects={"console": console})
+            try:
+                trainer = build(config, run_dir=run_dir, registry=registry, objects={"console": console})
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a run directory that cannot be written, or a bug
+                root.destroy()
+                return report(errors, exc, state=None, began=False, run_dir=run_dir)
             trainers.append(trainer)
             titles.append(f"{config.trainer.name}: {run_dir}")
             console.print(f"[bold]stepbus[/bold] {escape(titles[-1])}", highlight=False)
             if resume is not None and not restore_checkpoint(trainer, resume, console, errors):
                 root.destroy()
                 return 2
+            starts.append(trainer.state.iteration)
         window = TrainingWindow(trainers, titles=titles, start=args.start, budget=args.budget_ms / 1000, root=root)
 
         def close_on(signum: int, _frame: object) -> None:  # only a flag: the next tick closes the window
@@ -88,6 +98,15 @@ def gui_command(args: argparse.Namespace) -> int:
         outcome = f"failed: {panel.error}" if panel.error is not None else panel.trainer.status or "not started"
         console.print(f"{escape(title)}: {escape(str(outcome))} at {panel.trainer.state}", highlight=False)
     console.print(window.clock.text(), highlight=False)
+    refused = False
+    for panel, start, run_dir in zip(window.panels, starts, run_dirs, strict=True):
+        began = panel.trainer.state.iteration > start
+        message = None if panel.error is None else refusal(panel.error, began=began, run_dir=run_dir)
+        if message is not None:  # nothing was trained in that window: say why, as `stepbus train` would
+            errors.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+            refused = True
+    if refused:  # also when a signal closed the window afterwards: what matters is that nothing was trained
+        return REFUSED
     if window.close_requested is not None:
         return exit_code(window.close_requested)
     return 1 if any(panel.error is not None for panel in window.panels) else 0

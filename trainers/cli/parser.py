@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["build_parser", "overrides"]
@@ -11,7 +12,7 @@ __all__ = ["build_parser", "overrides"]
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; building it imports nothing heavy, so ``--help`` stays fast."""
     parser = argparse.ArgumentParser(prog="stepbus", description="stepbus: a PyTorch training loop built on events.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
     train = commands.add_parser(
         "train", help="train from a config (default: the reference app, trainers/apps/configs/image_field.yaml)"
     )
@@ -30,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="continue from a checkpoint file, a checkpoints directory, or 'auto': the newest loadable checkpoint "
         "of --run-dir, or of the newest <run.dir>/<run.name>-* run",
+    )
+    train.add_argument(
+        "--fresh-optimizer",
+        action="store_true",
+        help="with --resume: continue the saved run (model, iteration and epoch counters, data position, callbacks, "
+        "RNG) but start the optimizer and the GradScaler anew from the config's optimizer and hyper-parameters; for "
+        "a run resumed with another optimizer or precision",
     )
     train.add_argument(
         "--nproc",
@@ -81,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", type=Path, help="a YAML config")
     _config_options(validate, file_flag=False)
     return parser
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser, which also refuses options that need another one (exit 2 with the usage)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        if getattr(parsed, "fresh_optimizer", False) and getattr(parsed, "resume", None) is None:
+            self.error("--fresh-optimizer needs --resume PATH|auto: it changes how a checkpoint is loaded")
+        return parsed, rest
 
 
 def _config_options(parser: argparse.ArgumentParser, *, file_flag: bool) -> None:

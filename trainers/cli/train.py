@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from trainers.cli.common import epochs_ok, print_yaml, restore_checkpoint
+from trainers.cli.outcome import report
 from trainers.cli.parser import overrides
 from trainers.cli.prepare import prepare
 from trainers.engine.signals import exit_code
@@ -89,21 +90,31 @@ def _run(
 ) -> int:
     from lifecycle import Status
     from trainers.config.builder import build
+    from trainers.config.errors import ConfigError
+    from trainers.distributed.environment import rank
     from trainers.distributed.peer_failure import PeerFailure
     from trainers.engine.signals import TrainingInterrupted
 
     if args.dry_run:
-        trainer = build(config, run_dir=run_dir, registry=registry, objects={"console": console})
-        try:
+        from trainers.config.preflight import preflight_trainer
+
+        with preflight_trainer(config, run_dir, registry, resume=resume, objects={"console": console}) as trainer:
             _print_dry_run(console, config, trainer, run_dir)
-        finally:
-            trainer.close()
         return 0
-    trainer = build(config, run_dir=run_dir, registry=registry, objects={"console": console})
-    console.print(f"[bold]stepbus[/bold] {escape(config.trainer.name)} run in {escape(str(run_dir))}", highlight=False)
     try:
-        if resume is not None and not restore_checkpoint(trainer, resume, console, errors):
+        trainer = build(config, run_dir=run_dir, registry=registry, objects={"console": console})
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a run directory that cannot be written, or a bug: told by report()
+        return report(errors, exc, state=None, began=False, run_dir=run_dir, speak=rank() == 0)
+    console.print(f"[bold]stepbus[/bold] {escape(config.trainer.name)} run in {escape(str(run_dir))}", highlight=False)
+    start = trainer.state.iteration
+    try:
+        if resume is not None and not restore_checkpoint(
+            trainer, resume, console, errors, fresh_optimizer=args.fresh_optimizer
+        ):
             return 2
+        start = trainer.state.iteration  # a step began once the counter passes this
         status = trainer.train()
     except PeerFailure as exc:
         errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -114,6 +125,9 @@ def _run(
     except KeyboardInterrupt:
         errors.print("[red]aborted[/red] by KeyboardInterrupt")
         return exit_code(signal.SIGINT)
+    except Exception as exc:  # noqa: BLE001 - a refusal (exit 2) or a failure (exit 1, its cause first)
+        began = trainer.state.iteration > start
+        return report(errors, exc, state=trainer.state, began=began, run_dir=run_dir, speak=trainer.is_global_zero)
     finally:
         trainer.close()
     if status is Status.INTERRUPTED:

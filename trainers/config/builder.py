@@ -1,10 +1,13 @@
 """``build(config) -> trainer``: what ``stepbus train`` runs, for a notebook or a GUI to build exactly the same.
 
-The trainer factory named in ``trainer.name`` builds the trainer (model, data, optimizer); then each enabled
-callback block becomes an instance added with ``trainer.add_callback`` in config order, so a refusal from a
-callback's ``setup`` (``mode='online'`` without W&B credentials, a run directory holding another run's checkpoints)
-is reported as a :class:`ConfigError` at that block's key. The resolved config becomes ``trainer.config`` (saved in
-every checkpoint) and is written to ``<run_dir>/config.yaml`` when training starts.
+First the paths the callbacks write to are checked against the run directory (``trainers.config.output_paths``:
+inside it unless ``run.allow_outside`` says otherwise, usable, relative ones taken from it). Then the trainer
+factory named in ``trainer.name`` builds the trainer (model, data, optimizer); then each enabled callback block
+becomes an instance added with ``trainer.add_callback`` in config order, so a refusal from a callback's ``setup``
+(``mode='online'`` without W&B credentials, a pipeline without the ``prune()`` that grid pruning calls) is reported
+as a :class:`ConfigError` at that block's key. Building writes nothing: the resolved config becomes
+``trainer.config`` (saved in every checkpoint) and is written to ``<run_dir>/config.yaml`` when training starts.
+``trainers.config.preflight`` builds the same way and tears it down again, for ``stepbus config validate``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainers.config.errors import ConfigError, Problem
+from trainers.config.output_paths import check_output_paths, located_kwargs
 from trainers.config.registry import Registry
 from trainers.config.schema import RunConfig, default_config_path, dump_yaml, load_yaml, resolve
 
@@ -78,6 +82,9 @@ def build(
     """
     resolved = load_config(config, overrides=overrides, registry=registry)
     directory = Path(run_dir) if run_dir is not None else new_run_dir(resolved)
+    problems = check_output_paths(resolved, directory)
+    if problems:
+        raise ConfigError(problems, resolved.source)
     objects = dict(objects or {})
     factory = resolved.trainer.load()
     kwargs = dict(resolved.trainer_kwargs)
@@ -92,9 +99,7 @@ def build(
     try:
         trainer: BaseTrainer = factory(run_dir=directory, seed=int(resolved.run["seed"]), **kwargs, **extra)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(
-            Problem("trainer", f"{resolved.trainer.name!r} refused the config: {exc}"), resolved.source
-        ) from exc
+        raise ConfigError(_refusal(resolved, exc), resolved.source) from exc
     for spec in resolved.callbacks:
         if not spec.enabled:
             continue
@@ -102,13 +107,23 @@ def build(
         accepted = inspect.signature(cls).parameters
         extra = {k: v for k, v in objects.items() if k in accepted and k not in spec.kwargs}
         try:
-            trainer.add_callback(cls(**spec.kwargs, **extra))
+            trainer.add_callback(cls(**located_kwargs(spec, directory), **extra))
         except (ValueError, TypeError, ModuleNotFoundError) as exc:
             trainer.close()
             raise ConfigError(Problem(f"callbacks.{spec.key}", str(exc)), resolved.source) from exc
     trainer.config = resolved.data
     _write_config_at_start(trainer, resolved)
     return trainer
+
+
+def _refusal(resolved: RunConfig, error: Exception) -> Problem:
+    """The trainer factory's refusal, at the key its message starts with (``trainer.image: ...``), else at
+    ``trainer``."""
+    text = str(error)
+    key, sep, rest = text.partition(": ")
+    if sep and key.startswith("trainer.") and key.removeprefix("trainer.") in resolved.trainer_kwargs:
+        return Problem(key, rest)
+    return Problem("trainer", f"{resolved.trainer.name!r} refused the config: {text}")
 
 
 def _write_config_at_start(trainer: BaseTrainer, resolved: RunConfig) -> None:

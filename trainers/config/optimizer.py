@@ -3,6 +3,7 @@ against the named ``torch.optim`` class's own signature, and turned into the tra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -42,10 +43,25 @@ def check_optimizer(block: Any, path: str) -> dict[str, Any]:
     cls = classes[name.lower()]
     values = {k: v for k, v in block.items() if k != "name"}
     checked, problems = check_values(params_of(cls, skip=("params",)), values, path, f"torch.optim.{cls.__name__}")
+    problems += [
+        Problem(
+            f"{path}.{key}",
+            f"got {show_value(values[key])}; expected finite numbers (no optimizer setting takes infinity)",
+        )
+        for key, value in checked.items()
+        if _infinite(value)
+    ]
     if problems:
         raise ConfigError(problems)
     plain = {k: list(v) if isinstance(v, tuple) else v for k, v in checked.items()}
     return {"name": name.lower(), **plain}
+
+
+def _infinite(value: Any) -> bool:
+    """Whether ``value`` is an infinite number or a list (``betas``) that holds one."""
+    if isinstance(value, (list, tuple)):
+        return any(_infinite(v) for v in value)
+    return isinstance(value, float) and math.isinf(value)
 
 
 def optimizer_factory(block: Mapping[str, Any]) -> Callable[[Iterable[Any]], Any]:

@@ -25,6 +25,7 @@ from pathlib import PurePath
 from typing import Any, ForwardRef, Literal, Union
 
 from trainers.config.errors import Problem, show_value
+from trainers.config.strict_values import holds_nan, stray_bool
 
 __all__ = ["REQUIRED", "CodeOnly", "Param", "check_values", "params_of", "type_phrase"]
 
@@ -72,9 +73,10 @@ class Param:
 
     def validate(self, value: Any) -> Any:
         """``value`` checked (and normalised by pydantic: a list for a sequence, a float for an int given to a
-        float); raises ``ValueError`` with a message that says what is valid."""
-        if isinstance(value, bool) and not _admits_bool(self.annotation):
-            raise ValueError(f"got {value!r}; expected {self.expected}")
+        float); raises ``ValueError`` with a message that says what is valid. ``true``/``false`` where no boolean
+        is wanted and NaN are refused (see ``trainers.config.strict_values``)."""
+        if stray_bool(value, self.annotation, CodeOnly):
+            raise ValueError(f"got {show_value(value)}; expected {self.expected}")
         if self._adapter is None:
             from pydantic import ConfigDict, TypeAdapter
 
@@ -85,6 +87,8 @@ class Param:
             checked = self._adapter.validate_python(value)
         except ValidationError as exc:
             raise ValueError(_message(exc, value, self.annotation, self.expected)) from None
+        if holds_nan(checked):
+            raise ValueError(f"got {show_value(value)}; expected {self.expected}, and NaN is never a valid setting")
         if self.is_schedule:
             _check_schedule(checked)
         return checked
@@ -262,15 +266,6 @@ def _code_only(annotation: Any) -> bool:
     if annotation in (list, tuple, dict):
         return False
     return not (isinstance(annotation, type) and issubclass(annotation, enum.Enum))
-
-
-def _admits_bool(annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if origin is Union or origin is types.UnionType:
-        return any(_admits_bool(a) for a in typing.get_args(annotation))
-    if origin is Literal:
-        return any(isinstance(v, bool) for v in typing.get_args(annotation))
-    return annotation is bool or annotation is Any or not isinstance(annotation, type) or annotation is CodeOnly
 
 
 def _message(exc: Any, value: Any, annotation: Any, expected: str) -> str:

@@ -2,7 +2,7 @@
 
 The shape::
 
-    run: {name: demo, dir: runs, seed: 0}
+    run: {name: demo, dir: runs, seed: 0}                  # allow_outside: [/data/exports] (see output_paths)
     trainer: {name: demo, max_epochs: 5, optimizer: {name: adam, lr: 0.01}}
     callbacks:
       checkpointer: {every: 1ep, keep_last: 3, monitor: val/mse}
@@ -27,6 +27,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from trainers.config.errors import ConfigError, Problem, did_you_mean, show_value
+from trainers.config.output_paths import check_allow_outside
 from trainers.config.params import REQUIRED, check_values
 from trainers.config.registry import Entry, Registry
 
@@ -43,7 +44,7 @@ __all__ = [
 
 _SECTIONS = ("run", "trainer", "callbacks")
 _TOO_DEEP = "nested too deeply (or a YAML anchor that contains itself): a config is a few levels of mappings"
-_RUN_KEYS = {"name": "a string", "dir": "a path", "seed": "an integer"}
+_RUN_KEYS = {"name": "a string", "dir": "a path", "seed": "an integer", "allow_outside": "a list of absolute paths"}
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ def _run_section(section: Any, problems: list[Problem]) -> dict[str, Any]:
     if section is None:
         return {}
     if not isinstance(section, Mapping):
-        problems.append(Problem("run", f"expected a mapping (name, dir, seed), got {show_value(section)}"))
+        problems.append(Problem("run", f"expected a mapping ({', '.join(_RUN_KEYS)}), got {show_value(section)}"))
         return {}
     run: dict[str, Any] = {}
     for key, value in section.items():
@@ -222,6 +223,10 @@ def _run_section(section: Any, problems: list[Problem]) -> dict[str, Any]:
             problems.append(Problem(where, f"got {show_value(value)}; expected a non-empty name without / or \\"))
         elif key == "dir" and not isinstance(value, (str, PurePath)):
             problems.append(Problem(where, f"got {show_value(value)}; expected {_RUN_KEYS[key]}"))
+        elif key == "allow_outside" and (refused := check_allow_outside(value)) is not None:
+            problems.append(refused)
+        elif key == "allow_outside":
+            run[key] = [os.fspath(entry) for entry in value]
         else:
             run[key] = str(value) if key == "dir" else value
     return run

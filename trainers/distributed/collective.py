@@ -24,11 +24,13 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class RankZeroFailure:
     """How the other ranks hear of an exception rank 0 raised in :meth:`Collective.on_rank_zero` (an exception
-    itself may not pickle): its type name, its message, and its ``reason`` when it has one (a ``CheckpointError``)."""
+    itself may not pickle): its type name, its message, and its ``reason`` and ``path`` when it has them (a
+    ``CheckpointError``)."""
 
     kind: str
     message: str
     reason: str | None = None
+    path: str | None = None  #: the file or directory a ``CheckpointError`` names
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
@@ -101,7 +103,13 @@ class Collective:
             shared = self.broadcast((True, result))
         else:
             reason = getattr(error, "reason", None)
-            failure = RankZeroFailure(type(error).__name__, str(error), reason if isinstance(reason, str) else None)
+            path = getattr(error, "path", None)
+            failure = RankZeroFailure(
+                type(error).__name__,
+                str(error),
+                reason if isinstance(reason, str) else None,
+                None if path is None else str(path),
+            )
             shared = self.broadcast((False, failure))
         if error is not None:
             raise error

@@ -81,14 +81,23 @@ class Checkpoints:
         trainer.state.load_state_dict(counters)
         self._loop.restore(ended=bool(state.get("ended", True)))
 
-    def restore(self, checkpoint: str | os.PathLike[str]) -> Path | None:
+    def restore(self, checkpoint: str | os.PathLike[str], *, fresh_optimizer: bool = False) -> Path | None:
         trainer = self._trainer
+        if not isinstance(fresh_optimizer, bool):
+            raise TypeError(f"restore(): fresh_optimizer must be True or False, got {fresh_optimizer!r}")
         if self._loop.started:
             raise RuntimeError(
                 f"restore({str(checkpoint)!r}) must be called before training starts; this trainer is at "
                 f"{trainer.state} (build a new trainer to load a checkpoint)"
             )
-        restored = restore(trainer, checkpoint, self._ranks, self.tracked, self._driver.reload.iterations_for)
+        restored = restore(
+            trainer,
+            checkpoint,
+            self._ranks,
+            self.tracked,
+            self._driver.reload.iterations_for,
+            fresh_optimizer=fresh_optimizer,
+        )
         if restored is None:
             return None
         self._driver.reload.resume_at(restored.counters, restored.data_size)
@@ -96,8 +105,12 @@ class Checkpoints:
         self._loop.restore(ended=restored.ended)
         self._driver.restore_rng_at(restored.rng, restored.counters)
         trainer.resumed_from = restored.path
-        _log.info("resumed from %s at %s", restored.path, trainer.state)
+        fresh = f" with fresh optimizers ({self._optimizer_names()})" if fresh_optimizer else ""
+        _log.info("resumed from %s at %s%s", restored.path, trainer.state, fresh)
         return restored.path
+
+    def _optimizer_names(self) -> str:
+        return ", ".join(f"{name}: {type(opt).__name__}" for name, opt in self._trainer.optimizers.items())
 
 
 class CheckpointMethods:
@@ -105,13 +118,20 @@ class CheckpointMethods:
 
     _checkpoints: Checkpoints
 
-    def restore(self, checkpoint: str | os.PathLike[str]) -> Path | None:
+    def restore(self, checkpoint: str | os.PathLike[str], *, fresh_optimizer: bool = False) -> Path | None:
         """Before training: load a checkpoint -- a file, a directory (its newest loadable one) or ``"auto"`` (see
         :mod:`trainers.checkpoint.restore`) -- so that the next :meth:`iterate` continues with the exact next batch;
         returns the file loaded (``None``: ``"auto"`` found none and the run starts fresh). The restored run emits
         ``pre_training(resumed=True)``, ``pre_epoch`` again when the checkpoint was taken mid-epoch, then the next
-        step; no consumed batch is replayed and no event of a finished step repeats."""
-        return self._checkpoints.restore(checkpoint)
+        step; no consumed batch is replayed and no event of a finished step repeats.
+
+        A checkpoint that does not fit (model, optimizer class or parameter groups, GradScaler, seed, data length)
+        is a ``CheckpointError`` raised before anything changes. ``fresh_optimizer=True`` continues the saved run
+        -- model, counters, data position, callbacks, tracked objects, RNG -- with the optimizers and the GradScaler
+        as built (empty state, the configured hyper-parameters): for a run resumed with another optimizer or
+        precision. Its counters go on, so a schedule by position (``LRDecay`` milestones) applies the decay due at
+        that position to the configured learning rates."""
+        return self._checkpoints.restore(checkpoint, fresh_optimizer=fresh_optimizer)
 
     def checkpoint_dirs(self) -> list[Path]:
         """Where ``restore("auto")`` looks: every callback's ``checkpoint_dir``, else ``run_dir/checkpoints``."""

@@ -4,7 +4,9 @@ The loop decides *which* phase comes next; the driver does the engine's own book
 epoch's data positioned, the batch placed on the device, the stop vote settled, queued requests served, the RNG
 state of a restored checkpoint put back at exactly the point it was saved -- and calls the trainer's overridable
 lifecycle method (``pre_epoch()``, ``step()`` ...) in between. Bookkeeping comes first, so an override that forgets
-``super()`` loses its signal, never the data position.
+``super()`` loses its signal, never the data position. Once the run has ended -- after ``post_training``, or after
+the ``exception`` handlers where ``post_training`` itself raised -- it unlocks the run's directories
+(``engine.directory_locks``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from trainers.checkpoint.rng import restore_rng
 from trainers.data.feeder import Feeder
 from trainers.data.placement import to_device
 from trainers.distributed.ranks import INTERRUPT, STOP, Ranks
+from trainers.engine.directory_locks import DirectoryLocks
 from trainers.engine.reload import DataReload
 from trainers.engine.requests import Requests
 
@@ -36,7 +39,9 @@ class LoopDriver:
         "_batches",
         "_deferred",
         "_device",
+        "_failing",
         "_feeder",
+        "_locks",
         "_loop",
         "_move",
         "_non_blocking",
@@ -53,9 +58,19 @@ class LoopDriver:
     )
 
     def __init__(
-        self, trainer: BaseTrainer, loop: Loop, feeder: Feeder, requests: Requests, ranks: Ranks, *, vote_every: int
+        self,
+        trainer: BaseTrainer,
+        loop: Loop,
+        feeder: Feeder,
+        requests: Requests,
+        ranks: Ranks,
+        *,
+        vote_every: int,
+        locks: DirectoryLocks,
     ) -> None:
         self.trainer = trainer
+        self._locks = locks
+        self._failing = False  # fail() ran: no exception handler follows a failing post_training
         self._loop, self._feeder, self._requests, self._ranks = loop, feeder, requests, ranks
         self._votes, self._vote_every = ranks.votes, vote_every
         self._batches: Iterator[Any] = iter(())
@@ -147,16 +162,28 @@ class LoopDriver:
             self._requests.drain()
 
     def end_training(self, status: Status) -> None:
-        self._ranks.finish_vote()  # no vote round outlives the run (after a failure, fail() abandoned it)
-        if self._requests.pending and status is not Status.FAILED:
-            self._requests.drain()  # before post_training, so loggers still receive what the requests publish
-        self.trainer.post_training(status)
+        ended = False
+        try:
+            self._ranks.finish_vote()  # no vote round outlives the run (after a failure, fail() abandoned it)
+            if self._requests.pending and status is not Status.FAILED:
+                self._requests.drain()  # before post_training, so loggers still receive what the requests publish
+            self.trainer.post_training(status)
+            ended = True
+        finally:
+            if ended or self._failing:  # else the exception handlers of this failure run next: still locked
+                self._locks.release()
 
     def fail(self, error: BaseException) -> None:
-        self.stepping = False
-        self._ranks.abandon_vote()  # a peer may be gone: waiting for its vote could take the whole timeout
-        self._requests.pending.clear()  # the run may be mid-step: nothing queued (an interrupt checkpoint) is served
-        self.trainer.on_exception(error)
+        after_end = self._loop.phase is Phase.FINISHING  # post_training raised: nothing follows these handlers
+        self._failing = True
+        try:
+            self.stepping = False
+            self._ranks.abandon_vote()  # a peer may be gone: waiting for its vote could take the whole timeout
+            self._requests.pending.clear()  # the run may be mid-step: nothing queued (an interrupt save) is served
+            self.trainer.on_exception(error)
+        finally:
+            if after_end:
+                self._locks.release()
 
     def serve_requests(self) -> None:
         if self._requests.pending:

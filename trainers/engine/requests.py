@@ -85,6 +85,12 @@ class Requests:
             f"(the callbacks registered now serve: {known or 'no requests'})"
         )
 
+    def run_now(self, kind: str) -> None:
+        """Call every server of ``kind`` at once, outside the queue, letting their exceptions through as raised:
+        for checks the engine itself makes at a fixed point (``directory_locks.CLAIM``), not for user requests."""
+        for _, fn in list(self._servers.get(kind, {}).values()):
+            fn(self._owner)
+
     def drain(self) -> None:
         """Serve every pending request once, in request order. A server that raises becomes a
         :class:`~lifecycle.CallbackError` naming it, the request and the iteration (the original is ``__cause__``)."""

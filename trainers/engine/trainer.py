@@ -3,7 +3,8 @@
 A facade: it owns the constructor, the app's part (``compute_loss``, ``validate``), the optimisation step and the
 lifecycle methods an app may override (each emits its signal; extend with ``super()``), and delegates the rest to
 one part each: ``engine.driver`` (what the loop calls at each phase), ``engine.control`` (driving, stop, signals),
-``engine.callback_set``, ``engine.requests``, ``data``, ``checkpoint`` and ``distributed.ranks``.
+``engine.callback_set``, ``engine.requests``, ``engine.directory_locks``, ``data``, ``checkpoint`` and
+``distributed.ranks``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from trainers.engine.callback_set import CallbackSet
 from trainers.engine.checkpoints import CheckpointMethods, Checkpoints
 from trainers.engine.collectives import RankMethods
 from trainers.engine.control import Control
+from trainers.engine.directory_locks import DirectoryLocks, LockMethods
 from trainers.engine.driver import LoopDriver
 from trainers.engine.inference import inference
 from trainers.engine.log_sinks import LogSinks
@@ -44,7 +46,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 E = TypeVar("E")
 
 
-class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods):
+class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMethods):
     """The stepping engine's torch half.
 
     An app writes :meth:`compute_loss` (or passes ``loss_fn``); the base class does zero_grad, forward, backward,
@@ -69,8 +71,10 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods):
         drop_last: drop a final partial batch (kept by default: the last batch of every epoch is stepped).
         collate_fn: how items become a batch (``torch.utils.data.default_collate`` by default).
         loss_fn: ``loss_fn(pipeline, batch)``, used by the default :meth:`compute_loss`.
-        run_dir: where callbacks write files (validation images, checkpoints, logs); ``None`` for nowhere. It is
-            created by whichever callback writes first.
+        run_dir: where callbacks write files (validation images, checkpoints, logs); ``None`` for nowhere. One run
+            at a time: the first ``iterate()`` creates it if missing and locks it (``.stepbus.lock``, with every
+            checkpoint directory outside it) until the run ends, or raises ``RunDirectoryBusy`` when another process
+            holds it.
         precision, accumulate, compile: ``"32"``, ``"bf16-mixed"`` or ``"16-mixed"`` (autocast, a GradScaler for
             16); the optimizer steps once per ``accumulate`` iterations; ``True`` or ``torch.compile`` options (see
             ``trainers.engine.optimization``).
@@ -130,7 +134,10 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods):
         self._feeder = Feeder(dataset, plan, num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin)
         self._loop = Loop(self.state)
         self._requests = Requests(self, self.state)
-        self._driver = LoopDriver(self, self._loop, self._feeder, self._requests, self._ranks, vote_every=vote_every)
+        self._locks = DirectoryLocks(self, self._loop, self._ranks, self._requests)
+        self._driver = LoopDriver(
+            self, self._loop, self._feeder, self._requests, self._ranks, vote_every=vote_every, locks=self._locks
+        )
         self._control = Control(self._loop, self._driver, self._ranks, self.state)
         self._callbacks = CallbackSet(self, self.bus, self._ranks.rank)
         self._checkpoints = Checkpoints(self, self._loop, self._driver, self._ranks)
@@ -244,17 +251,17 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods):
     def iterate(self) -> bool:
         """Run exactly one step plus the lifecycle events around it; return whether training continues (after the
         end ``False``, emitting nothing; while paused ``True``, doing nothing)."""
-        return self._control.iterate()
+        return self._control.iterate() if not self._locks.due else self._locks.run(self._control.iterate)
 
     def train(self, *, handle_signals: bool = True) -> Status | None:
         """Un-pause, then iterate until the run ends (returns its status) or is paused (returns ``None``). With
         ``handle_signals``, SIGINT and SIGTERM end it gracefully (``Status.INTERRUPTED``; see
         ``trainers.engine.signals``): the step finishes, a checkpointer saves, ``post_training`` fires once."""
-        return self._control.train(handle_signals=handle_signals)
+        return self._locks.run(lambda: self._control.train(handle_signals=handle_signals))
 
     def run_for(self, seconds: float) -> bool:
         """Iterate for about ``seconds`` (at least one step), for a GUI frame; return whether training continues."""
-        return self._control.run_for(seconds)
+        return self._locks.run(lambda: self._control.run_for(seconds))
 
     def pause(self) -> None:
         """``iterate()`` does nothing until :meth:`resume`; ``train()`` returns after the current step."""
@@ -384,9 +391,11 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods):
         self._checkpoints.load_counters(state)
 
     def close(self) -> None:
-        """Release DataLoader workers (also done when the trainer is garbage-collected) and, in a distributed run,
-        the trainer's own side groups: a closed distributed trainer cannot train on. The default process group is
-        left alone (:func:`~trainers.distributed.environment.init_from_env` destroys it at exit)."""
+        """Release DataLoader workers (also done when the trainer is garbage-collected), the run directory's lock
+        (taken again if an unfinished run is driven on) and, in a distributed run, the trainer's own side groups: a
+        closed distributed trainer cannot train on. The default process group is left alone
+        (:func:`~trainers.distributed.environment.init_from_env` destroys it at exit)."""
+        self._locks.close()
         self._feeder.close()
         self._ranks.close()
         self._optimization.forward = self.compute_loss

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from callbacks.loggers.values import numbers
 from lifecycle import Phase
+from trainers.checkpoint.format import CheckpointError
+from trainers.checkpoint.run_lock import RunDirectoryBusy
 from trainers.gui.curve import Curve
 from trainers.gui.photo import ImageView
 
@@ -168,14 +170,26 @@ class TrainerPanel:
     def _guard(self, action: str, fn: Callable[[], Any]) -> bool:
         """Run ``fn``; an error ends this panel's run (the trainer already emitted ``exception`` and
         ``post_training(status="failed")``) and is shown instead of escaping into Tk's event loop."""
+        started = self.trainer.phase is not Phase.IDLE
         try:
             fn()
+        except (RunDirectoryBusy, CheckpointError) as exc:
+            self.error = exc
+            if started:  # a failed save or a peer's refusal mid-run: a failure like any other
+                self._failed(action, exc)
+            else:  # refused as the run started (its directory is another run's): nothing ran, no traceback helps
+                self.message = f"{action} refused: {exc}"
+                _log.error("%s: %s refused: %s", self.title, action, exc)
+            return False
         except Exception as exc:  # noqa: BLE001 - shown in the panel and logged with its traceback
             self.error = exc
-            self.message = f"{action} failed at iteration {self.trainer.state.iteration}: {type(exc).__name__}: {exc}"
-            _log.exception("%s: %s failed", self.title, action)
+            self._failed(action, exc)
             return False
         return True
+
+    def _failed(self, action: str, exc: BaseException) -> None:
+        self.message = f"{action} failed at iteration {self.trainer.state.iteration}: {type(exc).__name__}: {exc}"
+        _log.exception("%s: %s failed", self.title, action)
 
     # ------------------------------------------------------------------ display
     def refresh(self) -> None:

@@ -70,6 +70,7 @@ def test_a_resumed_run_appends_with_no_duplicate_or_backward_step(tmp_path: Path
     logger._writer.flush()  # what a crashed run had written beyond its checkpoint is on disk
     before = events(tmp_path / "tb")
     assert [step for step, _ in series(before, "train/loss")] == [1, 2, 3, 4, 5, 6, 7]
+    first.close()  # a dead process holds no lock on its run directory
 
     second, _ = logged_run(tmp_path, TensorBoardLogger(every="1it"), Checkpointer(every="1ep"))
     assert second.restore("auto") == tmp_path / "checkpoints" / "step-00000005.pt"

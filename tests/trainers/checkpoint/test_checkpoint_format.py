@@ -48,6 +48,7 @@ from trainers.checkpoint.format import (
     stepbus_version,
     write_checkpoint,
 )
+from trainers.checkpoint.optimizer_fit import FRESH_HINT
 from trainers.checkpoint.rng import capture_rng, check_rng, restore_rng
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -203,8 +204,12 @@ def test_round_trip_has_exactly_the_keys_metadata_and_tensors(tmp_path: Path) ->
         "writer",
         "world_size",
         "optimizers",
+        "optimizer_types",
+        "optimizer_groups",
     }
     assert meta["optimizers"] == ["optimizer"]
+    assert meta["optimizer_types"] == {"optimizer": "torch.optim.adam.Adam"}
+    assert meta["optimizer_groups"] == {"optimizer": [[[1, 3], [1]]]}
     assert meta["writer"] == {"host": socket.gethostname(), "pid": os.getpid(), "rank": 0}
     assert meta["world_size"] == 1
     assert meta["format"] == FORMAT == 1
@@ -663,7 +668,8 @@ def test_checkpoints_that_do_not_fit_are_refused_and_change_nothing(tmp_path: Pa
         ),
         (
             good(name="groups.pt", optimizer=two_groups),
-            "its optimizer does not fit: saved parameter groups of sizes [1, 1], this Adam has [2]",
+            "optimizer 'optimizer' (Adam) does not fit: the checkpoint has 2 parameter groups of [1, 1] parameters, "
+            f"the trainer has 1 parameter group of [2] parameters; {FRESH_HINT}",
         ),
         (
             good(name="seed.pt", seed=7),
@@ -1004,7 +1010,8 @@ def test_a_full_disk_is_a_checkpoint_error_and_keeps_the_previous_file(faults: d
     results = faults["notes"]["disk_full"]["results"]
     assert [r["path"] for r in results] == [str(full / step(2)), str(full / step(4)), str(full / "sub" / step(4))]
     for result in results:  # the real OS error of a write past RLIMIT_FSIZE: EFBIG
-        assert result["reason"] == "could not be written (File too large); any previous file is intact", result
+        limit = "this process may not write more than 4.0 KiB into a file: ulimit -f"  # the 4096-byte limit
+        assert result["reason"] == f"could not be written: file too large ({limit}); any previous file is intact"
         assert (result["cause"], result["errno"]) == ("OSError", errno.EFBIG), result
     assert (full / step(2)).read_bytes() == faults["old"].read_bytes()
     assert sorted(p.name for p in full.iterdir()) == [step(2), "sub"]

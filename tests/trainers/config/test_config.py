@@ -545,7 +545,6 @@ OWN_HANDLERS = {
         "ProgressBar.post_validation",
     ],
     "checkpointer": [
-        "Checkpointer.pre_training",
         "Checkpointer.post_epoch",
         "Checkpointer.post_epoch",
         "Checkpointer.post_training",
@@ -596,7 +595,6 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("pre_training", "WandbLogger.pre_training", -100),
         ("pre_training", "Preview.pre_training", -100),
         ("pre_training", "ProgressBar.pre_training", -200),
-        ("pre_training", "Checkpointer.pre_training", -1000),
         ("pre_training", "PipelineExport.pre_training", -1000),
         ("pre_training", "MetricsFile.pre_training", -2000),
         ("pre_epoch", "TensorBoardLogger.pre_epoch", -100),
@@ -1099,13 +1097,13 @@ ERRORS: list[tuple[str, Any, str, str]] = [
         "run key unknown",
         {"run": {"sed": 1}, "trainer": {"name": "demo"}},
         "run.sed",
-        "unknown key (did you mean 'seed'?); valid keys: name, dir, seed",
+        "unknown key (did you mean 'seed'?); valid keys: name, dir, seed, allow_outside",
     ),
     (
         "run section a number",
         {"run": 3, "trainer": {"name": "demo"}},
         "run",
-        "expected a mapping (name, dir, seed), got 3",
+        "expected a mapping (name, dir, seed, allow_outside), got 3",
     ),
 ]
 
@@ -1139,7 +1137,7 @@ callbacks:
     assert problems(error) == [
         ("trainr", "unknown section (did you mean 'trainer'?); valid: run, trainer, callbacks"),
         ("run.seed", "got -1; expected an integer >= 0"),
-        ("run.nmae", "unknown key (did you mean 'name'?); valid keys: name, dir, seed"),
+        ("run.nmae", "unknown key (did you mean 'name'?); valid keys: name, dir, seed, allow_outside"),
         (
             "trainer.optimizer.lrr",
             f"unknown key for torch.optim.Adam (did you mean 'lr'?); valid keys: {ADAM_KEYS}",

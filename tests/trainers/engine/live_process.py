@@ -54,11 +54,13 @@ class LiveProcess:
                 sink.append(line)
                 self._changed.notify_all()
 
-    def wait_for(self, pattern: str, timeout: float = 90) -> None:
+    def wait_for(self, pattern: str, timeout: float = 90, *, stderr: bool = False) -> None:
+        """Wait until ``pattern`` appears in the process's stdout (``stderr=True``: its stderr)."""
         regex = re.compile(pattern, re.MULTILINE)
         deadline = time.monotonic() + timeout
+        lines = self._err if stderr else self._out
         with self._changed:
-            while regex.search("".join(self._out)) is None:
+            while regex.search("".join(lines)) is None:
                 left = deadline - time.monotonic()
                 if left <= 0 or self.proc.poll() is not None:
                     break

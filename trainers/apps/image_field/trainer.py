@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from trainers.apps.checks import check_counts, check_positive_finite, check_threads
 from trainers.apps.image_field.field import ImageField
 from trainers.apps.image_field.image import default_image, load_image
 from trainers.engine.optim_groups import param_groups
@@ -122,6 +123,9 @@ def image_field_trainer(
     optimizer's (Wisp's ``grid_lr_weight``). ``threads`` sets ``torch.set_num_threads`` (None: torch's default).
     ``precision``, ``accumulate`` and ``compile`` are ``BaseTrainer``'s.
     """
+    check_counts(features=features, table=table, hidden=hidden, occupancy_cells=occupancy_cells)
+    check_positive_finite(grid_lr_weight=grid_lr_weight)
+    check_threads(threads)
     if threads is not None:
         torch.set_num_threads(threads)
     target = load_image(image) if image is not None else default_image(size, seed=0)
