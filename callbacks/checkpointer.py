@@ -31,7 +31,6 @@ import difflib
 import logging
 import math
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,9 +38,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from callbacks.helpers import output_dir, parse_schedule, periodic_event
 from callbacks.metrics import Mode, as_scalar, monitor_mode
 from lifecycle import Callback, Event, HandlerSpec, Priority, SavedCheckpoint, Schedule, ScheduleSpec, State, Status
-from trainers.checkpoint.atomic import atomic_link, fsync_directory
+from trainers.checkpoint.atomic import atomic_link, fsync_directory, remove_dead_temporaries
 from trainers.checkpoint.format import CheckpointError, EarlierRunCheckpoints, list_checkpoints
-from trainers.checkpoint.run_lock import process_alive
 from trainers.engine.directory_locks import CLAIM
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Checkpointer"]
 
 _log = logging.getLogger("stepbus.checkpointer")
-_TEMPORARY = re.compile(r"^\.(?:step-\d+\.pt|last\.pt|best\.pt|crash-\d+\.pt)\.(\d+)\.[0-9a-f]{8}\.tmp$")
+_TEMPORARY = r"step-\d+\.pt|last\.pt|best\.pt|crash-\d+\.pt"  # the final names of its temporary files
 
 
 class _Saved:
@@ -183,7 +181,7 @@ class Checkpointer(Callback):
         """Remove a killed process's temporary files; refuse another run's checkpoints; point the links."""
         directory = self._dir()
         if trainer.holds_directory(directory):  # no other live process writes there
-            self._remove_temporaries(directory)
+            remove_dead_temporaries(directory, _TEMPORARY)  # left by a process killed mid-write
         else:
             _log.warning(
                 "Checkpointer %r: %s is not locked by this process; temporary files in it are left alone",
@@ -385,19 +383,6 @@ class Checkpointer(Callback):
                 self._files.insert(0, saved)  # still on disk, still ours
         if removed:
             fsync_directory(directory)
-
-    def _remove_temporaries(self, directory: Path) -> None:
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return
-        for name in names:
-            match = _TEMPORARY.match(name)
-            if match is None:
-                continue
-            pid = int(match.group(1))
-            if pid != os.getpid() and not process_alive(pid):
-                (directory / name).unlink(missing_ok=True)  # left by a process killed mid-write
 
     def _dir(self) -> Path:
         if self.directory is None:

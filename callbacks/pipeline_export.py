@@ -50,7 +50,7 @@ import torch
 from callbacks.helpers import parse_schedule, periodic_event
 from callbacks.weights import EvaluationWeights
 from lifecycle import Callback, Event, HandlerSpec, Priority, Schedule, ScheduleSpec, Status
-from trainers.checkpoint.atomic import atomic_write
+from trainers.checkpoint.atomic import atomic_write, remove_dead_temporaries
 from trainers.checkpoint.format import STEP_FILE, check_plain
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -245,18 +245,10 @@ class PipelineExport(Callback):
     def _remove_temporaries(self) -> None:
         """Delete the temporary files of this export's names that a process killed mid-write left behind."""
         folder = self.path_at(0, 0).parent
-        pattern = _temporary_pattern(self.template.name)
         try:
-            names = os.listdir(folder)
-        except OSError:
-            return
-        for name in names:
-            match = pattern.match(name)
-            if match is not None and int(match.group(1)) != os.getpid():
-                try:
-                    (folder / name).unlink(missing_ok=True)
-                except OSError as exc:
-                    _log.warning("PipelineExport %r: could not remove %s: %s", self.state_key, folder / name, exc)
+            remove_dead_temporaries(folder, _final_names(self.template.name))
+        except OSError as exc:
+            _log.warning("PipelineExport %r: could not remove temporary files in %s: %s", self.state_key, folder, exc)
 
     def _dir_root(self) -> Path:
         if self._root is None:
@@ -309,13 +301,11 @@ def _inside(root: Path, target: Path) -> bool:
     return resolved != root.resolve() and resolved.is_relative_to(root.resolve())
 
 
-def _temporary_pattern(name: str) -> re.Pattern[str]:
-    """The temporary names ``atomic_write`` gives the files named by ``name`` (a template), with the writer's pid
-    as group 1."""
-    parts = [
+def _final_names(name: str) -> str:
+    """A regular expression of the file names ``name`` (a template with ``{iteration}``/``{epoch}``) produces."""
+    return "".join(
         re.escape(literal) + ("" if field is None else ".+?") for literal, field, _, _ in string.Formatter().parse(name)
-    ]
-    return re.compile(rf"^\.{''.join(parts)}\.(\d+)\.[0-9a-f]{{8}}\.tmp$")
+    )
 
 
 def _cpu_state_dict(pipeline: nn.Module) -> collections.OrderedDict[str, Any]:

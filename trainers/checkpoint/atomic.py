@@ -17,19 +17,43 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from trainers.checkpoint.disk_space import full_disk_error, no_room_left
+from trainers.checkpoint.run_lock import process_alive
 
-__all__ = ["atomic_link", "atomic_write", "fsync_directory", "temporary_name"]
+__all__ = ["atomic_link", "atomic_write", "fsync_directory", "remove_dead_temporaries", "temporary_name"]
 
 
 def temporary_name(target: Path) -> Path:
     """A fresh temporary path beside ``target``."""
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def remove_dead_temporaries(directory: Path, names: str) -> list[str]:
+    """Delete the temporary files in ``directory`` of the final names that match the regular expression ``names``
+    whose writer is gone (a process killed mid-write); a live process's, this one's included, are never touched.
+    Returns the names removed. Call it only while holding the directory's lock (``run_lock``): no other writer of
+    this host can then start a write under a pid that is not alive yet."""
+    pattern = re.compile(rf"^\.(?:{names})\.(\d+)\.[0-9a-f]{{8}}\.tmp$")
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    removed: list[str] = []
+    for name in entries:
+        match = pattern.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not process_alive(pid):
+            (directory / name).unlink(missing_ok=True)
+            removed.append(name)
+    return removed
 
 
 def fsync_directory(directory: Path) -> None:

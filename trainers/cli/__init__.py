@@ -2,12 +2,12 @@
 
 Commands::
 
-    stepbus train [--config FILE] [--set KEY=VALUE ...] [--resume PATH|auto] [--run-dir DIR] [--dry-run]
-                  [--epochs N] [--seed S] [--nproc N] [--backend auto|gloo|nccl]
+    stepbus train [--config FILE] [--set KEY=VALUE ...] [--resume PATH|auto [--fresh-optimizer]] [--run-dir DIR]
+                  [--dry-run] [--epochs N] [--seed S] [--nproc N] [--backend auto|gloo|nccl]
     stepbus gui [--config FILE ...] [--set ...] [--start] [--budget-ms MS]   # train in a window (trainers.gui)
     stepbus callbacks                       # every registered callback (built-in and plugins), its parameters
     stepbus config show [FILE] [--set ...]  # the resolved config (defaults filled in)
-    stepbus config validate FILE [--set ...]
+    stepbus config validate FILE [--set ...] [--run-dir DIR]   # every check train makes; writes nothing
 
 Without ``--config`` the built-in default runs: the reference app, ``trainers/apps/configs/image_field.yaml`` (the small
 MLP demo is ``--config trainers/apps/configs/demo.yaml``). ``--epochs N`` and ``--seed S`` are short for

@@ -1,9 +1,10 @@
 """``stepbus config show|validate``: the resolved config as YAML, or whether ``stepbus train`` would accept it.
 
 ``validate`` runs the preflight (``trainers.config.preflight``): the config is loaded and checked, then the trainer
-and its callbacks are built and set up as ``train`` builds them, against the run directory ``train`` would create
-(``<run.dir>/<run.name>-<timestamp>``), and torn down again. Nothing is written. So a config that ``validate`` calls
-valid is one that ``train`` starts, and each refusal is the config error ``train`` reports.
+and its callbacks are built and set up as ``train`` builds them, against the run directory ``train`` would use
+(``--run-dir DIR``, else a new ``<run.dir>/<run.name>-<timestamp>``), and torn down again. Nothing is written. So a
+config that ``validate`` calls valid is one that ``train`` starts, and each refusal is the config error ``train``
+reports.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def config_command(args: argparse.Namespace) -> int:
     from trainers.config.builder import new_run_dir
     from trainers.config.preflight import preflight
 
-    preflight(config, new_run_dir(config), registry, objects={"console": Console(quiet=True)})
+    run_dir = args.run_dir if args.run_dir is not None else new_run_dir(config)
+    preflight(config, run_dir, registry, objects={"console": Console(quiet=True)})
     enabled = [spec.key for spec in config.callbacks if spec.enabled]
     console.print(
         f"{escape(config.source)}: valid; trainer {escape(config.trainer.name)}, callbacks: "

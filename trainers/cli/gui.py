@@ -72,7 +72,9 @@ def gui_command(args: argparse.Namespace) -> int:
             trainers.append(trainer)
             titles.append(f"{config.trainer.name}: {run_dir}")
             console.print(f"[bold]stepbus[/bold] {escape(titles[-1])}", highlight=False)
-            if resume is not None and not restore_checkpoint(trainer, resume, console, errors):
+            if resume is not None and not restore_checkpoint(
+                trainer, resume, console, errors, fresh_optimizer=args.fresh_optimizer
+            ):
                 root.destroy()
                 return 2
             starts.append(trainer.state.iteration)

@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--seed", type=int, default=None, help="short for --set run.seed=S")
     gui.add_argument("--run-dir", type=Path, default=None, help="as for train (one --config only)")
     gui.add_argument("--resume", metavar="PATH|auto", default=None, help="as for train (one --config only)")
+    gui.add_argument("--fresh-optimizer", action="store_true", help="as for train (with --resume)")
     gui.add_argument("--start", action="store_true", help="start training when the window opens")
     gui.add_argument(
         "--budget-ms",
@@ -88,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = actions.add_parser("validate", help="check a config; exit 0 when valid, 2 otherwise")
     validate.add_argument("file", type=Path, help="a YAML config")
     _config_options(validate, file_flag=False)
+    validate.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="check against this run directory, as `train --run-dir DIR` would use it (default: a new one)",
+    )
     return parser
 
 

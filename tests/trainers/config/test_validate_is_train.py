@@ -290,3 +290,22 @@ def test_a_valid_config_is_valid_and_validating_it_writes_nothing(
         "metrics_file\n"
     )
     assert os.listdir(workdir) == []  # no runs/, no event file, no W&B folder, no checkpoint folder
+
+
+def test_validate_with_a_run_dir_refuses_a_directory_that_holds_an_earlier_runs_checkpoints(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--config", DEMO, "--epochs", "1", "--run-dir", "run"]) == 0
+    capsys.readouterr()
+    before = sorted(os.listdir(workdir / "run" / "checkpoints"))
+    assert main(["config", "validate", DEMO, "--run-dir", "run"]) == 2
+    refused = capsys.readouterr()
+    assert refused.out == ""
+    assert refused.err == (
+        f"config error in {DEMO}:\n  callbacks.checkpointer: run/checkpoints holds 1 checkpoint(s) of an earlier run "
+        "(newest step-00000128.pt, iteration 128); continue that run with --resume auto, or choose another run "
+        "directory\n"
+    )
+    assert sorted(os.listdir(workdir / "run" / "checkpoints")) == before
+    assert main(["config", "validate", DEMO, "--run-dir", "another"]) == 0  # a new directory is fine
+    assert not (workdir / "another").exists()
