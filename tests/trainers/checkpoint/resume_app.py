@@ -478,9 +478,14 @@ class _Fresh:
 
 
 class _Forked:
+    #: what multiprocessing reports when the forkserver could not hand over a child's exit status (its status pipe
+    #: closed without one: ``popen_forkserver.Popen.poll``), a value of the harness, never of the child
+    STATUS_LOST = 255
+
     def __init__(self, argv: list[str], stderr: Path) -> None:
         context = forkserver()
         self.conn, child = context.Pipe(duplex=False)
+        self.stderr = stderr
         self.proc = context.Process(target=_child, args=(argv, child, str(stderr)))
         self.proc.start()
         child.close()
@@ -499,7 +504,19 @@ class _Forked:
         self.conn.close()
         code = self.proc.exitcode
         assert code is not None, f"pid {self.pid} did not exit"
+        if code == self.STATUS_LOST and not _alive(self.pid) and "Traceback" not in self.stderr.read_text():
+            # the status was lost on its way back; the child is gone, it was sent SIGKILL and reported no error
+            # (one that ends by itself exits 0 or 1 and says why on stderr): it died by that SIGKILL
+            return -signal.SIGKILL
         return int(code)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def kill_run(plan: KillPlan, run_dir: Path) -> KillOutcome:
