@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.stepbus-installed
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: setup system demo gui test lint typecheck unit bench clean
+.PHONY: setup system demo gui test lint typecheck unit docs bench clean
 
 setup: $(STAMP)
 
@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all,dev,bench]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all,dev,bench,docs]"
 	touch $(STAMP)
 
 # system packages: Xvfb for the GUI tests (installed with apt-get when it is missing and we may)
@@ -36,10 +36,19 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# the quick suite; `slow` holds what builds and installs whole environments (a wheel into a fresh venv)
 unit: setup system
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
 
-test: lint typecheck unit
+slow: setup system
+	$(BIN)/python -m pytest -m slow
+
+# the documentation site (README.md is the front door; docs/ the pages behind it): strict, so a broken link, a
+# missing anchor or a page left out of mkdocs.yml's nav fails the build
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
+test: lint typecheck docs unit slow
 
 bench: setup
 	$(BIN)/python -m benchmarks
@@ -47,4 +56,4 @@ bench: setup
 	$(BIN)/python -m benchmarks.gui
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build/site

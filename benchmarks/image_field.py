@@ -56,6 +56,7 @@ def _config(epochs: int, batches: int, batch_size: int, size: int, full: bool) -
             metrics_file={},
         )
     trainer = {"name": "image_field", "size": size, "max_epochs": epochs, "batch_size": batch_size}
+    trainer["threads"] = None  # the 2 threads main() sets, as the hand-written loop has (not the app's ``auto``)
     trainer.update(batches_per_epoch=batches, optimizer={"name": "adam", "lr": 0.01, "eps": 1e-15})
     return {"run": {"name": "bench", "seed": SEED}, "trainer": trainer, "callbacks": callbacks}
 

@@ -12,8 +12,25 @@ torch-free. (Type checkers see the lazily loaded names as ``Any``; import from t
 
 from __future__ import annotations
 
+try:  # before any other import of lifecycle: a module of the user's named lifecycle has no lifecycle.installation
+    from lifecycle.installation import check_installation
+except ModuleNotFoundError as missing:
+    if missing.name != "lifecycle.installation":
+        raise
+    import lifecycle as _shadowing
+
+    _found = getattr(_shadowing, "__file__", None) or next(iter(getattr(_shadowing, "__path__", ())), "lifecycle")
+    raise ImportError(  # the words of lifecycle.installation.shadowed_message, which cannot be imported here
+        f"{_found} shadows stepbus's package 'lifecycle': `import lifecycle` finds it first on sys.path. "
+        "Rename it (stepbus's packages are lifecycle, callbacks, trainers).",
+        name="lifecycle",
+        path=_found,
+    ) from None
+
 from lifecycle.callback import Callback, HandlerSpec
 from lifecycle.lazy import lazy_attributes
+
+check_installation()  # lifecycle and trainers too: see lifecycle.installation
 
 #: config name -> "module:Class" of every built-in callback, in the order ``stepbus callbacks`` lists them
 BUILT_IN: dict[str, str] = {

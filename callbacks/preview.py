@@ -68,10 +68,13 @@ class Frame:
 
 
 class Preview(Callback):
-    """Captures ``trainer.preview()`` (or ``fn(trainer)``) and the loss every ``every`` (wall time, default
-    ``"0.5s"``) and at the end; keeps at most ``history`` points per series: every capture until full, then every
-    2nd, 4th, ... capture (the stride doubles each time), plus the newest -- evenly spread over the whole run.
-    Renders use the evaluation weights for ``"preview"`` (an ``EMA``'s average when one serves it).
+    """Capture the trainer's latest picture (``trainer.preview()``, or ``fn(trainer)``) and its loss on a wall-time
+    schedule and at the end, for a live display such as ``stepbus gui``.
+
+    It captures every ``every`` of wall time (``"0.5s"`` by default) and keeps at most ``history`` points per series:
+    every capture until full, then every 2nd, 4th, ... capture (the stride doubles each time), plus the newest --
+    evenly spread over the whole run. Renders use the evaluation weights for ``"preview"`` (an ``EMA``'s average when
+    one serves it).
 
     Events: ``pre_training``, ``post_step`` (on the schedule), ``post_validation``, ``post_training``. Publishes
     nothing.

@@ -14,7 +14,8 @@ says so: ``training completed with 164 failed writes: Checkpointer 164``.
 
 On a terminal it draws ``rich.progress`` bars with iterations, it/s, ETA, the window's mean loss and any
 ``state.metrics`` keys listed in ``metrics``. When the console is not a terminal (CI, a log file) it prints a plain
-line at most every ``plain_every`` seconds plus one per epoch instead.
+line at most every ``plain_every`` seconds plus one per epoch instead, and every line and table at its whole length,
+never wrapped or cut at the console's width (``callbacks.console_width``), so a log shows whole checkpoint paths.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from callbacks.console_width import console_for, print_whole
 from callbacks.loggers.metric_flow import MetricFlow
 from callbacks.validation_names import DEFAULT_PREFIX, best_key, metric_name
 from lifecycle import Callback, Event, Priority, Status
@@ -41,13 +43,15 @@ __all__ = ["ProgressBar"]
 
 
 class ProgressBar(Callback):
-    """Progress on the console (see the module docstring).
+    """Show the run's progress on the console -- on a terminal, bars with it/s, ETA, the loss and the ``metrics``
+    keys; otherwise a plain line at most every ``plain_every`` seconds and one per epoch -- then each validation's
+    results and a summary at the end.
 
     Args:
         metrics: extra ``state.metrics`` keys to show next to the loss (e.g. ``["lr", "val/psnr"]``).
         refresh_per_second: the most display refreshes per second (> 0).
         plain_every: seconds between plain lines when the console is not a terminal (> 0).
-        console: where to draw; a new ``rich.console.Console()`` (stdout) by default.
+        console: where to draw; stdout by default (``callbacks.console_width.console_for()``).
     """
 
     priority = Priority.PROGRESS
@@ -73,7 +77,7 @@ class ProgressBar(Callback):
         self.metrics = tuple(metrics)
         self.interval = 1.0 / float(refresh_per_second)
         self.plain_every = float(plain_every)
-        self.console = console or Console()
+        self.console = console or console_for()
         self.refreshes = 0  #: how often the display was refreshed (throttled)
         self._progress: Progress | None = None
         self._overall: TaskID | None = None
@@ -133,7 +137,8 @@ class ProgressBar(Callback):
         state = trainer.state
         loss = MetricFlow.of(trainer).epoch_means().get("epoch/loss")
         shown = f"  epoch/loss {loss:.5g}" if loss is not None else ""
-        self.console.print(f"epoch {state.epoch}/{state.max_epochs} done at iteration {state.iteration}{shown}")
+        line = f"epoch {state.epoch}/{state.max_epochs} done at iteration {state.iteration}{shown}"
+        self.console.print(line, soft_wrap=True)
 
     def post_validation(
         self,
@@ -164,7 +169,7 @@ class ProgressBar(Callback):
             where = best_key(prefix, metric_name(prefix, key))
             best_value = (best or {}).get(where, trainer.state.metrics.get(where))
             table.add_row(key, _fmt(value), _fmt(best_value) if best_value is not None else "")
-        self.console.print(table)
+        print_whole(self.console, table)
         if shown:
             self.console.print(shown, markup=False, soft_wrap=True)  # paths and names as they are, on one line
 
@@ -190,7 +195,7 @@ class ProgressBar(Callback):
         failed = {writer: count for writer, count in sorted(state.failed_writes.items()) if count}
         for writer, count in failed.items():
             table.add_row(f"failed writes/{writer}", str(count))
-        self.console.print(table)
+        print_whole(self.console, table)  # not on a terminal: whole checkpoint paths, whatever their length
         if failed:
             total = sum(failed.values())
             each = ", ".join(f"{writer} {count}" for writer, count in failed.items())
@@ -225,7 +230,8 @@ class ProgressBar(Callback):
         elif means:
             self.console.print(
                 f"epoch {state.epoch}/{state.max_epochs}  iteration {state.iteration}/{state.max_iterations}  "
-                f"{rate_text}  {info}".rstrip()
+                f"{rate_text}  {info}".rstrip(),
+                soft_wrap=True,
             )
 
 

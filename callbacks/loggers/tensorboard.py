@@ -48,7 +48,9 @@ _log = logging.getLogger("stepbus.tensorboard")
 
 
 class TensorBoardLogger(BackendLogger):
-    """Write TensorBoard event files (see the module docstring).
+    """Write the run as TensorBoard event files (in ``<run_dir>/tb`` by default): step and epoch scalars, each
+    validation's metrics and images, the values given to ``trainer.log``, the config, and the hyper-parameters with
+    the final metrics.
 
     Args:
         dir: the log directory; ``None`` for ``<trainer.run_dir>/tb``.

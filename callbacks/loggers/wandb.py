@@ -65,7 +65,8 @@ FINISH_TIMEOUT = 30.0
 
 
 class WandbLogger(BackendLogger):
-    """Log to a W&B run (see the module docstring).
+    """Log the run to Weights & Biases -- offline by default, and never prompting -- with the same metrics as the
+    TensorBoard logger, and optionally the final and best checkpoints as artifacts.
 
     Args:
         project: the W&B project.

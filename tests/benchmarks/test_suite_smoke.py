@@ -1,5 +1,5 @@
 """``python -m benchmarks`` still runs every case (tiny sizes), peers included, and its report has every row the
-README quotes. No timing is asserted: speed is reported, never tested."""
+docs/benchmarks.md quotes. No timing is asserted: speed is reported, never tested."""
 
 from __future__ import annotations
 

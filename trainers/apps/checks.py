@@ -28,6 +28,9 @@ def check_positive_finite(**values: object) -> None:
 
 
 def check_threads(threads: object) -> None:
-    """``threads`` is ``None`` (torch's default) or an integer >= 1 for ``torch.set_num_threads``."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be an integer >= 1 or null (torch's default), got {threads!r}")
+    """``threads`` is an integer >= 1 for ``torch.set_num_threads``, ``"auto"`` (``trainers.apps.threads``) or
+    ``None`` (torch's setting, left alone)."""
+    if threads is None or threads == "auto":
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, 'auto' or null (torch's setting), got {threads!r}")

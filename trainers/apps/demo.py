@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from rich.console import Console
@@ -21,6 +21,7 @@ from torch.utils.data import TensorDataset
 
 from callbacks import Callback
 from lifecycle import Priority, ScheduleSpec, Status
+from trainers.apps.threads import apply_threads
 from trainers.engine.optimization import Precision
 from trainers.engine.trainer import BaseTrainer, OptimizerSpec
 
@@ -100,14 +101,18 @@ def demo_trainer(
     precision: Precision = "32",
     accumulate: int = 1,
     compile: bool | dict[str, Any] = False,
+    threads: int | Literal["auto"] | None = 1,
 ) -> BaseTrainer:
     """The demo: an MLP fits sin(x)cos(y) + 0.1xy on random points, with a progress report every ``report_every``.
 
     The trainer factory behind ``trainer: {name: demo}``; the config's callbacks are added by ``trainers.build()``.
-    ``precision``, ``accumulate`` and ``compile`` are ``BaseTrainer``'s.
+    ``precision``, ``accumulate`` and ``compile`` are ``BaseTrainer``'s. ``threads`` is torch's thread count
+    (``auto``: see ``trainers.apps.threads``; ``None``: torch's setting, left alone); 1 by default: this small MLP
+    steps no faster on more.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    apply_threads(threads)
     generator = torch.Generator().manual_seed(seed)
     xy = torch.rand(samples, 2, generator=generator) * 2 * math.pi - math.pi
     held_out = torch.rand(1024, 2, generator=generator) * 2 * math.pi - math.pi

@@ -16,14 +16,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional
 from torch.utils.data import TensorDataset
 
-from trainers.apps.checks import check_counts, check_threads
+from trainers.apps.checks import check_counts
+from trainers.apps.threads import apply_threads
 from trainers.engine.optimization import Precision
 from trainers.engine.trainer import BaseTrainer
 
@@ -123,19 +124,17 @@ def gan_trainer(
     optimizers: Mapping[str, Any] | None = None,
     precision: Precision = "32",
     accumulate: int = 1,
-    threads: int | None = 1,
+    threads: int | Literal["auto"] | None = 1,
 ) -> GANTrainer:
     """The GAN app: ``samples`` points of the eight-Gaussian ring, each with its noise vector of size ``latent``.
 
     ``optimizers`` maps ``discriminator`` and ``generator`` to optimizers or factories ``pipeline -> optimizer``
     (default: Adam, lr 1e-3, betas (0.5, 0.9), over each part). ``precision`` and ``accumulate`` are
-    ``BaseTrainer``'s. ``threads`` sets ``torch.set_num_threads`` (``None``: torch's default; these small layers are
-    fastest on one thread).
+    ``BaseTrainer``'s. ``threads`` is torch's thread count (``auto``: see ``trainers.apps.threads``; ``None``: torch's
+    setting, left alone); 1 by default, as these small layers step fastest on one thread.
     """
     check_counts(samples=samples, latent=latent)
-    check_threads(threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    apply_threads(threads)
     generator = torch.Generator().manual_seed(seed)
     modes = torch.randint(MODES, (samples,), generator=generator)
     real = ring_centres()[modes] + STD * torch.randn(samples, 2, generator=generator)

@@ -28,8 +28,9 @@ a full disk, a used-up quota or a file size limit, where that line says it all (
 
 One module per command (``train``, ``launch`` for ``train --nproc``, ``gui``, ``callbacks``, ``config``), the
 argument parser in ``parser``, the config and run directory of ``train`` and ``gui`` in ``prepare``, how those two
-end on an error (exit 2 or 1, and what they print) in ``outcome``. None of them imports torch at module level:
-``stepbus --help`` and argument errors answer without it.
+end on an error (exit 2 or 1, and what they print) in ``outcome``. ``main`` imports a command's module only once the
+arguments name that command, and none of them imports torch at module level: ``stepbus --help`` and argument errors
+answer with the parser alone, without torch.
 """
 
 from __future__ import annotations
@@ -37,36 +38,49 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
-
-from trainers.cli.callbacks import callbacks_command
-from trainers.cli.config import config_command
-from trainers.cli.gui import gui_command
-from trainers.cli.launch import launch
 from trainers.cli.parser import build_parser
 from trainers.cli.prepare import resolve_run_dir
-from trainers.cli.train import train_command
-from trainers.config.errors import ConfigError
-from trainers.engine.signals import exit_code
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from trainers.config.errors import ConfigError
 
 __all__ = ["main", "resolve_run_dir"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code (see the module docstring)."""
+    """Entry point; returns the process exit code (see the module docstring).
+
+    The arguments are parsed before anything else is imported, and then only the command's own module: ``--help``
+    and an argument error cost the parser alone, and no command pays for another's imports."""
     args = build_parser().parse_args(argv)
-    errors = Console(stderr=True)
+    from callbacks.console_width import console_for
+    from trainers.config.errors import ConfigError
+    from trainers.engine.signals import exit_code
+
+    errors = console_for(stderr=True)  # never wrapped off a terminal: a config error's lines stay whole
     try:
         if args.command == "train" and args.nproc is not None:
+            from trainers.cli.launch import launch
+
             return launch(args.nproc, list(sys.argv[1:] if argv is None else argv), errors)
         if args.command == "train":
+            from trainers.cli.train import train_command
+
             return train_command(args)
         if args.command == "gui":
+            from trainers.cli.gui import gui_command
+
             return gui_command(args)
         if args.command == "callbacks":
+            from trainers.cli.callbacks import callbacks_command
+
             return callbacks_command()
+        from trainers.cli.config import config_command
+
         return config_command(args)
     except ConfigError as exc:
         _print_config_error(errors, exc)
@@ -77,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_config_error(console: Console, error: ConfigError) -> None:
+    from rich.markup import escape
+
     where = f" in {error.source}" if error.source else ""
     console.print(f"[red]config error[/red]{escape(where)}:", highlight=False)
     for problem in error.problems:

@@ -14,6 +14,7 @@ import argparse
 from rich.console import Console
 from rich.markup import escape
 
+from callbacks.console_width import console_for
 from trainers.cli.common import print_yaml
 
 __all__ = ["config_command"]
@@ -27,7 +28,7 @@ def config_command(args: argparse.Namespace) -> int:
 
     registry = Registry.default()
     config = load_config(args.file, overrides=args.overrides, registry=registry)
-    console = Console()
+    console = console_for()
     if args.action == "show":
         print_yaml(console, config.data)
         return 0

@@ -7,10 +7,11 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.markup import escape
 
+from callbacks.console_width import console_for
 from trainers.cli.common import epochs_ok, restore_checkpoint
+from trainers.cli.invocation import command_line
 from trainers.cli.outcome import REFUSED, refusal, report
 from trainers.cli.parser import overrides
 from trainers.cli.prepare import prepare
@@ -25,8 +26,8 @@ __all__ = ["gui_command"]
 
 def gui_command(args: argparse.Namespace) -> int:
     """``stepbus gui``: build each config's trainer (with a Preview), show them in one window, run Tk's loop."""
-    console = Console()
-    errors = Console(stderr=True)
+    console = console_for()
+    errors = console_for(stderr=True)
     configs: list[Path | None] = list(args.config or [None])
     if len(configs) > 1 and (args.run_dir is not None or args.resume is not None):
         errors.print("[red]error:[/red] --run-dir and --resume take a single --config")
@@ -52,7 +53,7 @@ def gui_command(args: argparse.Namespace) -> int:
     except tk.TclError as exc:
         errors.print(
             f"[red]error:[/red] stepbus gui needs a display ({escape(str(exc))}); set DISPLAY, or run it on a "
-            "virtual one: xvfb-run -a stepbus gui",
+            f"virtual one: xvfb-run -a {escape(command_line('gui'))}",
             soft_wrap=True,
         )
         return 2

@@ -7,6 +7,7 @@ import sys
 
 from rich.console import Console
 
+from trainers.cli.invocation import COMMAND_ENV, command_words
 from trainers.engine.signals import exit_code
 
 __all__ = ["launch"]
@@ -16,6 +17,7 @@ def launch(nproc: int, argv: list[str], errors: Console) -> int:
     """``--nproc N``: run this very command under ``torchrun --standalone`` on N local processes. Ctrl-C and
     SIGTERM reach the ranks once (through torchrun, which runs in its own session), so each saves and exits."""
     import os
+    import shlex
     import subprocess
 
     if nproc < 1:
@@ -27,7 +29,8 @@ def launch(nproc: int, argv: list[str], errors: Console) -> int:
     rest = _without_nproc(argv)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     command += ["-m", "trainers", *rest]
-    process = subprocess.Popen(command, start_new_session=True)
+    environ = {**os.environ, COMMAND_ENV: shlex.join(command_words())}  # the ranks' hints name this command
+    process = subprocess.Popen(command, start_new_session=True, env=environ)
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from lifecycle import CallbackError
+from trainers.cli.invocation import command_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from lifecycle import State
@@ -62,7 +63,8 @@ def refusal(error: BaseException, *, began: bool, run_dir: Path) -> str | None:
         return None
     if isinstance(cause, CheckpointError):
         if isinstance(cause, EarlierRunCheckpoints):  # a checkpointer's claim on its directory
-            return f"{cause}\nto continue the run saved there: stepbus train --resume auto --run-dir {run_dir}"
+            again = command_line("train", "--resume", "auto", "--run-dir", run_dir)
+            return f"{cause}\nto continue the run saved there: {again}"
         return str(cause)
     if isinstance(cause, OSError) and cause.errno in _UNWRITABLE:
         what = f"{cause.filename}: " if cause.filename is not None else ""

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.markup import escape
 
+from callbacks.console_width import console_for, print_whole
 from trainers.cli.common import epochs_ok, print_yaml, restore_checkpoint
+from trainers.cli.invocation import command_line
 from trainers.cli.outcome import report
 from trainers.cli.parser import overrides
 from trainers.cli.prepare import prepare
@@ -27,8 +29,8 @@ __all__ = ["train_command"]
 
 def train_command(args: argparse.Namespace) -> int:
     """``stepbus train`` (without ``--nproc``); returns the exit code."""
-    console = Console()
-    errors = Console(stderr=True)
+    console = console_for()
+    errors = console_for(stderr=True)
     if not epochs_ok(args.epochs, errors):
         return 2
     if args.resume is not None and args.resume != "auto" and not Path(args.resume).exists():
@@ -132,12 +134,15 @@ def _run(
         trainer.close()
     if status is Status.INTERRUPTED:
         signum = trainer.interrupted_by or signal.SIGINT
-        epochs = f"--epochs {trainer.state.max_epochs} "
-        nproc = f"--nproc {trainer.world_size} " if trainer.world_size > 1 else ""
         if trainer.is_global_zero:  # rank 0 speaks for the job (the signal may have reached another rank)
+            nproc = ["--nproc", str(trainer.world_size)] if trainer.world_size > 1 else []
+            epochs = ["--epochs", str(trainer.state.max_epochs)]
+            again = command_line("train", *nproc, *epochs, "--resume", "auto", "--run-dir", run_dir)
             errors.print(
-                f"interrupted by {signal.Signals(signum).name} at {trainer.state}; continue with: "
-                f"stepbus train {nproc}{epochs}--resume auto --run-dir {escape(str(run_dir))}"
+                f"interrupted by {signal.Signals(signum).name} at {trainer.state}; continue with: {again}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
             )
         return exit_code(signum)
     return 0 if status in (Status.COMPLETED, Status.STOPPED) else 1
@@ -152,7 +157,7 @@ def _print_dry_run(console: Console, config: RunConfig, trainer: BaseTrainer, ru
     print_yaml(console, config.data)
     table = Table(title="handlers, in the order each event calls them", title_justify="left")
     for column in ("event", "handler", "priority", "schedule", "enabled"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold")  # on a terminal narrower than the table: folded, never cut
     for event in Event:
         for handle in trainer.bus.handles(event):
             schedule = handle.schedule
@@ -163,5 +168,5 @@ def _print_dry_run(console: Console, config: RunConfig, trainer: BaseTrainer, ru
                 "every time" if schedule is None else str(schedule),
                 "yes" if handle.enabled else "no",
             )
-    console.print(table)
+    print_whole(console, table)  # not on a terminal: each row on one line, whatever its length
     console.print("dry run: nothing was trained", highlight=False)

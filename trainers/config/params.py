@@ -27,7 +27,7 @@ from typing import Any, ForwardRef, Literal, Union
 from trainers.config.errors import Problem, show_value
 from trainers.config.strict_values import holds_nan, stray_bool
 
-__all__ = ["REQUIRED", "CodeOnly", "Param", "check_values", "params_of", "type_phrase"]
+__all__ = ["REQUIRED", "CodeOnly", "Param", "check_values", "make_param", "params_of", "type_phrase"]
 
 
 class CodeOnly:
@@ -119,12 +119,19 @@ def params_of(obj: Callable[..., Any], *, skip: Sequence[str] = ()) -> dict[str,
             continue
         if parameter.kind is inspect.Parameter.POSITIONAL_ONLY:
             continue
-        raw = parameter.annotation
-        text = raw if isinstance(raw, str) else _type_text(raw)
-        annotation = _resolve(raw, namespace)
         default = REQUIRED if parameter.default is inspect.Parameter.empty else parameter.default
-        params[name] = Param(name, annotation, default, _code_only(annotation), text)
+        params[name] = make_param(name, parameter.annotation, default, namespace)
     return params
+
+
+def make_param(name: str, raw: Any, default: Any, module_globals: Mapping[str, Any]) -> Param:
+    """One parameter from its annotation as written (a string under ``from __future__ import annotations``, else the
+    object; ``inspect.Parameter.empty`` for none), resolved against ``module_globals`` (the defining module's names,
+    then builtins, then :class:`CodeOnly`) -- what :func:`params_of` does for each parameter of a signature."""
+    namespace = module_globals if isinstance(module_globals, _Namespace) else _Namespace(module_globals)
+    text = raw if isinstance(raw, str) else _type_text(raw)
+    annotation = _resolve(raw, namespace)
+    return Param(name, annotation, default, _code_only(annotation), text)
 
 
 def check_values(

@@ -6,7 +6,9 @@ built-in callbacks and trainers plus every plugin installed under the entry-poin
 name registered twice -- by two plugins, or a plugin shadowing a built-in -- is an error that names both sources,
 never a silent override.
 
-Built-ins are recorded as ``module:attribute`` and imported on first use, so listing names costs no torch import.
+Built-ins are recorded as ``module:attribute`` and imported on first use, so listing names costs no torch import;
+:meth:`Entry.describe` reads a class's docstring and parameters from its source where that settles them
+(:mod:`trainers.config.static_class`), so listing what the callbacks take (``stepbus callbacks``) costs none either.
 A trainer is any callable ``factory(*, run_dir, seed, callbacks, **params) -> BaseTrainer``; its typed keyword
 parameters are the keys of the config's ``trainer:`` block.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -24,8 +27,9 @@ from callbacks import BUILT_IN
 from lifecycle import Callback
 from trainers.config.errors import ConfigError, Problem, did_you_mean
 from trainers.config.params import Param, params_of
+from trainers.config.static_class import ClassSource, NotStatic, read_class
 
-__all__ = ["BUILTIN_CALLBACKS", "BUILTIN_TRAINERS", "Entry", "Registry", "RegistryError"]
+__all__ = ["BUILTIN_CALLBACKS", "BUILTIN_TRAINERS", "Entry", "Registry", "RegistryError", "first_paragraph"]
 
 Kind = Literal["callback", "trainer"]
 _GROUPS: dict[Kind, str] = {"callback": "stepbus.callbacks", "trainer": "stepbus.trainers"}
@@ -82,14 +86,39 @@ class Entry:
     def params(self) -> dict[str, Param]:
         """The configurable parameters (from the typed signature), computed once."""
         if self._params is None:
-            skip = FACTORY_ARGS if self.kind == "trainer" else ()
-            self._params = params_of(self.load(), skip=skip)
+            self._params = params_of(self.load(), skip=self._skip)
         return self._params
 
+    def describe(self) -> ClassSource:
+        """Name, docstring (as written) and parameters: read from the source when it settles them and the module is
+        not imported yet -- so listing them imports no torch -- else from the loaded object (the same values: see
+        :mod:`trainers.config.static_class`)."""
+        if self._obj is None and self.target.partition(":")[0] not in sys.modules:
+            try:
+                return read_class(self.target, skip=self._skip)
+            except NotStatic:
+                pass
+        obj = self.load()
+        return ClassSource(getattr(obj, "__name__", self.name), getattr(obj, "__doc__", None), self.params())
+
     def summary(self) -> str:
-        """The first line of the docstring."""
-        doc = (getattr(self.load(), "__doc__", None) or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        """The first paragraph of the docstring, on one line (reStructuredText markup as written)."""
+        return first_paragraph(self.describe().doc)
+
+    @property
+    def _skip(self) -> tuple[str, ...]:
+        return FACTORY_ARGS if self.kind == "trainer" else ()
+
+
+def first_paragraph(doc: str | None) -> str:
+    """The first paragraph of a docstring (up to its first blank line), its lines joined with single spaces."""
+    lines = (doc or "").expandtabs().strip().splitlines()
+    paragraph: list[str] = []
+    for line in lines:
+        if not line.strip():
+            break
+        paragraph.append(line.strip())
+    return " ".join(" ".join(paragraph).split())
 
 
 class Registry:

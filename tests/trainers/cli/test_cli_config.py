@@ -55,6 +55,8 @@ def _env(*paths: Path, columns: str | None = "1000") -> dict[str, str]:
     if columns is not None:
         env["COLUMNS"] = columns
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (*paths, ROOT, env.get("PYTHONPATH", "")) if str(p))
+    # this interpreter first on PATH: the hints name it as `python -m ...` (trainers.cli.invocation)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 
 
@@ -226,6 +228,7 @@ def test_a_plugin_callback_from_set_writes_its_lines_and_is_saved_in_the_config(
         "precision": "32",
         "accumulate": 1,
         "compile": False,
+        "threads": 1,
         "optimizer": {"name": "adam", "lr": 0.01},
     }
     assert read_metadata(run_dir / "checkpoints" / _step(16))["config"] == saved
@@ -457,7 +460,7 @@ def test_an_unknown_trainer_key_lists_optimizer_among_the_valid_keys(tmp_path: P
     assert result.stderr == _config_error(
         str(config),
         "trainer.optimiser: unknown key for trainer 'demo' (did you mean 'optimizer'?); valid keys: max_epochs, "
-        "batch_size, samples, optimizer, report_every, precision, accumulate, compile",
+        "batch_size, samples, optimizer, report_every, precision, accumulate, compile, threads",
     )
 
 
@@ -674,8 +677,8 @@ def test_sigint_in_a_config_run_exits_130_and_resume_reuses_the_saved_config(tmp
     assert code == 130, f"exit {code}\n{out}\n{err}"
     assert "Traceback" not in out + err
     assert err == (
-        f"interrupted by SIGINT at epoch 2/4, step 2/4, iteration 6; continue with: stepbus train --epochs 4 "
-        f"--resume auto --run-dir {run_dir}\n"
+        "interrupted by SIGINT at epoch 2/4, step 2/4, iteration 6; continue with: "
+        f"{Path(sys.executable).name} -m {APP} train --epochs 4 --resume auto --run-dir {run_dir}\n"
     )
     assert "training interrupted: 6 iterations" in out
     folder = run_dir / "checkpoints"

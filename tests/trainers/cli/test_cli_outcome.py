@@ -28,6 +28,8 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE", "PY_COLORS")}
     env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200", "WANDB_MODE": "offline"})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    # this interpreter first on PATH: the hints name it as `python -m trainers` (trainers.cli.invocation)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 
 
@@ -70,7 +72,8 @@ def test_a_fresh_run_into_another_runs_checkpoints_exits_2_and_says_how_to_conti
         "error: checkpoint run/checkpoints: holds 1 checkpoint(s) of an earlier run (newest step-00000128.pt, "
         "iteration 128)"
     ), fresh.stderr
-    assert lines[-1] == "to continue the run saved there: stepbus train --resume auto --run-dir run"
+    again = f"{Path(sys.executable).name} -m trainers train --resume auto --run-dir run"
+    assert lines[-1] == f"to continue the run saved there: {again}"
     assert len(lines) == 2, fresh.stderr
     assert "Traceback" not in fresh.stdout + fresh.stderr
     assert saved.read_bytes() == before  # nothing was overwritten

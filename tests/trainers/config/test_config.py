@@ -153,6 +153,7 @@ ROUND_TRIP_RESOLVED = {
         "precision": "32",
         "accumulate": 1,
         "compile": False,
+        "threads": 1,
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     },
     "callbacks": {
@@ -363,7 +364,7 @@ def test_default_config_is_the_image_field_yaml_and_builds_the_reference_app(tmp
         "occupancy_threshold": 0.02,
         "grid_lr_weight": 10.0,
         "device": "cpu",
-        "threads": None,
+        "threads": "auto",
         "precision": "32",
         "accumulate": 1,
         "compile": False,
@@ -408,6 +409,7 @@ def test_the_demo_yaml_is_the_small_mlp_demo(tmp_path: Path) -> None:
         "precision": "32",
         "accumulate": 1,
         "compile": False,
+        "threads": 1,
         "optimizer": {"name": "adam", "lr": 0.01},
     }
     trainer = build(DEMO, run_dir=tmp_path / "run", objects=quiet())
@@ -1019,7 +1021,7 @@ ERRORS: list[tuple[str, Any, str, str]] = [
         {"trainer": {"name": "demo", "max_epoch": 3}},
         "trainer.max_epoch",
         "unknown key for trainer 'demo' (did you mean 'max_epochs'?); valid keys: max_epochs, batch_size, samples, "
-        "optimizer, report_every, precision, accumulate, compile",
+        "optimizer, report_every, precision, accumulate, compile, threads",
     ),
     (
         "trainer code-only param",
@@ -1502,7 +1504,7 @@ def test_a_registered_trainer_s_keys_are_checked(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------- package API
 def test_trainers_build_is_the_build_function_not_the_submodule(tmp_path: Path) -> None:
-    """README's ``from trainers import build, load_config`` then ``build(config, run_dir=...)``: the package's lazy
+    """The docs' ``from trainers import build, load_config`` then ``build(config, run_dir=...)``: the package's lazy
     name must not be shadowed by its ``trainers.build`` submodule (which importing load_config or build loads)."""
     code = (
         "import inspect, trainers\n"

@@ -195,7 +195,7 @@ CASES: dict[str, Case] = {
     "gan threads 0": Case(
         GAN,
         ("trainer.threads=0",),
-        "trainer: 'gan' refused the config: threads must be an integer >= 1 or null (torch's default), got 0",
+        "trainer: 'gan' refused the config: threads must be an integer >= 1, 'auto' or null (torch's setting), got 0",
     ),
 }
 

@@ -531,7 +531,8 @@ APP = "tests.trainers.engine.interrupt_app"  # the same command with a Hold call
 DEMO = str(ROOT / "trainers" / "apps" / "configs" / "demo.yaml")
 INTERRUPTED = re.compile(
     r"interrupted by (SIGINT|SIGTERM) at epoch (\d+)/(\d+), step (\d+)/128, iteration (\d+); continue with: "
-    r"stepbus train --epochs (\d+) --resume auto --run-dir (\S+)"
+    r"\S+ -m \S+ train --epochs (\d+) --resume auto --run-dir (\S+)$",
+    re.MULTILINE,
 )
 RESUMED = re.compile(r"^resumed from (\S+) at epoch (\d+)/\d+, step (\d+)/128, iteration (\d+)$", re.MULTILINE)
 PROGRESS = re.compile(r"^epoch (\d+)/\d+\s+iteration\s+(\d+)/\d+\s+loss", re.MULTILINE)

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.usefixtures("display")
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "COLUMNS": "200"}
+    # this interpreter first on PATH: the hints name it as `python -m trainers` (trainers.cli.invocation)
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "COLUMNS": "200", "PATH": search}
 
 
 def test_gui_trains_and_a_signal_closes_it_cleanly(tmp_path: Path) -> None:
@@ -78,7 +80,7 @@ def test_without_a_display_it_says_what_to_do(tmp_path: Path) -> None:
     assert result.returncode == 2
     message = " ".join(result.stderr.split())
     assert "stepbus gui needs a display" in message
-    assert "xvfb-run -a stepbus gui" in message
+    assert f"xvfb-run -a {Path(sys.executable).name} -m trainers gui" in message
     assert not (tmp_path / "runs").exists()  # nothing was built or written
 
 

@@ -21,7 +21,16 @@ pytestmark = pytest.mark.usefixtures("display")
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "COLUMNS": "200", "NO_COLOR": "1"}
+    # this interpreter first on PATH: the hints name it as `python -m trainers` (trainers.cli.invocation)
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
+        "PATH": search,
+    }
 
 
 def test_a_window_into_another_runs_checkpoints_trains_nothing_and_exits_2(tmp_path: Path) -> None:
@@ -42,7 +51,8 @@ def test_a_window_into_another_runs_checkpoints_trains_nothing_and_exits_2(tmp_p
         "error: checkpoint run/checkpoints: holds 1 checkpoint(s) of an earlier run (newest step-00000128.pt, "
         "iteration 128)" in err
     ), err
-    assert "to continue the run saved there: stepbus train --resume auto --run-dir run\n" in err
+    again = f"{Path(sys.executable).name} -m trainers train --resume auto --run-dir run"
+    assert f"to continue the run saved there: {again}\n" in err
     assert [c.path.name for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000128.pt"]
     assert "demo: run: failed: checkpoint run/checkpoints: holds 1 checkpoint(s) of an earlier run" in out
     assert "Traceback" not in out + err, err

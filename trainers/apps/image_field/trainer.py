@@ -14,15 +14,16 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from trainers.apps.checks import check_counts, check_positive_finite, check_threads
+from trainers.apps.checks import check_counts, check_positive_finite
 from trainers.apps.image_field.field import ImageField
 from trainers.apps.image_field.image import default_image, load_image
+from trainers.apps.threads import apply_threads
 from trainers.engine.optim_groups import param_groups
 from trainers.engine.optimization import Precision
 from trainers.engine.trainer import BaseTrainer
@@ -112,7 +113,7 @@ def image_field_trainer(
     grid_lr_weight: float = 10.0,
     optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
     device: str = "cpu",
-    threads: int | None = None,
+    threads: int | Literal["auto"] | None = "auto",
     precision: Precision = "32",
     accumulate: int = 1,
     compile: bool | dict[str, Any] = False,
@@ -120,14 +121,13 @@ def image_field_trainer(
     """The reference app: fit a neural field to an image (the built-in one, or ``image``: a PNG path).
 
     The grid and the decoder are separate optimizer groups; the grid's LR is ``grid_lr_weight`` times the
-    optimizer's (Wisp's ``grid_lr_weight``). ``threads`` sets ``torch.set_num_threads`` (None: torch's default).
-    ``precision``, ``accumulate`` and ``compile`` are ``BaseTrainer``'s.
+    optimizer's (Wisp's ``grid_lr_weight``). ``threads`` is torch's thread count (``auto``: see
+    ``trainers.apps.threads``; ``None``: torch's setting, left alone). ``precision``, ``accumulate`` and
+    ``compile`` are ``BaseTrainer``'s.
     """
     check_counts(features=features, table=table, hidden=hidden, occupancy_cells=occupancy_cells)
     check_positive_finite(grid_lr_weight=grid_lr_weight)
-    check_threads(threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    apply_threads(threads)
     target = load_image(image) if image is not None else default_image(size, seed=0)
     torch.manual_seed(seed)
     field = ImageField(
