@@ -51,7 +51,29 @@ def require_package(module: str, extra: str, owner: str) -> None:
     except (ImportError, ValueError):  # ValueError: a None or spec-less entry in sys.modules
         found = False
     if not found:
-        raise ModuleNotFoundError(f'{owner} needs the {module} package: pip install "stepbus[{extra}]"', name=module)
+        wanted = " ".join(f'"{r}"' for r in _extra_requirements(extra)) or module
+        raise ModuleNotFoundError(
+            f"{owner} needs the {module} package: pip install {wanted} (stepbus's {extra!r} extra: "
+            f'pip install "/path/to/stepbus[{extra}]" from a clone)',
+            name=module,
+        )
+
+
+def _extra_requirements(extra: str) -> list[str]:
+    """The requirements of stepbus's optional ``extra`` as its installed metadata lists them (none when stepbus runs
+    from a source tree that was never installed)."""
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("stepbus") or []
+    except metadata.PackageNotFoundError:
+        return []
+    found: list[str] = []
+    for requirement in requires:
+        spec, _, marker = requirement.partition(";")
+        if f'extra == "{extra}"' in marker.replace("'", '"'):
+            found.append(spec.strip())
+    return found
 
 
 class BackendGuard:
