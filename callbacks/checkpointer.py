@@ -175,26 +175,20 @@ class Checkpointer(Callback):
     def _claim(self, trainer: BaseTrainer) -> None:
         """Served at the start of a run, on rank 0 with the directories locked, before ``pre_training``: a refusal
         here leaves every file untouched (no ``config.yaml``, logger or ``metrics.json`` of this run is written)."""
-        self._check_directory(trainer, resumed=trainer.resumed_from is not None)
+        self._check_directory(trainer)
 
-    def _check_directory(self, trainer: BaseTrainer, resumed: bool) -> None:
-        """Remove a killed process's temporary files; refuse another run's checkpoints; point the links."""
+    def _check_directory(self, trainer: BaseTrainer) -> None:
+        """Remove a killed process's temporary files (this process holds the directory's lock: no other writer of
+        it is alive); refuse another run's checkpoints; point the links."""
         directory = self._dir()
-        if trainer.holds_directory(directory):  # no other live process writes there
-            remove_dead_temporaries(directory, _TEMPORARY)  # left by a process killed mid-write
-        else:
-            _log.warning(
-                "Checkpointer %r: %s is not locked by this process; temporary files in it are left alone",
-                self.state_key,
-                directory,
-            )
+        remove_dead_temporaries(directory, _TEMPORARY)  # left by a process killed mid-write
         existing = list_checkpoints(directory)
         if self._loaded_dir is not None and self._loaded_dir != str(directory):
             self._files = []  # the state came from a run in another directory: its files are not ours
         known = {saved.name for saved in self._files}
         self._files = [saved for saved in self._files if (directory / saved.name).is_file()]
         strangers = [f for f in existing if f.path.name not in known]
-        if strangers and not resumed and trainer.resumed_from is None:
+        if strangers and trainer.resumed_from is None:
             newest = strangers[0]
             raise EarlierRunCheckpoints(
                 directory,
