@@ -1,0 +1,1 @@
+"""Tuning before a run: the learning-rate range test (``stepbus tune lr``)."""
