@@ -12,7 +12,8 @@ end-of-training event) and, apart, its fixed start-up and tear-down cost.
 * ``engine``: the same without the model (a step that does nothing), so the engines' own cost is not lost in the
   noise of a ~300 us training step: raw loop, stepbus / Ignite / Lightning with nothing and with ten no-op
   callbacks or handlers.
-* ``callbacks``: what individual stepbus callbacks cost over the bare engine (loggers, the metric flow);
+* ``callbacks``: what individual stepbus callbacks cost over the bare engine (loggers, the metric flow, and, idle
+  and firing, the callbacks of :mod:`benchmarks.callback_rows`: CSV, MLflow, time limit, model summary, profiler);
   ``scheduled``: stepbus's scheduled callbacks next to the raw loop doing the same work by hand.
 * ``accumulate`` and ``bf16``: gradient accumulation over 4 batches and bfloat16 autocast on the CPU, each done by
   hand in the raw loop (the group's baseline), by stepbus's trainer options and by the peers' (see
@@ -39,7 +40,7 @@ import blinker
 import torch
 from torch import nn
 
-from benchmarks import step_options
+from benchmarks import callback_rows, step_options
 from benchmarks.peers import PEERS, ignite_run, lightning_run, versions
 from benchmarks.raw_loops import no_prune, raw, raw_default_work, raw_null, raw_scheduled
 from benchmarks.workload import (
@@ -171,6 +172,7 @@ def variants(batches: list[Batch], epochs: int, tmp: Path) -> list[Variant]:
             "stepbus engine + WandbLogger every 50 it (offline)",
             lambda: run_stepbus(batches, epochs, _wandb, run_dir=tmp, cls=NullStepTrainer),
         ),
+        *callback_rows.variants(batches, epochs, tmp),
         (
             "scheduled",
             "raw loop + LR decay, clip, finite check, prune hook, validation",

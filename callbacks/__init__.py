@@ -39,14 +39,19 @@ BUILT_IN: dict[str, str] = {
     "gradient_guard": "callbacks.gradient_guard:GradientGuard",
     "validator": "callbacks.validator:Validator",
     "early_stopping": "callbacks.early_stopping:EarlyStopping",
+    "time_limit": "callbacks.time_limit:TimeLimit",
     "tensorboard": "callbacks.loggers.tensorboard:TensorBoardLogger",
     "wandb": "callbacks.loggers.wandb:WandbLogger",
+    "csv": "callbacks.loggers.csv_logger:CSVLogger",
+    "mlflow": "callbacks.loggers.mlflow:MLflowLogger",
     "progress": "callbacks.progress:ProgressBar",
+    "model_summary": "callbacks.model_summary:ModelSummary",
     "checkpointer": "callbacks.checkpointer:Checkpointer",
     "metrics_file": "callbacks.loggers.metrics_file:MetricsFile",
     "preview": "callbacks.preview:Preview",
     "ema": "callbacks.ema:EMA",
     "pipeline_export": "callbacks.pipeline_export:PipelineExport",
+    "profiler": "callbacks.profiler:Profiler",
 }
 
 #: the other public names the callbacks' modules define (an error type, a record, metric functions)

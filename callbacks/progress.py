@@ -13,15 +13,20 @@ logger with ``on_error="warn"`` records each one under its name) get a row per w
 says so: ``training completed with 164 failed writes: Checkpointer 164``.
 
 On a terminal it draws ``rich.progress`` bars with iterations, it/s, ETA, the window's mean loss and any
-``state.metrics`` keys listed in ``metrics``. When the console is not a terminal (CI, a log file) it prints a plain
-line at most every ``plain_every`` seconds plus one per epoch instead, and every line and table at its whole length,
-never wrapped or cut at the console's width (``callbacks.console_width``), so a log shows whole checkpoint paths.
+``state.metrics`` keys listed in ``metrics``. In a Jupyter notebook (rich's ``console.is_jupyter``) it draws the same
+bars as one output of the running cell, replaced in place at each refresh (``callbacks.progress_notebook``: no
+ipywidgets needed), and prints the epoch lines, validation tables and summary below it as rich's HTML output; a cell
+that steps the trainer (``iterate()``, ``run_for()``) gets a display of its own, refreshed when the cell ends. When
+the console is neither (CI, a log file) it prints a plain line at most every ``plain_every`` seconds plus one per
+epoch instead, and every line and table at its whole length, never wrapped or cut at the console's width
+(``callbacks.console_width``), so a log shows whole checkpoint paths.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +37,7 @@ from rich.table import Table
 
 from callbacks.console_width import console_for, print_whole
 from callbacks.loggers.metric_flow import MetricFlow
+from callbacks.progress_notebook import CellMoment, NotebookDisplay, notebook_shell
 from callbacks.validation_names import DEFAULT_PREFIX, best_key, metric_name
 from lifecycle import Callback, Event, Priority, Status
 
@@ -43,14 +49,14 @@ __all__ = ["ProgressBar"]
 
 
 class ProgressBar(Callback):
-    """Show the run's progress on the console -- on a terminal, bars with it/s, ETA, the loss and the ``metrics``
-    keys; otherwise a plain line at most every ``plain_every`` seconds and one per epoch -- then each validation's
-    results and a summary at the end.
+    """Show the run's progress on the console -- on a terminal or in a notebook, bars with it/s, ETA, the loss and the
+    ``metrics`` keys; otherwise a plain line at most every ``plain_every`` seconds and one per epoch -- then each
+    validation's results and a summary at the end.
 
     Args:
         metrics: extra ``state.metrics`` keys to show next to the loss (e.g. ``["lr", "val/psnr"]``).
         refresh_per_second: the most display refreshes per second (> 0).
-        plain_every: seconds between plain lines when the console is not a terminal (> 0).
+        plain_every: seconds between plain lines when the console is neither a terminal nor a notebook's (> 0).
         console: where to draw; stdout by default (``callbacks.console_width.console_for()``).
     """
 
@@ -80,6 +86,9 @@ class ProgressBar(Callback):
         self.console = console or console_for()
         self.refreshes = 0  #: how often the display was refreshed (throttled)
         self._progress: Progress | None = None
+        self._notebook: NotebookDisplay | None = None  # the bars' display in a notebook (then not started)
+        self._trainer: weakref.ref[BaseTrainer] | None = None  # for the refresh at a cell's end
+        self._shown = -1  # the iteration the notebook display shows
         self._overall: TaskID | None = None
         self._epoch: TaskID | None = None
         self._window: Window | None = None
@@ -93,10 +102,13 @@ class ProgressBar(Callback):
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self._close_notebook()  # a restored run starts again: its display continues in the running cell
         self._window = MetricFlow.of(trainer).window()
         self._started = time.perf_counter()
-        self._next = self._started + (self.interval if self.console.is_terminal else self.plain_every)
-        if not self.console.is_terminal:
+        shell = notebook_shell(self.console)
+        live = shell is not None or self.console.is_terminal
+        self._next = self._started + (self.interval if live else self.plain_every)
+        if not live:
             return
         state = trainer.state
         self._progress = Progress(
@@ -114,7 +126,12 @@ class ProgressBar(Callback):
             "training", total=state.max_iterations, completed=state.iteration, rate="", info=""
         )
         self._epoch = self._progress.add_task("epoch", total=state.iterations_per_epoch, rate="", info="")
-        self._progress.start()
+        if shell is None:
+            self._progress.start()
+            return
+        self._trainer = weakref.ref(trainer)  # weak: a trainer dropped before its end leaves no display behind
+        self._notebook = NotebookDisplay(self.console, shell, self._on_cell)
+        self._show(trainer)
 
     def pre_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
         if self._progress is not None and self._epoch is not None:
@@ -130,10 +147,12 @@ class ProgressBar(Callback):
         self._throttled_refresh(trainer)
 
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
-        if self._progress is not None:
+        if self._progress is None:
+            self._refresh(trainer)
+        else:
             self._throttled_refresh(trainer)  # short epochs must not redraw the bars each time
-            return
-        self._refresh(trainer)
+            if self._notebook is None:
+                return  # a terminal's bars say it all; a notebook keeps a line per epoch below its display
         state = trainer.state
         loss = MetricFlow.of(trainer).epoch_means().get("epoch/loss")
         shown = f"  epoch/loss {loss:.5g}" if loss is not None else ""
@@ -177,7 +196,9 @@ class ProgressBar(Callback):
         if self._progress is not None:
             self._refresh(trainer)  # the bars' final state (200/200), whatever the throttle said
         progress, self._progress = self._progress, None
-        if progress is not None:
+        if self._notebook is not None:
+            self._close_notebook()  # the display keeps the final state; nothing to stop
+        elif progress is not None:
             progress.stop()
         state = trainer.state
         seconds = time.perf_counter() - self._started
@@ -226,13 +247,38 @@ class ProgressBar(Callback):
         if progress is not None and self._overall is not None and self._epoch is not None:
             progress.update(self._overall, completed=state.iteration, rate=rate_text, info=info)
             progress.update(self._epoch, completed=state.epoch_iteration)
-            progress.refresh()
+            if self._notebook is not None:
+                self._show(trainer)
+            else:
+                progress.refresh()
         elif means:
             self.console.print(
                 f"epoch {state.epoch}/{state.max_epochs}  iteration {state.iteration}/{state.max_iterations}  "
                 f"{rate_text}  {info}".rstrip(),
                 soft_wrap=True,
             )
+
+    def _show(self, trainer: BaseTrainer) -> None:
+        if self._notebook is not None and self._progress is not None:
+            self._notebook.show(self._progress.get_renderable())
+            self._shown = trainer.state.iteration
+
+    def _on_cell(self, moment: CellMoment) -> None:
+        """A notebook cell starts: its first step refreshes, so a cell that steps shows its display from the start.
+        A cell has run: if it stepped the trainer since the last refresh, show where it got to."""
+        trainer = self._trainer() if self._trainer is not None else None
+        if trainer is None:  # dropped before its post_training
+            self._close_notebook()
+        elif moment == "start":
+            self._next = 0.0
+        elif self._progress is not None and trainer.state.iteration != self._shown:
+            self._refresh(trainer)
+            self._next = time.perf_counter() + self.interval
+
+    def _close_notebook(self) -> None:
+        notebook, self._notebook, self._trainer = self._notebook, None, None
+        if notebook is not None:
+            notebook.close()
 
 
 def _images_line(images: Mapping[str, Any], paths: Mapping[str, Path]) -> str:

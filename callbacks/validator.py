@@ -19,17 +19,20 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from callbacks.helpers import parse_schedule, periodic_event
 from callbacks.images import to_uint8_hwc, write_png
-from callbacks.metrics import Mode, as_scalar, improves, metric_mode
+from callbacks.metrics import Mode, as_scalar, improves
 from callbacks.validation_names import best_key, check_prefix, metric_key, request_kind
+from callbacks.validation_ranks import check_ranks, evaluate_everywhere, refuse_numbers
+from callbacks.validation_torchmetrics import Found, check_metrics, compute, direction, is_metric, publishable, reset
 from lifecycle import Callback, Event, HandlerSpec, Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
+    from callbacks.validation_torchmetrics import Metrics
     from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["ValidateFn", "Validator"]
@@ -37,8 +40,8 @@ __all__ = ["ValidateFn", "Validator"]
 _log = logging.getLogger("stepbus.validator")
 
 #: ``fn(trainer) -> {"psnr": ..., "images": {...}}``: what a validator computes when the trainer's ``validate()``
-#: is not the source.
-ValidateFn = Callable[["BaseTrainer"], Mapping[str, Any]]
+#: is not the source; ``fn(trainer, metrics)`` (which may return ``None``) for a validator given ``metrics=``.
+ValidateFn = Callable[..., "Mapping[str, Any] | None"]
 
 
 class Validator(Callback):
@@ -70,13 +73,26 @@ class Validator(Callback):
     ``request_validation()`` runs them all. A name another validator already answers to is refused when the
     validator is added.
 
+    torchmetrics metrics may stand for numbers (``docs/torchmetrics.md``): a ``Metric`` or ``MetricCollection``
+    the validation updated, returned as a value (``{"acc": self.val_acc}``) or given as ``metrics=`` and updated
+    by ``fn(trainer, metrics)``. The validator calls ``compute()`` -- a dict-valued one publishes ``<name>/<key>``
+    -- and ``reset()`` after every validation, failed ones included; the direction is the metric's
+    ``higher_is_better`` unless ``modes`` names it. They also allow ``ranks="all"``: every rank evaluates its own
+    shard and ``compute()`` combines the ranks' states, so every rank publishes the values of the whole set.
+
     Args:
-        fn: what to compute; ``None`` uses ``trainer.validate()``.
+        fn: what to compute; ``None`` uses ``trainer.validate()``. With ``metrics``, ``fn(trainer, metrics)``
+            updates them and returns ``None`` or a dict of further values (and ``"images"``).
+        metrics: torchmetrics metrics by name (or one ``MetricCollection``: its keys are the names), moved to the
+            trainer's device at setup; never in a checkpoint.
         every: schedule of automatic validation (``"1ep"``, ``"500it"``, ``"10min"`` ...); ``None`` for only on
             request and at the end.
         at_end: also validate when training completes or is stopped (not when it fails or is interrupted), unless
             it already did at that iteration.
-        modes: directions of metrics the built-in table does not know.
+        modes: directions of metrics the built-in table does not know; they override a metric's
+            ``higher_is_better``.
+        ranks: ``"zero"``: rank 0 validates and the other ranks get its values; ``"all"``: every rank validates
+            its shard into torchmetrics metrics (plain numbers are refused). The same in a single process.
         prefix: namespace of the published metrics (``"val"``; e.g. ``"render"`` for a second validator, which then
             also needs its own ``state_key``); not ``best``.
         image_dir: where images go; default ``<trainer.run_dir>/<prefix>``, or nowhere when the trainer has no
@@ -89,9 +105,11 @@ class Validator(Callback):
         self,
         fn: ValidateFn | None = None,
         *,
+        metrics: Metrics | None = None,
         every: ScheduleSpec = "1ep",
         at_end: bool = True,
         modes: Mapping[str, Mode] | None = None,
+        ranks: Literal["zero", "all"] = "zero",
         prefix: str = "val",
         image_dir: str | Path | None = None,
         save_images: bool = True,
@@ -100,8 +118,11 @@ class Validator(Callback):
     ) -> None:
         super().__init__(priority=priority, state_key=state_key)
         name = self.state_key
+        call = "fn(trainer) -> dict" if metrics is None else "fn(trainer, metrics) -> dict or None"
         if fn is not None and not callable(fn):
-            raise TypeError(f"Validator {name!r}: fn must be callable as fn(trainer) -> dict, got {fn!r}")
+            raise TypeError(f"Validator {name!r}: fn must be callable as {call}, got {fn!r}")
+        self._given = {} if metrics is None else check_metrics(metrics, fn, f"Validator {name!r}")
+        check_ranks(ranks, f"Validator {name!r}")
         check_prefix(prefix, f"Validator {name!r}")
         if any(part in ("", ".", "..") for part in prefix.split("/")):
             raise ValueError(
@@ -112,6 +133,10 @@ class Validator(Callback):
             if mode not in ("min", "max"):
                 raise ValueError(f"Validator {name!r}: modes[{metric!r}] must be 'min' or 'max', got {mode!r}")
         self.fn = fn
+        self.metrics = metrics
+        self.ranks = ranks
+        #: the metric objects reset after each validation: those given and those the results held
+        self._known: list[Any] = list(self._given.values())
         self.every = every
         self._schedule = None if every is None else parse_schedule(every, f"Validator {name!r}")
         if self._schedule is not None and self._schedule.always:
@@ -168,6 +193,8 @@ class Validator(Callback):
                     f"Validator {self.state_key!r}: the name {name!r} (its prefix or state_key) is already taken by "
                     f"{', '.join(taken)}; give each validator its own prefix and state_key"
                 )
+        for metric in self._given.values():
+            metric.to(trainer.device)  # where the pipeline's outputs are, as torchmetrics needs
         server = f"{self.state_key}.validation"
         self._stop_serving = [trainer.serve(kind, self._on_request, name=server) for kind in ["validation", *kinds]]
 
@@ -217,14 +244,11 @@ class Validator(Callback):
             return None
         trainer.pre_validation(validator=self.state_key, reason=reason, prefix=self.prefix)
         started = time.perf_counter()
-        values, images = self._evaluate_on_rank_zero(trainer)
+        owner = f"Validator {self.state_key!r}"
+        evaluate = self._evaluate_everywhere if self.ranks == "all" else self._evaluate_on_rank_zero
+        values, found, images = evaluate(trainer)
         seconds = time.perf_counter() - started
-        modes = {}
-        for name in values:
-            try:
-                modes[name] = metric_mode(name, self.modes)
-            except ValueError as exc:
-                raise ValueError(f"Validator {self.state_key!r}: {exc}") from None
+        modes = {name: direction(name, found.get(name), self.modes, owner) for name in values}
         published: dict[str, float] = {}
         best: dict[str, float] = {}
         improved: list[str] = []
@@ -255,37 +279,71 @@ class Validator(Callback):
         )
         return published
 
-    def _evaluate(self, trainer: BaseTrainer) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        """The metrics as floats and the images as uint8 ``HxWxC``, checked."""
+    def _collect(self, trainer: BaseTrainer) -> tuple[dict[str, float], dict[str | None, Any], dict[str, torch.Tensor]]:
+        """Run the validation: its plain numbers as floats, its metric objects by name (``None`` for a collection
+        given whole) and, on rank 0, its images as uint8 ``HxWxC``, checked."""
         result = self._compute(trainer)
+        if result is None and self._given:
+            result = {}
         if not isinstance(result, Mapping):
             raise TypeError(
                 f"Validator {self.state_key!r}: {self._source(trainer)} must return a dict of metrics, got "
                 f"{type(result).__name__}"
             )
-        images = self._images(result.get("images"), trainer)
-        values = {str(k): self._number(str(k), v, trainer) for k, v in result.items() if k != "images"}
-        return values, images
+        images = self._images(result.get("images"), trainer) if trainer.is_global_zero else {}
+        numbers: dict[str, float] = {}
+        metrics = dict(self._given)
+        for key, value in result.items():
+            name = str(key)
+            if name == "images":
+                continue
+            if not is_metric(value):
+                numbers[name] = self._number(name, value, trainer)
+                continue
+            if name in metrics:
+                raise ValueError(
+                    f"Validator {self.state_key!r}: {self._source(trainer)} returned {name!r}, a name of metrics="
+                )
+            metrics[name] = value
+            if all(value is not known for known in self._known):
+                self._known.append(value)
+        if numbers and self.ranks == "all":
+            refuse_numbers(f"Validator {self.state_key!r}: {sorted(numbers)} from {self._source(trainer)}")
+        return numbers, metrics, images
 
-    def _evaluate_on_rank_zero(self, trainer: BaseTrainer) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        """:meth:`_evaluate` in one process. In a distributed run rank 0 validates (the ranks hold the same weights)
-        and broadcasts the metrics, so every rank publishes the same ``val/*`` values and early stopping decides the
-        same everywhere. Only rank 0 has the images (and writes them). A failure on rank 0 is raised on every
-        rank."""
+    def _evaluate_on_rank_zero(self, trainer: BaseTrainer) -> tuple[dict[str, float], Found, dict[str, torch.Tensor]]:
+        """The validation in one process. In a distributed run rank 0 validates (the ranks hold the same weights),
+        computes its metrics from its own states, and broadcasts the values, so every rank publishes the same
+        ``val/*`` values and early stopping decides the same everywhere. Only rank 0 has the images (and writes
+        them). A failure on rank 0 is raised on every rank."""
         images: dict[str, torch.Tensor] = {}
 
-        def evaluate() -> dict[str, float]:
-            values, found = self._evaluate(trainer)
-            images.update(found)
-            return values
+        def evaluate() -> tuple[dict[str, float], Found]:
+            reset(self._known)  # also what was updated between validations
+            try:
+                numbers, metrics, found = self._collect(trainer)
+                computed = {name: compute(metric, sync=False) for name, metric in metrics.items()}
+                images.update(found)
+                return publishable(numbers, metrics, computed, f"Validator {self.state_key!r}")
+            finally:
+                reset(self._known)
 
-        values = trainer.on_rank_zero(
+        values, directions = trainer.on_rank_zero(
             evaluate,
             elsewhere=lambda failure: RuntimeError(
                 f"Validator {self.state_key!r}: validation failed on rank 0: {failure}"
             ),
         )
-        return dict(values), images
+        return dict(values), dict(directions), images
+
+    def _evaluate_everywhere(self, trainer: BaseTrainer) -> tuple[dict[str, float], Found, dict[str, torch.Tensor]]:
+        """``ranks="all"``: every rank validates its shard and ``compute()`` combines the ranks' states
+        (``callbacks.validation_ranks``); the images come from rank 0."""
+        reset(self._known)
+        try:
+            return evaluate_everywhere(trainer, lambda: self._collect(trainer), f"Validator {self.state_key!r}")
+        finally:
+            reset(self._known)
 
     def _source(self, trainer: BaseTrainer) -> str:
         return f"{type(trainer).__name__}.validate()" if self.fn is None else f"its fn {self.fn!r}"
@@ -293,7 +351,9 @@ class Validator(Callback):
     def _compute(self, trainer: BaseTrainer) -> Any:
         # eval mode under no_grad; every module's train flag and the RNG states put back after (trainer.inference)
         with trainer.inference():
-            return self.fn(trainer) if self.fn is not None else trainer.validate()
+            if self.fn is None:
+                return trainer.validate()
+            return self.fn(trainer, self.metrics) if self.metrics is not None else self.fn(trainer)
 
     def _number(self, name: str, value: Any, trainer: BaseTrainer) -> float:
         number = as_scalar(value)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lifecycle.callback import Callback, HandlerSpec
     from lifecycle.errors import CallbackError
     from lifecycle.events import EPOCH_EVENTS, STEP_EVENTS, Event, Status, as_event
+    from lifecycle.handler_times import DispatchTime, HandlerTime, HandlerTimes, StepTime
     from lifecycle.loop import Driver, Loop, Phase
     from lifecycle.priority import Priority
     from lifecycle.schedule import VALID_FORMS, Schedule, ScheduleSpec
@@ -30,6 +31,10 @@ _WHERE = {
     "Callback": "lifecycle.callback",
     "HandlerSpec": "lifecycle.callback",
     "CallbackError": "lifecycle.errors",
+    "DispatchTime": "lifecycle.handler_times",
+    "HandlerTime": "lifecycle.handler_times",
+    "HandlerTimes": "lifecycle.handler_times",
+    "StepTime": "lifecycle.handler_times",
     "EPOCH_EVENTS": "lifecycle.events",
     "STEP_EVENTS": "lifecycle.events",
     "Event": "lifecycle.events",
@@ -54,10 +59,13 @@ __all__ = [
     "Callback",
     "CallbackError",
     "Channel",
+    "DispatchTime",
     "Driver",
     "Event",
     "Handle",
     "HandlerSpec",
+    "HandlerTime",
+    "HandlerTimes",
     "Loop",
     "Phase",
     "Priority",
@@ -66,6 +74,7 @@ __all__ = [
     "ScheduleSpec",
     "State",
     "Status",
+    "StepTime",
     "as_event",
     "handler_name",
 ]

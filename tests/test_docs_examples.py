@@ -22,7 +22,16 @@ import yaml
 from torch import nn
 
 from lifecycle import Event, Status
-from tests import doc_checks_code  # noqa: F401  (registers the checks of the Python blocks that drive a trainer)
+from tests import (
+    doc_checks_code,  # noqa: F401  (registers the checks of the Python blocks that drive a trainer)
+    doc_checks_csv,  # noqa: F401  (registers the checks of the CSV logger page)
+    doc_checks_mlflow,  # noqa: F401  (registers the checks of the MLflow logger page)
+    doc_checks_notebooks,  # noqa: F401  (registers the checks of docs/notebooks.md, run in a kernel)
+    doc_checks_profiling,  # noqa: F401  (registers the checks of docs/profiling.md)
+    doc_checks_run_control,  # noqa: F401  (registers the checks of docs/run-control.md)
+    doc_checks_torchmetrics,  # noqa: F401  (registers the checks of docs/torchmetrics.md)
+    doc_checks_tune,  # noqa: F401  (registers the check of the LR range test page)
+)
 from tests.doc_checks import CHECKS, check, points, run, small_trainer
 from tests.doc_pages import CHECKED_AS_A_WHOLE, DOCS, ROOT, Block, all_blocks, blocks, load_toml
 from tests.doc_shell import check_shell

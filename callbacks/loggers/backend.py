@@ -5,6 +5,9 @@
   the epoch rows: then no step row is written at all (``post_step`` is not even connected) and each scheduled
   epoch's row carries the epoch means (``epoch/*``), ``time/epoch_s`` and the numbers callbacks published
   (``lr`` ...). With a step schedule every epoch gets its row; ``"never"`` writes no step rows.
+* **The rows themselves** are computed here for every logger: :meth:`BackendLogger.open_rows` (from each
+  ``pre_training``) opens the step window on ``MetricFlow.of(trainer)``, :meth:`BackendLogger.step_row` and
+  :meth:`BackendLogger.epoch_row` return what a step or epoch row holds, and ``pre_epoch`` starts the epoch's clock.
 * **Validation per validator.** ``post_validation`` writes the ``metrics`` and ``best`` of its payload -- that
   validation's own values -- and the images under the validator's ``prefix``. The keys written are remembered (and
   kept in the checkpoint), so the step rows never repeat a validator's values as "published" numbers.
@@ -18,15 +21,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from callbacks.loggers.failure_policy import BackendGuard
 from callbacks.loggers.logged import Kind, kind_of
+from callbacks.loggers.metric_flow import MetricFlow
 from callbacks.loggers.values import numbers, published, validation_numbers
 from lifecycle import Callback, Event, HandlerSpec, Schedule, ScheduleSpec
 
 if TYPE_CHECKING:  # pragma: no cover
+    from callbacks.loggers.metric_flow import Window
     from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["BackendLogger", "image_prefix"]
@@ -66,6 +72,8 @@ class BackendLogger(Callback):
         self._validation_keys: set[str] = set()
         self._remove_sink: Callable[[], None] | None = None
         self._warned_closed = False
+        self._window: Window | None = None
+        self._epoch_start = 0.0
 
     def handlers(self) -> Iterator[HandlerSpec]:
         for event, method, schedule in super().handlers():
@@ -97,6 +105,32 @@ class BackendLogger(Callback):
         return self._guard.failures
 
     # ------------------------------------------------------------------ what the rows hold
+    def open_rows(self, trainer: BaseTrainer) -> None:
+        """At ``pre_training``: the trainer's metric flow, created now so that it sees every epoch from the first,
+        and this logger's step window on it (none with epoch rows only)."""
+        flow = MetricFlow.of(trainer)
+        self._window = None if self.epoch_rows else flow.window()
+
+    def pre_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def step_row(self, trainer: BaseTrainer) -> dict[str, Any] | None:
+        """A step row: the window means since the previous one (one host copy) and the published numbers; ``None``
+        without a step window."""
+        if self._window is None:
+            return None
+        values: dict[str, Any] = self._window.take()
+        values.update(self.published_numbers(trainer))
+        return values
+
+    def epoch_row(self, trainer: BaseTrainer) -> dict[str, Any]:
+        """An epoch row: the epoch means, ``time/epoch_s``, and with epoch rows only the published numbers."""
+        values: dict[str, Any] = MetricFlow.of(trainer).epoch_means()
+        values["time/epoch_s"] = time.perf_counter() - self._epoch_start
+        if self.epoch_rows:  # the epoch is the only row: what callbacks published goes in it
+            values.update(self.published_numbers(trainer))
+        return values
+
     def published_numbers(self, trainer: BaseTrainer) -> dict[str, float]:
         """The numbers callbacks published (``lr``, ``grad_norm`` ...), less every validator's values."""
         keys = self._validation_keys

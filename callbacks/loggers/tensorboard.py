@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,14 +31,12 @@ from callbacks.loggers.backend import BackendLogger, image_prefix
 from callbacks.loggers.event_files import check_writer, open_summary_writer
 from callbacks.loggers.failure_policy import BackendGuard, OnError, require_package
 from callbacks.loggers.logged import Kind, pixels, scalar
-from callbacks.loggers.metric_flow import MetricFlow
 from callbacks.loggers.values import as_markdown, flat_scalars
 from lifecycle import Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.tensorboard import SummaryWriter
 
-    from callbacks.loggers.metric_flow import Window
     from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["TensorBoardLogger"]
@@ -81,8 +78,6 @@ class TensorBoardLogger(BackendLogger):
         self.log_images, self.on_error = log_images, on_error
         self._guard = BackendGuard(name, on_error, _log, lambda: self.directory)
         self._writer: SummaryWriter | None = None
-        self._window: Window | None = None
-        self._epoch_start = 0.0
 
     def setup(self, trainer: BaseTrainer) -> None:
         require_package("tensorboard", "tensorboard", self.owner)
@@ -91,8 +86,7 @@ class TensorBoardLogger(BackendLogger):
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
-        flow = MetricFlow.of(trainer)  # created now, so that it sees every epoch from the first
-        self._window = None if self.epoch_rows else flow.window()
+        self.open_rows(trainer)
         step = trainer.state.iteration
 
         def open_writer() -> None:
@@ -105,24 +99,15 @@ class TensorBoardLogger(BackendLogger):
 
         self._run("open the event file", open_writer)
 
-    def pre_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self._epoch_start = time.perf_counter()
-
     def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        if self._writer is None or self._window is None:
-            return
-        values = self._window.take()
-        values.update(self.published_numbers(trainer))
-        self._scalars(values, trainer.state.iteration)
+        values = self.step_row(trainer) if self._writer is not None else None
+        if values is not None:
+            self._scalars(values, trainer.state.iteration)
 
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
         if self._writer is None:
             return
-        values = MetricFlow.of(trainer).epoch_means()
-        values["time/epoch_s"] = time.perf_counter() - self._epoch_start
-        if self.epoch_rows:  # the epoch is the only row: what callbacks published goes in it
-            values.update(self.published_numbers(trainer))
-        self._scalars(values, trainer.state.iteration)
+        self._scalars(self.epoch_row(trainer), trainer.state.iteration)
         writer = self._writer
         if writer is not None:  # None: writing the scalars just failed and disabled the logger
             self._run("flush", writer.flush)

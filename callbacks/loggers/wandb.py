@@ -33,7 +33,6 @@ import os
 import secrets
 import signal
 import string
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -42,7 +41,6 @@ from callbacks.helpers import output_dir
 from callbacks.loggers.backend import BackendLogger, image_prefix
 from callbacks.loggers.failure_policy import BackendGuard, OnError, require_package
 from callbacks.loggers.logged import Kind, pixels, scalar, table_rows
-from callbacks.loggers.metric_flow import MetricFlow
 from callbacks.loggers.wandb_health import RunFileWatch
 from lifecycle import Event, Phase, Priority, ScheduleSpec, Status
 from trainers.engine.signals import exit_code as signal_exit_code
@@ -50,7 +48,6 @@ from trainers.engine.signals import exit_code as signal_exit_code
 if TYPE_CHECKING:  # pragma: no cover
     from wandb import Run
 
-    from callbacks.loggers.metric_flow import Window
     from trainers.engine.trainer import BaseTrainer
 
 __all__ = ["WandbLogger"]
@@ -136,8 +133,6 @@ class WandbLogger(BackendLogger):
         self.run_id: str | None = id  #: the W&B run id (kept in the checkpoint, so a resume continues the run)
         self.run: Run | None = None  #: the open ``wandb`` run, between ``pre_training`` and ``post_training``
         self.sync_dir: Path | None = None  #: the last run's local directory (``<dir>/wandb/offline-run-...``)
-        self._window: Window | None = None
-        self._epoch_start = 0.0
         self._watch: RunFileWatch | None = None  # the open run's files, watched for a write W&B could not make
         self._write_failed = False  # a failed write of the run file was reported (once per run)
 
@@ -158,8 +153,7 @@ class WandbLogger(BackendLogger):
 
     # ------------------------------------------------------------------ events
     def pre_training(self, trainer: BaseTrainer, *, resumed: bool = False, **payload: Any) -> None:
-        flow = MetricFlow.of(trainer)  # created now, so that it sees every epoch from the first
-        self._window = None if self.epoch_rows else flow.window()
+        self.open_rows(trainer)
         if self.run_id is None:
             self.run_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
         state = trainer.state
@@ -203,24 +197,15 @@ class WandbLogger(BackendLogger):
 
         self._run("start the run", start)
 
-    def pre_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
-        self._epoch_start = time.perf_counter()
-
     def post_step(self, trainer: BaseTrainer, **payload: Any) -> None:
-        if self.run is None or self._window is None:
-            return
-        values: dict[str, Any] = self._window.take()
-        values.update(self.published_numbers(trainer))
-        self._row(values, trainer.state.iteration)
+        values = self.step_row(trainer) if self.run is not None else None
+        if values is not None:
+            self._row(values, trainer.state.iteration)
 
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
         if self.run is None:
             return
-        values: dict[str, Any] = MetricFlow.of(trainer).epoch_means()
-        values["time/epoch_s"] = time.perf_counter() - self._epoch_start
-        if self.epoch_rows:  # the epoch is the only row: what callbacks published goes in it
-            values.update(self.published_numbers(trainer))
-        self._row(values, trainer.state.iteration)
+        self._row(self.epoch_row(trainer), trainer.state.iteration)
         self._check_run_file(final=False)
 
     def post_validation(

@@ -65,8 +65,14 @@ class ReportProgress(Callback):
 
     def post_epoch(self, trainer: BaseTrainer, **payload: Any) -> None:
         seconds = time.perf_counter() - self._epoch_start
-        rate = trainer.state.epoch_iteration / seconds if seconds > 0 else float("inf")
-        self.console.print(f"[bold]epoch {trainer.state.epoch} done[/bold] in {seconds:.2f}s ({rate:,.0f} it/s)")
+        state = trainer.state
+        rate = state.epoch_iteration / seconds if seconds > 0 else float("inf")
+        ended = (
+            "done"
+            if state.epoch_finished
+            else f"cut short at step {state.epoch_iteration}/{state.iterations_per_epoch}"
+        )
+        self.console.print(f"[bold]epoch {state.epoch} {ended}[/bold] in {seconds:.2f}s ({rate:,.0f} it/s)")
 
     def post_validation(self, trainer: BaseTrainer, *, metrics: dict[str, float], **payload: Any) -> None:
         best = {k: v for k, v in trainer.state.metrics.items() if k.startswith("best/")}

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=15.0,
         help="training time per GUI tick in ms, shared by the running trainers (default 15)",
     )
+    _tune_parser(commands)
     commands.add_parser("callbacks", help="list the registered callbacks (built-in and plugins) and their parameters")
     config = commands.add_parser("config", help="show or validate a config")
     actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -96,6 +97,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="check against this run directory, as `train --run-dir DIR` would use it (default: a new one)",
     )
     return parser
+
+
+def _tune_parser(commands: argparse._SubParsersAction[_CommandParser]) -> None:
+    tune = commands.add_parser("tune", help="tune before a run: `tune lr` finds a learning rate (a range test)")
+    what = tune.add_subparsers(dest="tune", required=True, metavar="WHAT")
+    lr = what.add_parser(
+        "lr",
+        help="the learning-rate range test: sweep the learning rate on a copy of the run, plot the loss, suggest one",
+    )
+    _config_options(lr, file_flag=True)
+    lr.add_argument("--min-lr", type=float, default=1e-7, help="the first learning rate (default 1e-7)")
+    lr.add_argument("--max-lr", type=float, default=10.0, help="the last learning rate (default 10)")
+    lr.add_argument("--steps", type=int, default=100, help="optimizer steps at most, one rate each (default 100)")
+    lr.add_argument(
+        "--mode",
+        choices=("exponential", "linear"),
+        default="exponential",
+        help="how the rate grows (default exponential)",
+    )
+    lr.add_argument(
+        "--smooth", type=float, default=0.9, help="the loss's moving-average weight, 0 <= S < 1 (default 0.9)"
+    )
+    lr.add_argument(
+        "--diverge",
+        type=float,
+        default=4.0,
+        help="stop once the smoothed loss exceeds this many times its best (default 4)",
+    )
+    lr.add_argument("--optimizer", default=None, metavar="NAME", help="with named optimizers: the one to sweep")
+    lr.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="where lr_find.png and lr_find.json go (default: <run.dir>/<run.name>-lr-find-<timestamp>)",
+    )
 
 
 class _CommandParser(argparse.ArgumentParser):

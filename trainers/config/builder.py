@@ -2,8 +2,9 @@
 
 First the paths the callbacks write to are checked against the run directory (``trainers.config.output_paths``:
 inside it unless ``run.allow_outside`` says otherwise, usable, relative ones taken from it). Then the trainer
-factory named in ``trainer.name`` builds the trainer (model, data, optimizer); then each enabled callback block
-becomes an instance added with ``trainer.add_callback`` in config order, so a refusal from a callback's ``setup``
+factory named in ``trainer.name`` builds the trainer (model, data, optimizer); ``trainer.max_time``, which no factory
+receives, becomes a ``TimeLimit`` callback added right after it; then each enabled callback block becomes an
+instance added with ``trainer.add_callback`` in config order, so a refusal from a callback's ``setup``
 (``mode='online'`` without W&B credentials, a pipeline without the ``prune()`` that grid pruning calls) is reported
 as a :class:`ConfigError` at that block's key. Building writes nothing: the resolved config becomes
 ``trainer.config`` (saved in every checkpoint) and is written to ``<run_dir>/config.yaml`` when training starts.
@@ -23,6 +24,7 @@ from trainers.config.errors import ConfigError, Problem
 from trainers.config.output_paths import check_output_paths, located_kwargs
 from trainers.config.registry import Registry
 from trainers.config.schema import RunConfig, default_config_path, dump_yaml, load_yaml, resolve
+from trainers.config.time_budget import MAX_TIME
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer
@@ -100,6 +102,7 @@ def build(
         trainer: BaseTrainer = factory(run_dir=directory, seed=int(resolved.run["seed"]), **kwargs, **extra)
     except (ValueError, TypeError) as exc:
         raise ConfigError(_refusal(resolved, exc), resolved.source) from exc
+    _add_time_limit(trainer, resolved)
     for spec in resolved.callbacks:
         if not spec.enabled:
             continue
@@ -114,6 +117,21 @@ def build(
     trainer.config = resolved.data
     _write_config_at_start(trainer, resolved)
     return trainer
+
+
+def _add_time_limit(trainer: BaseTrainer, resolved: RunConfig) -> None:
+    """``trainer.max_time`` (checked by ``resolve``) as a ``TimeLimit``, before the config's callback blocks (which
+    ``trainers.config.preflight`` finds as the trainer's last callbacks)."""
+    max_time = resolved.data["trainer"].get(MAX_TIME)
+    if max_time is None:
+        return
+    from callbacks.time_limit import TimeLimit
+
+    try:
+        trainer.add_callback(TimeLimit(max_time=max_time))
+    except (ValueError, TypeError) as exc:
+        trainer.close()
+        raise ConfigError(Problem(f"trainer.{MAX_TIME}", str(exc)), resolved.source) from exc
 
 
 def _refusal(resolved: RunConfig, error: Exception) -> Problem:

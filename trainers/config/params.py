@@ -207,7 +207,7 @@ def type_phrase(annotation: Any) -> str:
     if origin in (dict, Mapping, typing.Mapping) or annotation is dict:
         args = typing.get_args(annotation)
         if len(args) == 2 and args[1] is not Any:
-            return f"a mapping of names to {_plural(type_phrase(args[1])).removeprefix('one of ')}"
+            return f"a mapping of names to {_plural(type_phrase(args[1])).removeprefix('any of ')}"
         return "a mapping"
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return "one of " + ", ".join(repr(m.value) for m in annotation)
@@ -287,6 +287,8 @@ def _message(exc: Any, value: Any, annotation: Any, expected: str) -> str:
 
 
 def _plural(text: str) -> str:
+    if text.startswith("one of "):  # a list of Literal values: each item is one of them
+        return "any of " + text.removeprefix("one of ")
     for article in ("an ", "a "):
         if text.startswith(article):
             word = text[len(article) :]

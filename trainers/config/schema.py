@@ -3,18 +3,20 @@
 The shape::
 
     run: {name: demo, dir: runs, seed: 0}                  # allow_outside: [/data/exports] (see output_paths)
-    trainer: {name: demo, max_epochs: 5, optimizer: {name: adam, lr: 0.01}}
+    trainer: {name: demo, max_epochs: 5, optimizer: {name: adam, lr: 0.01}, max_time: 2h}
     callbacks:
       checkpointer: {every: 1ep, keep_last: 3, monitor: val/mse}
       validator@holdout: {every: 2ep, prefix: holdout}     # a second instance: <name>@<tag>
       wandb: {enabled: false}                                # present but off
 
 A callback block present means enabled unless ``enabled: false`` (``null``/``{}`` take the defaults; ``false`` alone
-disables); its keys are exactly the callback's constructor keywords. :func:`resolve` checks the whole config
-before anything is built and reports every problem at once as a :class:`ConfigError` naming the file, the key path,
-the bad value and what is valid (with a did-you-mean for unknown names). The resolved config is plain YAML-able data
-with every default filled in: what is saved to ``<run_dir>/config.yaml`` and into checkpoints, so a run can be
-reproduced from either.
+disables); its keys are exactly the callback's constructor keywords. The ``trainer:`` block's keys are the factory's
+keyword parameters plus, for every trainer, ``max_time``: a budget (``2h``; ``null``: none) that the builder makes a
+``TimeLimit``, never passed to the factory, and that excludes an enabled ``time_limit`` block. :func:`resolve`
+checks the whole config before anything is built and reports every problem at once as a :class:`ConfigError` naming
+the file, the key path, the bad value and what is valid (with a did-you-mean for unknown names). The resolved config
+is plain YAML-able data with every default filled in: what is saved to ``<run_dir>/config.yaml`` and into
+checkpoints, so a run can be reproduced from either.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from trainers.config.errors import ConfigError, Problem, did_you_mean, show_valu
 from trainers.config.output_paths import check_allow_outside
 from trainers.config.params import REQUIRED, check_values
 from trainers.config.registry import Entry, Registry
+from trainers.config.time_budget import MAX_TIME, TIME_LIMIT, budget_clash, check_max_time, max_time_param
 
 __all__ = [
     "CallbackSpec",
@@ -191,6 +194,8 @@ def _resolve(data: Mapping[str, Any], registry: Registry, source: str) -> RunCon
     run = _run_section(data.get("run"), problems)
     trainer_entry, trainer_kwargs, trainer_data = _trainer_section(data.get("trainer"), registry, problems)
     specs, callbacks_data = _callbacks_section(data.get("callbacks"), registry, problems)
+    if trainer_data.get(MAX_TIME) is not None:
+        problems.extend(budget_clash(s.key) for s in specs if s.enabled and s.entry.target == TIME_LIMIT)
     if problems:
         raise ConfigError(problems, source)
     if trainer_data.get("name") is not None and "name" not in run:
@@ -252,6 +257,9 @@ def _trainer_section(
         problems.extend(exc.problems)
         return None, {}, {}
     values = {k: v for k, v in section.items() if k != "name"}
+    max_time_given = MAX_TIME in values
+    max_time = check_max_time(values.pop(MAX_TIME, None), problems)
+    params = {**params, MAX_TIME: max_time_param()}  # listed among the valid keys of every trainer
     from trainers.config.optimizer import check_optimizer, check_optimizers
 
     # the optimizer blocks are checked against torch.optim's signatures, not the factory's annotation
@@ -266,12 +274,14 @@ def _trainer_section(
             kwargs[key] = check(block, f"trainer.{key}")
         except ConfigError as exc:
             problems.extend(exc.problems)
-    plain = {k: p for k, p in params.items() if k not in handled}
-    checked, found = check_values(params, values, "trainer", f"trainer {name!r}", handled=handled)
+    plain = {k: p for k, p in params.items() if k not in handled and k != MAX_TIME}
+    checked, found = check_values(params, values, "trainer", f"trainer {name!r}", handled=(*handled, MAX_TIME))
     problems.extend(found)
     data: dict[str, Any] = {"name": name}
     data.update(_with_defaults(plain, checked))
     data.update(kwargs)
+    if max_time_given:
+        data[MAX_TIME] = _plain(max_time)
     kwargs.update(checked)
     return entry, kwargs, data
 

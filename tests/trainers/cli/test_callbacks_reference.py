@@ -78,7 +78,8 @@ def test_the_page_has_a_section_per_built_in_callback_with_every_config_key() ->
         for row, param in zip(rows, expected, strict=True):
             if (name, param.name) == ("lr_decay", "milestones"):
                 continue
-            assert row == f"| `{param.name}` | {code_span(repr(param.default))} | {markdown_text(param.expected)} |"
+            default = "(required)" if param.default is REQUIRED else repr(param.default)
+            assert row == f"| `{param.name}` | {code_span(default)} | {markdown_text(param.expected)} |"
     milestones = next(line for line in page.splitlines() if line.startswith("| `milestones`"))
     assert milestones == "| `milestones` | `None` (= `[0.5, 0.75, 0.9]` of the run) | a list of numbers or null |"
 

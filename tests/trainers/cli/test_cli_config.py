@@ -36,8 +36,9 @@ IMAGE_FIELD = ROOT / "trainers" / "apps" / "configs" / "image_field.yaml"  # the
 DEMO = str(ROOT / "trainers" / "apps" / "configs" / "demo.yaml")  # the fast MLP demo, for the tests that train
 CLI = "trainers"  # python -m trainers: the stepbus command
 APP = "tests.trainers.engine.interrupt_app"  # the same command with a Hold callback (--hold-at N stops at iteration N)
-BUILT_IN: tuple[str, ...] = ("lr_decay", "grid_pruning", "gradient_guard", "validator", "early_stopping")
-BUILT_IN += ("tensorboard", "wandb", "progress", "checkpointer", "metrics_file", "preview", "ema", "pipeline_export")
+BUILT_IN: tuple[str, ...] = ("lr_decay", "grid_pruning", "gradient_guard", "validator", "early_stopping", "time_limit")
+BUILT_IN += ("tensorboard", "wandb", "csv", "mlflow", "progress", "model_summary", "checkpointer", "metrics_file")
+BUILT_IN += ("preview", "ema", "pipeline_export", "profiler")
 SAMPLE = "plugin stepbus-plugin-example (stepbus_plugin_example:SampleLogger)"
 TINY = "plugin stepbus-plugin-example (stepbus_plugin_example:tiny_trainer)"
 CLASH = "plugin stepbus-plugin-clash (stepbus_plugin_clash:OtherLogger)"
@@ -270,7 +271,7 @@ def test_bad_keys_of_plugin_parts_are_reported_with_did_you_mean(tmp_path: Path,
     assert result.stderr == _config_error(
         f"{config} with --set",
         "trainer.lrr: unknown key for trainer 'tiny' (did you mean 'lr'?); valid keys: max_epochs, samples, "
-        "batch_size, lr",
+        "batch_size, lr, max_time",
         "callbacks.sample_logger.pth: unknown key for sample_logger (SampleLogger) (did you mean 'path'?); valid keys: "
         "path, every, label, priority, state_key",
         "callbacks.sample_logger.label: got [1] (list); input should be a valid string",
@@ -429,8 +430,8 @@ def test_a_bad_config_exits_2_with_every_problem_on_stderr_and_nothing_on_stdout
         # a bad schedule is reported at its key, in the schedule's own words
         "callbacks.validator.every: " + _constructor_error("validator", every="often").split(": ", 1)[1],
         "callbacks.chekpointer: unknown callback 'chekpointer' (did you mean 'checkpointer'?); known: checkpointer, "
-        "early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, pipeline_export, preview, "
-        "progress, tensorboard, validator, wandb",
+        "csv, early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, mlflow, model_summary, "
+        "pipeline_export, preview, profiler, progress, tensorboard, time_limit, validator, wandb",
         "callbacks.tensorboard.every: " + _constructor_error("tensorboard", every="0it").split(": ", 1)[1],
     )
     assert not (tmp_path / "run").exists()
@@ -460,7 +461,7 @@ def test_an_unknown_trainer_key_lists_optimizer_among_the_valid_keys(tmp_path: P
     assert result.stderr == _config_error(
         str(config),
         "trainer.optimiser: unknown key for trainer 'demo' (did you mean 'optimizer'?); valid keys: max_epochs, "
-        "batch_size, samples, optimizer, report_every, precision, accumulate, compile, threads",
+        "batch_size, samples, optimizer, report_every, precision, accumulate, compile, threads, max_time",
     )
 
 

@@ -217,6 +217,8 @@ def test_an_interrupt_prints_one_line_that_resumes_the_run_as_printed(
     assert found is not None, err
     step, iteration, hint = int(found[1]), int(found[2]), found[3]
     assert step == iteration >= 128
+    assert "epoch 1 done" not in out  # the demo's own line names the epoch the signal cut short
+    assert re.search(rf"^epoch 1 cut short at step {step}/1024 in ", out, re.MULTILINE), out
     words = shlex.split(hint)
     assert words == [*(expected or start), "train", "--epochs", "2", "--resume", "auto", "--run-dir", str(run_dir)]
     assert hint == shlex.join(words)

@@ -30,13 +30,18 @@ from callbacks.early_stopping import EarlyStopping
 from callbacks.ema import EMA
 from callbacks.gradient_guard import GradientGuard
 from callbacks.grid_pruning import GridPruning
+from callbacks.loggers.csv_logger import CSVLogger
 from callbacks.loggers.metrics_file import MetricsFile
+from callbacks.loggers.mlflow import MLflowLogger
 from callbacks.loggers.tensorboard import TensorBoardLogger
 from callbacks.loggers.wandb import WandbLogger
 from callbacks.lr_decay import LRDecay
+from callbacks.model_summary import ModelSummary
 from callbacks.pipeline_export import PipelineExport
 from callbacks.preview import Preview
+from callbacks.profiler import Profiler
 from callbacks.progress import ProgressBar
+from callbacks.time_limit import TimeLimit
 from callbacks.validator import Validator
 from lifecycle import Event, Status
 from trainers import BaseTrainer, ConfigError, Registry, RegistryError, RunConfig, load_config
@@ -54,18 +59,23 @@ BUILTINS = [
     "gradient_guard",
     "validator",
     "early_stopping",
+    "time_limit",
     "tensorboard",
     "wandb",
+    "csv",
+    "mlflow",
     "progress",
+    "model_summary",
     "checkpointer",
     "metrics_file",
     "preview",
     "ema",
     "pipeline_export",
+    "profiler",
 ]
 KNOWN = (
-    "checkpointer, early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, pipeline_export, "
-    "preview, progress, tensorboard, validator, wandb"
+    "checkpointer, csv, early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, mlflow, "
+    "model_summary, pipeline_export, preview, profiler, progress, tensorboard, time_limit, validator, wandb"
 )
 TRAINERS = "demo, gan, image_field"
 CHECKPOINTER_KEYS = (
@@ -172,6 +182,7 @@ ROUND_TRIP_RESOLVED = {
             "every": "1ep",
             "at_end": True,
             "modes": None,
+            "ranks": "zero",
             "prefix": "val",
             "image_dir": None,
             "save_images": True,
@@ -181,6 +192,7 @@ ROUND_TRIP_RESOLVED = {
             "every": "1ep",
             "at_end": True,
             "modes": None,
+            "ranks": "zero",
             "prefix": "holdout",
             "image_dir": None,
             "save_images": True,
@@ -489,6 +501,7 @@ def test_null_empty_true_mean_defaults_and_false_disables(
             "every": "1ep",
             "at_end": True,
             "modes": None,
+            "ranks": "zero",
             "prefix": "val",
             "image_dir": None,
             "save_images": True,
@@ -505,14 +518,19 @@ ALL_ON: dict[str, dict[str, Any]] = {
     "gradient_guard": {"clip_norm": 1.0},
     "validator": {},
     "early_stopping": {"monitor": "val/mse"},
+    "time_limit": {"max_time": "1h"},
     "tensorboard": {"every": "2it"},
     "wandb": {"mode": "offline"},
+    "csv": {"every": "2it"},
+    "mlflow": {"every": "2it"},
     "progress": {},
+    "model_summary": {},
     "checkpointer": {"monitor": "val/mse"},
     "metrics_file": {},
     "preview": {"every": "2it"},
     "ema": {"decay": 0.9},
     "pipeline_export": {"every": "1ep"},
+    "profiler": {},
 }
 #: the handlers each one connects, by its state key
 OWN_HANDLERS = {
@@ -521,6 +539,7 @@ OWN_HANDLERS = {
     "gradient_guard": ["GradientGuard.step"],
     "validator": ["Validator.pre_training", "Validator.post_epoch", "Validator.post_training"],
     "early_stopping": ["EarlyStopping.pre_training", "EarlyStopping.post_validation"],
+    "time_limit": ["TimeLimit.pre_training", "TimeLimit.post_step", "TimeLimit.post_epoch", "TimeLimit.post_training"],
     "tensorboard": [
         "TensorBoardLogger.pre_training",
         "TensorBoardLogger.pre_epoch",
@@ -538,6 +557,23 @@ OWN_HANDLERS = {
         "WandbLogger.post_validation",
         "WandbLogger.exception",
     ],
+    "csv": [
+        "CSVLogger.pre_training",
+        "CSVLogger.pre_epoch",
+        "CSVLogger.post_step",
+        "CSVLogger.post_epoch",
+        "CSVLogger.post_training",
+        "CSVLogger.post_validation",
+    ],
+    "mlflow": [
+        "MLflowLogger.pre_training",
+        "MLflowLogger.pre_epoch",
+        "MLflowLogger.post_step",
+        "MLflowLogger.post_epoch",
+        "MLflowLogger.post_training",
+        "MLflowLogger.post_validation",
+        "MLflowLogger.exception",
+    ],
     "progress": [
         "ProgressBar.pre_training",
         "ProgressBar.pre_epoch",
@@ -546,6 +582,7 @@ OWN_HANDLERS = {
         "ProgressBar.post_training",
         "ProgressBar.post_validation",
     ],
+    "model_summary": ["ModelSummary.pre_training"],
     "checkpointer": [
         "Checkpointer.post_epoch",
         "Checkpointer.post_epoch",
@@ -556,6 +593,7 @@ OWN_HANDLERS = {
     "preview": ["Preview.pre_training", "Preview.post_step", "Preview.post_training", "Preview.post_validation"],
     "ema": ["EMA.pre_training", "EMA.post_step", "EMA.pre_validation", "EMA.post_validation", "EMA.exception"],
     "pipeline_export": ["PipelineExport.pre_training", "PipelineExport.post_epoch", "PipelineExport.post_training"],
+    "profiler": ["Profiler.pre_training", "Profiler.post_step", "Profiler.post_training"],
 }
 CLASSES = {
     "lr_decay": LRDecay,
@@ -563,14 +601,19 @@ CLASSES = {
     "gradient_guard": GradientGuard,
     "validator": Validator,
     "early_stopping": EarlyStopping,
+    "time_limit": TimeLimit,
     "tensorboard": TensorBoardLogger,
     "wandb": WandbLogger,
+    "csv": CSVLogger,
+    "mlflow": MLflowLogger,
     "progress": ProgressBar,
+    "model_summary": ModelSummary,
     "checkpointer": Checkpointer,
     "metrics_file": MetricsFile,
     "preview": Preview,
     "ema": EMA,
     "pipeline_export": PipelineExport,
+    "profiler": Profiler,
 }
 
 
@@ -593,14 +636,21 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("pre_training", "EMA.pre_training", 300),
         ("pre_training", "Validator.pre_training", 200),
         ("pre_training", "EarlyStopping.pre_training", 100),
+        ("pre_training", "TimeLimit.pre_training", 100),
         ("pre_training", "TensorBoardLogger.pre_training", -100),
         ("pre_training", "WandbLogger.pre_training", -100),
+        ("pre_training", "CSVLogger.pre_training", -100),
+        ("pre_training", "MLflowLogger.pre_training", -100),
         ("pre_training", "Preview.pre_training", -100),
+        ("pre_training", "ModelSummary.pre_training", -150),
         ("pre_training", "ProgressBar.pre_training", -200),
         ("pre_training", "PipelineExport.pre_training", -1000),
         ("pre_training", "MetricsFile.pre_training", -2000),
+        ("pre_training", "Profiler.pre_training", -3000),
         ("pre_epoch", "TensorBoardLogger.pre_epoch", -100),
         ("pre_epoch", "WandbLogger.pre_epoch", -100),
+        ("pre_epoch", "CSVLogger.pre_epoch", -100),
+        ("pre_epoch", "MLflowLogger.pre_epoch", -100),
         ("pre_epoch", "ReportProgress.pre_epoch", -200),
         ("pre_epoch", "ProgressBar.pre_epoch", -200),
         ("pre_step", "LRDecay.pre_step", 300),
@@ -608,38 +658,52 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("step", "ReportProgress.step", -200),
         ("post_step", "GridPruning.post_step", 300),
         ("post_step", "EMA.post_step", 300),
+        ("post_step", "TimeLimit.post_step", 100),
         ("post_step", "TensorBoardLogger.post_step", -100),
         ("post_step", "WandbLogger.post_step", -100),
+        ("post_step", "CSVLogger.post_step", -100),
+        ("post_step", "MLflowLogger.post_step", -100),
         ("post_step", "Preview.post_step", -100),
         ("post_step", "ReportProgress.post_step", -200),
         ("post_step", "ProgressBar.post_step", -200),
+        ("post_step", "Profiler.post_step", -3000),
         ("post_epoch", "Validator.post_epoch", 200),
+        ("post_epoch", "TimeLimit.post_epoch", 100),
         ("post_epoch", "TensorBoardLogger.post_epoch", -100),
         ("post_epoch", "WandbLogger.post_epoch", -100),
+        ("post_epoch", "CSVLogger.post_epoch", -100),
+        ("post_epoch", "MLflowLogger.post_epoch", -100),
         ("post_epoch", "ReportProgress.post_epoch", -200),
         ("post_epoch", "ProgressBar.post_epoch", -200),
         ("post_epoch", "Checkpointer.post_epoch", -1000),
         ("post_epoch", "Checkpointer.post_epoch", -1000),
         ("post_epoch", "PipelineExport.post_epoch", -1000),
         ("post_training", "Validator.post_training", 200),
+        ("post_training", "TimeLimit.post_training", 100),
         ("post_training", "TensorBoardLogger.post_training", -100),
+        ("post_training", "CSVLogger.post_training", -100),
         ("post_training", "Preview.post_training", -100),
         ("post_training", "ReportProgress.post_training", -200),
         ("post_training", "Checkpointer.post_training", -1000),
         ("post_training", "PipelineExport.post_training", -1000),
         ("post_training", "WandbLogger.post_training", -2000),
+        ("post_training", "MLflowLogger.post_training", -2000),
         ("post_training", "ProgressBar.post_training", -2000),
         ("post_training", "MetricsFile.post_training", -2000),
+        ("post_training", "Profiler.post_training", -3000),
         ("pre_validation", "EMA.pre_validation", 300),
         ("post_validation", "EMA.post_validation", 300),
         ("post_validation", "EarlyStopping.post_validation", 100),
         ("post_validation", "TensorBoardLogger.post_validation", -100),
         ("post_validation", "WandbLogger.post_validation", -100),
+        ("post_validation", "CSVLogger.post_validation", -100),
+        ("post_validation", "MLflowLogger.post_validation", -100),
         ("post_validation", "Preview.post_validation", -100),
         ("post_validation", "ReportProgress.post_validation", -200),
         ("post_validation", "ProgressBar.post_validation", -200),
         ("exception", "EMA.exception", 300),
         ("exception", "WandbLogger.exception", -100),
+        ("exception", "MLflowLogger.exception", -100),
         ("exception", "Checkpointer.exception", -1000),
     ]
     for event in Event:  # priority order within each event (ties keep registration order)
@@ -1021,7 +1085,7 @@ ERRORS: list[tuple[str, Any, str, str]] = [
         {"trainer": {"name": "demo", "max_epoch": 3}},
         "trainer.max_epoch",
         "unknown key for trainer 'demo' (did you mean 'max_epochs'?); valid keys: max_epochs, batch_size, samples, "
-        "optimizer, report_every, precision, accumulate, compile, threads",
+        "optimizer, report_every, precision, accumulate, compile, threads, max_time",
     ),
     (
         "trainer code-only param",
@@ -1488,7 +1552,7 @@ def test_a_registered_trainer_s_keys_are_checked(tmp_path: Path) -> None:
         (
             "trainer.widht",
             "unknown key for trainer 'tiny' (did you mean 'width'?); valid keys: width, max_epochs, activation, "
-            "optimizer",
+            "optimizer, max_time",
         ),
         ("trainer.activation", "got 'gelu'; input should be 'tanh' or 'relu'"),
         ("trainer.width", "trainer 'tiny' needs width (an integer)"),
@@ -1518,3 +1582,19 @@ def test_trainers_build_is_the_build_function_not_the_submodule(tmp_path: Path) 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["True True", "True True"]
+
+
+def test_a_list_of_fixed_values_is_described_and_refused_in_plain_words() -> None:
+    from typing import Literal
+
+    from trainers.config.params import type_phrase
+
+    assert type_phrase(list[Literal["a", "b"]]) == "a list of any of 'a', 'b'"
+    assert type_phrase(dict[str, Literal["min", "max"]]) == "a mapping of names to 'min', 'max'"
+    assert type_phrase(list[int]) == "a list of integers"
+    with pytest.raises(ConfigError) as caught:
+        load_config({"trainer": {"name": "demo"}, "callbacks": {"ema": {"use_for": ["validation", "render"]}}})
+    assert str(caught.value).splitlines()[-1] == (
+        "<dict>: callbacks.ema.use_for: got ['validation', 'render'] (list); input should be 'validation', "
+        "'preview' or 'export' at [1]"
+    )
