@@ -10,13 +10,15 @@ import ctypes
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from trainers.checkpoint.atomic import atomic_write
 
-__all__ = ["encode_png", "tensor_bytes", "to_uint8_hwc", "write_png"]
+__all__ = ["checked_images", "encode_png", "tensor_bytes", "to_uint8_hwc", "write_png"]
 
 _COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type: grey, grey+alpha, RGB, RGBA
 
@@ -78,3 +80,21 @@ def write_png(path: str | os.PathLike[str], image: torch.Tensor, *, name: str = 
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, lambda handle: handle.write(data), durable=False)
     return target
+
+
+def checked_images(images: Any, *, owner: str, source: str) -> dict[str, torch.Tensor]:
+    """A validation's ``images`` (``None``: none) as ``uint8`` HxWxC tensors by plain file name, or a
+    ``TypeError``/``ValueError`` naming ``owner`` (``"Validator 'Validator'"``) and where they came from."""
+    if images is None:
+        return {}
+    if not isinstance(images, Mapping):
+        raise TypeError(f"{owner}: 'images' from {source} must map names to HxWxC tensors, got {type(images).__name__}")
+    out: dict[str, torch.Tensor] = {}
+    for name, image in images.items():
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"{owner}: image name {name!r} is not a plain file name")
+        try:
+            out[name] = to_uint8_hwc(image, name=f"image {name!r}")
+        except ValueError as exc:
+            raise ValueError(f"{owner}: {exc}") from None
+    return out

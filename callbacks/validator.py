@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from callbacks.helpers import parse_schedule, periodic_event
-from callbacks.images import to_uint8_hwc, write_png
+from callbacks.images import checked_images, write_png
 from callbacks.metrics import Mode, as_scalar, improves
 from callbacks.validation_names import best_key, check_prefix, metric_key, request_kind
 from callbacks.validation_ranks import check_ranks, evaluate_everywhere, refuse_numbers
@@ -290,7 +290,8 @@ class Validator(Callback):
                 f"Validator {self.state_key!r}: {self._source(trainer)} must return a dict of metrics, got "
                 f"{type(result).__name__}"
             )
-        images = self._images(result.get("images"), trainer) if trainer.is_global_zero else {}
+        owner, source = f"Validator {self.state_key!r}", self._source(trainer)
+        images = checked_images(result.get("images"), owner=owner, source=source) if trainer.is_global_zero else {}
         numbers: dict[str, float] = {}
         metrics = dict(self._given)
         for key, value in result.items():
@@ -364,24 +365,6 @@ class Validator(Callback):
             f"Validator {self.state_key!r}: metric {name!r} from {self._source(trainer)} must be a number or a "
             f"one-element tensor, got {type(value).__name__}{shape}; put images under the 'images' key"
         )
-
-    def _images(self, images: Any, trainer: BaseTrainer) -> dict[str, torch.Tensor]:
-        if images is None:
-            return {}
-        if not isinstance(images, Mapping):
-            raise TypeError(
-                f"Validator {self.state_key!r}: 'images' from {self._source(trainer)} must map names to HxWxC "
-                f"tensors, got {type(images).__name__}"
-            )
-        out: dict[str, torch.Tensor] = {}
-        for name, image in images.items():
-            if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
-                raise ValueError(f"Validator {self.state_key!r}: image name {name!r} is not a plain file name")
-            try:
-                out[name] = to_uint8_hwc(image, name=f"image {name!r}")
-            except ValueError as exc:
-                raise ValueError(f"Validator {self.state_key!r}: {exc}") from None
-        return out
 
     def _write_images(self, images: Mapping[str, torch.Tensor], trainer: BaseTrainer) -> dict[str, Path]:
         if not images or not self.save_images:
