@@ -436,10 +436,10 @@ lock = RunLock(sys.argv[1])
 lock.acquire()
 child = os.fork()
 if child == 0:  # a DataLoader worker would be forked like this, with the lock held
-    print("CHILD", lock.held, flush=True)
+    os.write(1, f"CHILD {lock.held}\n".encode())  # one write each: the two processes share the pipe
     time.sleep(60)
     os._exit(0)
-print("HOLDER", child, flush=True)
+os.write(1, f"HOLDER {child}\n".encode())
 time.sleep(60)
 """
 
