@@ -26,6 +26,7 @@ from tests import (
     doc_checks_code,  # noqa: F401  (registers the checks of the Python blocks that drive a trainer)
     doc_checks_csv,  # noqa: F401  (registers the checks of the CSV logger page)
     doc_checks_mlflow,  # noqa: F401  (registers the checks of the MLflow logger page)
+    doc_checks_multinode,  # noqa: F401  (registers the check of docs/distributed.md's command for several nodes)
     doc_checks_notebooks,  # noqa: F401  (registers the checks of docs/notebooks.md, run in a kernel)
     doc_checks_profiling,  # noqa: F401  (registers the checks of docs/profiling.md)
     doc_checks_run_control,  # noqa: F401  (registers the checks of docs/run-control.md)

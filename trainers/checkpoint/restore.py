@@ -96,7 +96,8 @@ def restore(
             )
         found = _agreed(ranks, directories[0], lambda: load_newest(directories, required=False))
         if found is None:
-            _log.warning("restore('auto'): no checkpoint in %s; starting from scratch", _names(directories))
+            if trainer.is_global_zero:  # the ranks agreed on it: one of them says so
+                _log.warning("restore('auto'): no checkpoint in %s; starting from scratch", _names(directories))
             return None
     else:
         target = Path(checkpoint)
