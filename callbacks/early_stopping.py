@@ -119,7 +119,7 @@ class EarlyStopping(Callback):
         trainer.state.metrics["early_stopping/wait"] = self.wait
         if resumed and self.stopped_iteration is not None:
             _log.info("%s: the resumed run had stopped early (%s); stopping again", self.state_key, self.reason)
-            trainer.stop()
+            trainer.stop(f"{self.state_key}: {self.reason}")
 
     def post_validation(self, trainer: BaseTrainer, *, metrics: Mapping[str, float], **_: Any) -> None:
         if self._carried:  # a validation before pre_training (a GUI button, a request before train())
@@ -137,7 +137,7 @@ class EarlyStopping(Callback):
         if reason is not None:
             self.reason, self.stopped_iteration = reason, iteration
             _log.info("%s: stopping at iteration %d: %s", self.state_key, iteration, reason)
-            trainer.stop()
+            trainer.stop(f"{self.state_key}: {reason}")
 
     def _verdict(self, value: float, iteration: int) -> str | None:
         good = self.mode == "max"

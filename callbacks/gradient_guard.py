@@ -218,7 +218,7 @@ class GradientGuard(Callback):
         trainer.state.metrics["grad/nonfinite_steps"] = self.skipped
         if self.on_nonfinite == "stop":
             self.reason = f"non-finite values at iteration {iteration}: {what}"
-            trainer.stop()
+            trainer.stop(f"{self.state_key}: {self.reason}")
         elif self.max_skips is not None and self.consecutive >= self.max_skips:
             raise NonFiniteError(
                 f"{self.consecutive} consecutive steps with non-finite values (max_skips={self.max_skips}), the "

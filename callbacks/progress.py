@@ -205,6 +205,8 @@ class ProgressBar(Callback):
         table = Table(title=f"training {status}", show_header=False, show_edge=False)
         table.add_column("what")
         table.add_column("value", justify="right")
+        if status is Status.STOPPED and trainer.stop_reason:
+            table.add_row("stopped by", trainer.stop_reason)
         table.add_row("iterations", f"{state.iteration}/{state.max_iterations}")
         table.add_row("epochs", f"{state.epoch}/{state.max_epochs}")
         table.add_row("time", f"{seconds:.1f} s")

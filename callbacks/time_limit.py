@@ -196,7 +196,7 @@ class TimeLimit(Callback):
         iteration = trainer.state.iteration
         self.reason, self.stopped_iteration = reason, iteration
         _log.log(level, "TimeLimit %r: stopping at iteration %d: %s", self.state_key, iteration, reason)
-        trainer.stop()
+        trainer.stop(f"{self.state_key}: {reason}")
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -412,3 +412,47 @@ def test_a_second_validators_metrics_are_ignored() -> None:
     ]
     assert trainer.state.metrics["test/acc"] == 99.0
     assert math.isclose(trainer.state.metrics["early_stopping/wait"], 0)
+
+
+def test_the_stop_reason_reaches_the_trainer_and_the_progress_summary() -> None:
+    import io
+
+    from rich.console import Console
+
+    from callbacks import ProgressBar
+
+    out = io.StringIO()
+    es = EarlyStopping(monitor="val/loss", patience=1)
+    trainer = make_trainer(
+        max_epochs=10,
+        callbacks=[
+            Validator(by_validation([5.0, 6.0, 1.0]), every="1ep"),
+            es,
+            ProgressBar(console=Console(file=out, width=200, color_system=None)),
+        ],
+    )
+    assert trainer.stop_reason is None
+    assert trainer.train() == Status.STOPPED
+    reason = "val/loss did not improve by more than 0 (min) in 1 validations; best 5 at iteration 3"
+    assert es.reason == reason
+    assert trainer.stop_reason == f"EarlyStopping: {reason}"
+    summary = out.getvalue().splitlines()
+    assert [line.split() for line in summary if line.split()[:2] == ["stopped", "by"]] == [
+        ["stopped", "by", "│", "EarlyStopping:", *reason.split()]  # the summary table's row
+    ]
+    trainer.stop("a later reason")  # the first reason stays
+    assert trainer.stop_reason == f"EarlyStopping: {reason}"
+
+
+def test_a_completed_run_has_no_stop_reason_and_no_such_summary_row() -> None:
+    import io
+
+    from rich.console import Console
+
+    from callbacks import ProgressBar
+
+    out = io.StringIO()
+    trainer = make_trainer(max_epochs=2, callbacks=[ProgressBar(console=Console(file=out, width=200))])
+    assert trainer.train() == Status.COMPLETED
+    assert trainer.stop_reason is None
+    assert "stopped by" not in out.getvalue()

@@ -82,7 +82,8 @@ class ReportProgress(Callback):
         self.console.print(f"validation at iteration {trainer.state.iteration}: {shown}{lr}")
 
     def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
-        self.console.print(f"training {status}: {trainer.state.iteration} iterations")
+        why = f" ({trainer.stop_reason})" if status is Status.STOPPED and trainer.stop_reason else ""
+        self.console.print(f"training {status}: {trainer.state.iteration} iterations{why}")
 
 
 def _target(xy: torch.Tensor) -> torch.Tensor:

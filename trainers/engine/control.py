@@ -23,12 +23,14 @@ __all__ = ["Control"]
 class Control:
     """The driving and stopping of one trainer (see the module docstring)."""
 
-    __slots__ = ("_driver", "_loop", "_ranks", "_state", "interrupted_by")
+    __slots__ = ("_driver", "_loop", "_ranks", "_state", "interrupted_by", "stop_reason")
 
     def __init__(self, loop: Loop, driver: LoopDriver, ranks: Ranks, state: State) -> None:
         self._loop, self._driver, self._ranks, self._state = loop, driver, ranks, state
         #: the signal that interrupted ``train()``, if one did
         self.interrupted_by: int | None = None
+        #: why the run was stopped: the first reason given to ``stop()``
+        self.stop_reason: str | None = None
 
     def iterate(self) -> bool:
         self._ranks.check_open(self._state.iteration)
@@ -61,7 +63,9 @@ class Control:
                 return True
         return False
 
-    def stop(self) -> None:
+    def stop(self, reason: str | None = None) -> None:
+        if reason is not None and self.stop_reason is None and not self._loop.ending:
+            self.stop_reason = reason
         if self._ranks.votes:
             if not self._loop.ending:
                 self._ranks.want(STOP)  # the ranks agree on it at the next vote round (at a window's end)

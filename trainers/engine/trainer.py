@@ -271,11 +271,18 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMetho
         """Undo :meth:`pause` (:meth:`restore` loads a checkpoint)."""
         self._loop.paused = False
 
-    def stop(self) -> None:
+    def stop(self, reason: str | None = None) -> None:
         """End the run: from a handler, after the current step (``post_epoch`` and ``post_training(status=
         "stopped")`` follow once each); from outside ``iterate()``, at once. Idempotent. In a distributed run a
-        stop on any rank stops every rank at the same iteration (``trainers.distributed.stop_vote``)."""
-        self._control.stop()
+        stop on any rank stops every rank at the same iteration (``trainers.distributed.stop_vote``). The first
+        ``reason`` given becomes :attr:`stop_reason`, which the progress summary shows."""
+        self._control.stop(reason)
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the run was stopped (``"EarlyStopping: val/loss did not improve ..."``), as the first ``stop(reason)``
+        said; ``None`` when it was not stopped or no reason was given."""
+        return self._control.stop_reason
 
     @property
     def interrupted_by(self) -> int | None:
