@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.checkpoint
 	$(BIN)/python -m benchmarks.gui
+	$(BIN)/python -m benchmarks.strategies
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build/site

@@ -51,6 +51,7 @@ BUILT_IN: dict[str, str] = {
     "preview": "callbacks.preview:Preview",
     "ema": "callbacks.ema:EMA",
     "pipeline_export": "callbacks.pipeline_export:PipelineExport",
+    "ray_report": "callbacks.ray_report:RayReport",
     "profiler": "callbacks.profiler:Profiler",
 }
 
@@ -61,6 +62,10 @@ _ALSO = {
     "ExportError": "callbacks.pipeline_export",
     "mse": "callbacks.metrics",
     "psnr": "callbacks.metrics",
+    "Mean": "callbacks.reductions",
+    "Sum": "callbacks.reductions",
+    "Reduction": "callbacks.reductions",
+    "validation_shard": "callbacks.validation_sharding",
 }
 
 _WHERE = {target.partition(":")[2]: target.partition(":")[0] for target in BUILT_IN.values()} | _ALSO

@@ -8,16 +8,17 @@ files a killed process left (only under the lock, so no other writer is alive, a
 ``trainers.checkpoint.run_lock``) and points the links. Events used: the periodic event of its schedule
 (``post_step`` or ``post_epoch``), ``post_epoch`` (a step-schedule save that falls on an epoch's last step is taken
 after that epoch's ``post_epoch``, the only resumable point there), ``post_training`` (the final save) and
-``exception`` (an optional, non-resumable crash dump). It serves
-``"checkpoint"`` requests (``trainer.request_checkpoint()``) and ``"interrupt"`` requests (SIGINT/SIGTERM during
-``train()``: the save happens after the current step, before the cut-short epoch's ``post_epoch``).
+``exception`` (an optional, non-resumable crash dump; none with FSDP). It serves ``"checkpoint"`` requests
+(``trainer.request_checkpoint()``) and ``"interrupt"`` requests (SIGINT/SIGTERM during ``train()``: the save
+happens after the current step, before the cut-short epoch's ``post_epoch``).
 
 Files, in ``dir`` (default ``<run_dir>/checkpoints``): ``step-<iteration>.pt``, written atomically (see
-``trainers.checkpoint.format``); ``last.pt`` and ``best.pt``, symbolic links (hard links where symlinks are unavailable)
-replaced atomically and only after the file they name is durable. Retention keeps the ``keep_last`` newest and the
-``keep_best`` best-scoring files and deletes the rest only after the links were moved, so a link never dangles.
-Which files it owns is part of its state, saved in every checkpoint: files it does not know (another run's, or the
-abandoned future of a resume from an older checkpoint) are never deleted.
+``trainers.checkpoint.format``; with ``strategy="fsdp"`` a directory of that name: ``trainers.checkpoint.sharded``);
+``last.pt`` and ``best.pt``, symbolic links (hard links where symlinks are unavailable) replaced atomically and only
+after the file they name is durable. Retention keeps the ``keep_last`` newest and the ``keep_best`` best-scoring
+files and deletes the rest only after the links were moved, so a link never dangles. Which files it owns is part
+of its state, saved in every checkpoint: files it does not know (another run's, or the abandoned future of a resume
+from an older checkpoint) are never deleted.
 
 In a distributed run it runs on every rank, because a save is a collective (``trainer.save_checkpoint``: every rank
 hands its RNG state to rank 0, rank 0 writes, every rank learns the outcome); only rank 0 touches the directory
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from callbacks.helpers import output_dir, parse_schedule, periodic_event
 from callbacks.metrics import Mode, as_scalar, monitor_mode
 from lifecycle import Callback, Event, HandlerSpec, Priority, SavedCheckpoint, Schedule, ScheduleSpec, State, Status
-from trainers.checkpoint.atomic import atomic_link, fsync_directory, remove_dead_temporaries
+from trainers.checkpoint.atomic import atomic_link, fsync_directory, remove_checkpoint, remove_dead_temporaries
 from trainers.checkpoint.format import CheckpointError, EarlierRunCheckpoints, list_checkpoints
 from trainers.engine.directory_locks import CLAIM
 
@@ -186,7 +187,7 @@ class Checkpointer(Callback):
         if self._loaded_dir is not None and self._loaded_dir != str(directory):
             self._files = []  # the state came from a run in another directory: its files are not ours
         known = {saved.name for saved in self._files}
-        self._files = [saved for saved in self._files if (directory / saved.name).is_file()]
+        self._files = [saved for saved in self._files if (directory / saved.name).exists()]
         strangers = [f for f in existing if f.path.name not in known]
         if strangers and trainer.resumed_from is None:
             newest = strangers[0]
@@ -370,7 +371,7 @@ class Checkpointer(Callback):
         removed = False
         for saved in doomed:
             try:
-                (directory / saved.name).unlink(missing_ok=True)
+                remove_checkpoint(directory / saved.name)  # a file, or a sharded checkpoint's directory
                 removed = True
             except OSError as exc:
                 _log.warning("Checkpointer %r: could not delete %s: %s", self.state_key, saved.name, exc)

@@ -96,6 +96,11 @@ class EMA(Callback):
         return "validation" in self.use_for
 
     def setup(self, trainer: BaseTrainer) -> None:
+        if trainer.sharded:
+            raise ValueError(
+                f"EMA {self.state_key!r}: with strategy='fsdp' each rank holds only a shard of the weights, and the "
+                "average is checkpointed whole by rank 0; train with strategy='ddp' to keep an EMA"
+            )
         pipeline = trainer.pipeline
         params: list[torch.Tensor] = [p for p in pipeline.parameters() if p.is_floating_point()]
         if not params:

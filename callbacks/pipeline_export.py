@@ -30,7 +30,8 @@ when one serves it (its default), else the training weights, which are back bit 
 The path is relative to the run directory (``model.pth`` by default) and must stay inside it; the file name may
 hold ``{iteration}`` and ``{epoch}`` (``"exports/model-{iteration:08d}.pth"`` keeps every export; a fixed name
 keeps the newest). In a distributed run every rank runs it (the schedule fires at the same iteration on each) and
-rank 0 writes; a failure is reported on every rank (``trainer.on_rank_zero``), so a request must then be made on
+rank 0 writes (with ``strategy="fsdp"`` the state is first gathered from the ranks' shards, a collective); a failure
+is reported on every rank (``trainer.on_rank_zero``), so a request must then be made on
 every rank, like ``trainer.request_checkpoint()``.
 """
 
@@ -140,6 +141,11 @@ class PipelineExport(Callback):
                 f"{name} writes inside the run directory: give the trainer run_dir=... (it then writes to "
                 f"<run_dir>/{self.template})"
             )
+        if trainer.sharded and self.format == "full":
+            raise ValueError(
+                f"{name}: format='full' pickles the module, and with strategy='fsdp' each rank's module holds only "
+                "its shard; use format='state_dict' (the whole state, gathered from the ranks)"
+            )
         root = trainer.run_dir
         first = root / _formatted(self.template, 0, 0)
         if not _inside(root, first):
@@ -196,10 +202,11 @@ class PipelineExport(Callback):
     def _export(self, trainer: BaseTrainer, reason: str) -> Path | None:
         state = trainer.state
         target = self.path_at(state.iteration, state.epoch)
+        whole = trainer.full_state_dict() if trainer.sharded else None  # gathered from the shards: every rank
 
         def write() -> str | None:  # rank 0 only; its outcome is every rank's
             try:
-                self._write(trainer, target)
+                self._write(trainer, target, whole)
             except ExportError as exc:
                 if self.on_error == "raise":
                     raise
@@ -215,9 +222,10 @@ class PipelineExport(Callback):
         self.last_path = target
         return target
 
-    def _write(self, trainer: BaseTrainer, target: Path) -> None:
-        """Write the pipeline (with the weights that serve ``"export"``) to ``target`` atomically and durably;
-        every failure is an :class:`ExportError` naming ``target``, and leaves what was there intact."""
+    def _write(self, trainer: BaseTrainer, target: Path, whole: dict[str, Any] | None) -> None:
+        """Write the pipeline (with the weights that serve ``"export"``; ``whole``: its state gathered from the
+        ranks' shards) to ``target`` atomically and durably; every failure is an :class:`ExportError` naming
+        ``target``, and leaves what was there intact."""
         if not _inside(self._dir_root(), target):
             raise ExportError(target, f"not written: it lies outside the run directory {self._dir_root()}")
         blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists() and not p.is_dir()), None)
@@ -229,7 +237,7 @@ class PipelineExport(Callback):
         with EvaluationWeights.of(trainer).applied("export"):  # saved inside: the state dict views the weights
             payload: object = pipeline
             if self.format == "state_dict":
-                payload = _cpu_state_dict(pipeline)
+                payload = _cpu_state_dict(pipeline) if whole is None else whole
                 try:
                     check_plain(payload, "state_dict")  # what weights_only=True would refuse (an extra_state object)
                 except TypeError as exc:

@@ -24,11 +24,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from callbacks.helpers import parse_schedule, periodic_event
-from callbacks.images import checked_images, write_png
-from callbacks.metrics import Mode, as_scalar, improves
+from callbacks.images import write_png
+from callbacks.metrics import Mode, improves
+from callbacks.reductions import pack, unpack
 from callbacks.validation_names import best_key, check_prefix, metric_key, request_kind
-from callbacks.validation_ranks import check_ranks, evaluate_everywhere, refuse_numbers
-from callbacks.validation_torchmetrics import Found, check_metrics, compute, direction, is_metric, publishable, reset
+from callbacks.validation_ranks import check_ranks, evaluate_everywhere
+from callbacks.validation_results import Collected, collect, finished
+from callbacks.validation_sharding import ValidationShard
+from callbacks.validation_torchmetrics import Found, check_metrics, compute, direction, publishable, reset
 from lifecycle import Callback, Event, HandlerSpec, Priority, ScheduleSpec, Status
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,10 +56,11 @@ class Validator(Callback):
     training continues. At most one validation per iteration: a scheduled run and ``at_end`` at the same
     iteration validate once.
 
-    The result maps metric names to numbers (or one-element tensors). Each metric needs a direction to track its
-    best value: ``psnr``/``ssim`` are ``max``, ``loss``/``mse``/``lpips`` are ``min``; declare others with
-    ``modes={"acc": "max"}`` (an undeclared unknown metric is an error). An optional ``"images"`` entry maps names
-    to ``HxWxC`` (or ``HxW``) tensors, float in [0, 1] or uint8: they are written as
+    The result maps metric names to numbers (or one-element tensors), or to sums and counts the ranks add up
+    (``Mean(total, count)``, ``Sum(value)``, ``Mean(...).then(fn)``: ``callbacks.reductions``). Each metric needs
+    a direction to track its best value: ``psnr``/``ssim`` are ``max``, ``loss``/``mse``/``lpips`` are ``min``;
+    declare others with ``modes={"acc": "max"}`` (an undeclared unknown metric is an error). An optional
+    ``"images"`` entry maps names to ``HxWxC`` (or ``HxW``) tensors, float in [0, 1] or uint8: they are written as
     ``<image_dir>/<name>-<iteration>.png`` and handed to loggers in the ``post_validation`` payload. A validation
     may produce only images (a render every few epochs beside the metrics): then nothing is published.
 
@@ -77,8 +81,12 @@ class Validator(Callback):
     the validation updated, returned as a value (``{"acc": self.val_acc}``) or given as ``metrics=`` and updated
     by ``fn(trainer, metrics)``. The validator calls ``compute()`` -- a dict-valued one publishes ``<name>/<key>``
     -- and ``reset()`` after every validation, failed ones included; the direction is the metric's
-    ``higher_is_better`` unless ``modes`` names it. They also allow ``ranks="all"``: every rank evaluates its own
-    shard and ``compute()`` combines the ranks' states, so every rank publishes the values of the whole set.
+    ``higher_is_better`` unless ``modes`` names it.
+
+    ``ranks="all"`` validates on every rank: each evaluates its shard (``validation_shard(trainer)``), the ranks
+    add their sums and counts with one ``all_reduce`` and ``compute()`` combines their metrics' states, so every
+    rank publishes the values of the whole set (``docs/validation.md``). A model whose parameters are sharded over
+    the ranks (``strategy="fsdp"``) can only be validated so: every forward is a collective.
 
     Args:
         fn: what to compute; ``None`` uses ``trainer.validate()``. With ``metrics``, ``fn(trainer, metrics)``
@@ -92,7 +100,8 @@ class Validator(Callback):
         modes: directions of metrics the built-in table does not know; they override a metric's
             ``higher_is_better``.
         ranks: ``"zero"``: rank 0 validates and the other ranks get its values; ``"all"``: every rank validates
-            its shard into torchmetrics metrics (plain numbers are refused). The same in a single process.
+            its shard into sums and counts or torchmetrics metrics (plain numbers are refused). The same in a
+            single process. ``"all"`` is required under FSDP.
         prefix: namespace of the published metrics (``"val"``; e.g. ``"render"`` for a second validator, which then
             also needs its own ``state_key``); not ``best``.
         image_dir: where images go; default ``<trainer.run_dir>/<prefix>``, or nowhere when the trainer has no
@@ -184,6 +193,13 @@ class Validator(Callback):
             raise TypeError(
                 f"Validator {self.state_key!r}: {type(trainer).__name__} does not override validate(); override "
                 "validate(self) -> dict of metrics in the trainer, or pass Validator(fn=lambda trainer: {...})"
+            )
+        if trainer.sharded and self.ranks == "zero":
+            raise ValueError(
+                f"Validator {self.state_key!r}: ranks='zero' cannot validate under strategy='fsdp': the parameters "
+                "are sharded over the ranks, so rank 0 alone cannot run the model (every forward is a collective); "
+                "use ranks='all', every rank validating its shard into sums and counts (callbacks.Mean, "
+                "callbacks.Sum) or torchmetrics metrics"
             )
         kinds = [request_kind(name) for name in self.names]
         for name, kind in zip(self.names, kinds, strict=True):
@@ -279,38 +295,18 @@ class Validator(Callback):
         )
         return published
 
-    def _collect(self, trainer: BaseTrainer) -> tuple[dict[str, float], dict[str | None, Any], dict[str, torch.Tensor]]:
-        """Run the validation: its plain numbers as floats, its metric objects by name (``None`` for a collection
-        given whole) and, on rank 0, its images as uint8 ``HxWxC``, checked."""
-        result = self._compute(trainer)
-        if result is None and self._given:
-            result = {}
-        if not isinstance(result, Mapping):
-            raise TypeError(
-                f"Validator {self.state_key!r}: {self._source(trainer)} must return a dict of metrics, got "
-                f"{type(result).__name__}"
-            )
-        owner, source = f"Validator {self.state_key!r}", self._source(trainer)
-        images = checked_images(result.get("images"), owner=owner, source=source) if trainer.is_global_zero else {}
-        numbers: dict[str, float] = {}
-        metrics = dict(self._given)
-        for key, value in result.items():
-            name = str(key)
-            if name == "images":
-                continue
-            if not is_metric(value):
-                numbers[name] = self._number(name, value, trainer)
-                continue
-            if name in metrics:
-                raise ValueError(
-                    f"Validator {self.state_key!r}: {self._source(trainer)} returned {name!r}, a name of metrics="
-                )
-            metrics[name] = value
-            if all(value is not known for known in self._known):
-                self._known.append(value)
-        if numbers and self.ranks == "all":
-            refuse_numbers(f"Validator {self.state_key!r}: {sorted(numbers)} from {self._source(trainer)}")
-        return numbers, metrics, images
+    def _collect(self, trainer: BaseTrainer) -> Collected:
+        """Run the validation; its result checked and sorted (``callbacks.validation_results``), with the images
+        on rank 0 only."""
+        return collect(
+            self._compute(trainer),
+            given=self._given,
+            known=self._known,
+            everywhere=self.ranks == "all",
+            owner=f"Validator {self.state_key!r}",
+            source=self._source(trainer),
+            with_images=trainer.is_global_zero,
+        )
 
     def _evaluate_on_rank_zero(self, trainer: BaseTrainer) -> tuple[dict[str, float], Found, dict[str, torch.Tensor]]:
         """The validation in one process. In a distributed run rank 0 validates (the ranks hold the same weights),
@@ -322,10 +318,11 @@ class Validator(Callback):
         def evaluate() -> tuple[dict[str, float], Found]:
             reset(self._known)  # also what was updated between validations
             try:
-                numbers, metrics, found = self._collect(trainer)
-                computed = {name: compute(metric, sync=False) for name, metric in metrics.items()}
-                images.update(found)
-                return publishable(numbers, metrics, computed, f"Validator {self.state_key!r}")
+                collected, owner = self._collect(trainer), f"Validator {self.state_key!r}"
+                summed = unpack(collected.reductions, pack(collected.reductions, trainer.device), owner)  # one rank
+                computed = {name: compute(metric, sync=False) for name, metric in collected.metrics.items()}
+                images.update(collected.images)
+                return publishable(finished(collected.values, summed), collected.metrics, computed, owner)
             finally:
                 reset(self._known)
 
@@ -338,11 +335,13 @@ class Validator(Callback):
         return dict(values), dict(directions), images
 
     def _evaluate_everywhere(self, trainer: BaseTrainer) -> tuple[dict[str, float], Found, dict[str, torch.Tensor]]:
-        """``ranks="all"``: every rank validates its shard and ``compute()`` combines the ranks' states
-        (``callbacks.validation_ranks``); the images come from rank 0."""
+        """``ranks="all"``: every rank validates its shard (``callbacks.validation_sharding``), the ranks add their
+        sums and counts and ``compute()`` combines their metrics' states (``callbacks.validation_ranks``); the
+        images come from rank 0."""
         reset(self._known)
         try:
-            return evaluate_everywhere(trainer, lambda: self._collect(trainer), f"Validator {self.state_key!r}")
+            with ValidationShard.of(trainer).sharded(trainer.rank, trainer.world_size):
+                return evaluate_everywhere(trainer, lambda: self._collect(trainer), f"Validator {self.state_key!r}")
         finally:
             reset(self._known)
 
@@ -355,16 +354,6 @@ class Validator(Callback):
             if self.fn is None:
                 return trainer.validate()
             return self.fn(trainer, self.metrics) if self.metrics is not None else self.fn(trainer)
-
-    def _number(self, name: str, value: Any, trainer: BaseTrainer) -> float:
-        number = as_scalar(value)
-        if number is not None:
-            return number
-        shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
-        raise TypeError(
-            f"Validator {self.state_key!r}: metric {name!r} from {self._source(trainer)} must be a number or a "
-            f"one-element tensor, got {type(value).__name__}{shape}; put images under the 'images' key"
-        )
 
     def _write_images(self, images: Mapping[str, torch.Tensor], trainer: BaseTrainer) -> dict[str, Path]:
         if not images or not self.save_images:

@@ -17,12 +17,16 @@ from trainers import BaseTrainer
 
 Check = Callable[[Block, Path, pytest.MonkeyPatch], None]
 CHECKS: dict[str, Check] = {}
+#: the checks that start a cluster or a job of several processes: run with the slow tests (``-m slow``)
+SLOW_CHECKS: set[str] = set()
 
 
-def check(name: str) -> Callable[[Check], Check]:
+def check(name: str, *, slow: bool = False) -> Callable[[Check], Check]:
     def register(function: Check) -> Check:
         assert name not in CHECKS, name
         CHECKS[name] = function
+        if slow:
+            SLOW_CHECKS.add(name)
         return function
 
     return register

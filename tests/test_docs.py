@@ -20,7 +20,7 @@ import pytest
 
 from tests.doc_pages import DOCS, ROOT, github_slug, headings, links, mkdocs_slug, pages, relative
 
-BENCHMARK_RESULTS = ("results.md", "results-checkpoint.md", "results-gui.md")
+BENCHMARK_RESULTS = ("results.md", "results-checkpoint.md", "results-gui.md", "results-strategies.md")
 
 
 def _anchors(page: Path) -> tuple[set[str], set[str]]:

@@ -25,15 +25,18 @@ from lifecycle import Event, Status
 from tests import (
     doc_checks_code,  # noqa: F401  (registers the checks of the Python blocks that drive a trainer)
     doc_checks_csv,  # noqa: F401  (registers the checks of the CSV logger page)
+    doc_checks_fsdp,  # noqa: F401  (registers the check of docs/distributed.md's FSDP example, run on 2 ranks)
     doc_checks_mlflow,  # noqa: F401  (registers the checks of the MLflow logger page)
     doc_checks_multinode,  # noqa: F401  (registers the check of docs/distributed.md's command for several nodes)
     doc_checks_notebooks,  # noqa: F401  (registers the checks of docs/notebooks.md, run in a kernel)
     doc_checks_profiling,  # noqa: F401  (registers the checks of docs/profiling.md)
+    doc_checks_ray,  # noqa: F401  (registers the checks of docs/ray.md, run on a local Ray cluster)
     doc_checks_run_control,  # noqa: F401  (registers the checks of docs/run-control.md)
     doc_checks_torchmetrics,  # noqa: F401  (registers the checks of docs/torchmetrics.md)
     doc_checks_tune,  # noqa: F401  (registers the check of the LR range test page)
+    doc_checks_validation,  # noqa: F401  (registers the checks of docs/validation.md)
 )
-from tests.doc_checks import CHECKS, check, points, run, small_trainer
+from tests.doc_checks import CHECKS, SLOW_CHECKS, check, points, run, small_trainer
 from tests.doc_pages import CHECKED_AS_A_WHOLE, DOCS, ROOT, Block, all_blocks, blocks, load_toml
 from tests.doc_shell import check_shell
 from trainers import BaseTrainer
@@ -250,7 +253,11 @@ def _gan_config(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 # --- last, once every check above is registered ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.marker in CHECKS], ids=lambda block: block.id)
+@pytest.mark.parametrize(
+    "block",
+    [pytest.param(b, marks=pytest.mark.slow) if b.marker in SLOW_CHECKS else b for b in BLOCKS if b.marker in CHECKS],
+    ids=lambda block: block.id,
+)
 def test_block(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert block.marker is not None
     CHECKS[block.marker](block, tmp_path, monkeypatch)

@@ -326,7 +326,7 @@ def test_a_metric_without_a_direction_needs_modes() -> None:
             {"fn": print, "ranks": "some"},
             ValueError,
             "Validator 'Validator': ranks must be 'zero' (rank 0 validates, the other ranks get its values) or 'all' "
-            "(every rank validates its shard into torchmetrics metrics), got 'some'",
+            "(every rank validates its shard into sums and counts or torchmetrics metrics), got 'some'",
         ),
         (
             {"fn": 3, "metrics": {"acc": BinaryAccuracy()}},
@@ -359,9 +359,10 @@ def test_plain_numbers_are_refused_on_every_rank() -> None:
     with pytest.raises(TypeError) as caught:
         run_once(fn, metrics={"acc": acc}, ranks="all")
     assert str(caught.value) == (
-        f"Validator 'Validator': ['count', 'loss'] from its fn {fn!r} must be torchmetrics metrics: with "
-        "ranks='all' each rank sees only its shard, so plain numbers would differ between ranks (use e.g. "
-        "MeanMetric, or SumMetric for sums and counts), or use ranks='zero'"
+        f"Validator 'Validator': ['count', 'loss'] from its fn {fn!r} must be sums and counts (callbacks.Mean, "
+        "callbacks.Sum) or torchmetrics metrics: with ranks='all' each rank sees only its shard, so plain numbers "
+        "would differ between ranks (return e.g. Mean(total, count) or Sum(value), which the ranks add up, or a "
+        "torchmetrics MeanMetric), or use ranks='zero'"
     )
     assert acc.update_count == 0
 

@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 from callbacks import Callback
 from lifecycle import Priority, ScheduleSpec, Status
 from trainers.apps.threads import apply_threads
-from trainers.engine.optimization import Precision
+from trainers.engine.optimization import Precision, Strategy
 from trainers.engine.trainer import BaseTrainer, OptimizerSpec
 
 __all__ = ["ReportProgress", "demo_trainer"]
@@ -109,13 +109,15 @@ def demo_trainer(
     accumulate: int = 1,
     compile: bool | dict[str, Any] = False,
     threads: int | Literal["auto"] | None = 1,
+    strategy: Strategy = "ddp",
+    fsdp: dict[str, Any] | None = None,
 ) -> BaseTrainer:
     """The demo: an MLP fits sin(x)cos(y) + 0.1xy on random points, with a progress report every ``report_every``.
 
     The trainer factory behind ``trainer: {name: demo}``; the config's callbacks are added by ``trainers.build()``.
-    ``precision``, ``accumulate`` and ``compile`` are ``BaseTrainer``'s. ``threads`` is torch's thread count
-    (``auto``: see ``trainers.apps.threads``; ``None``: torch's setting, left alone); 1 by default: this small MLP
-    steps no faster on more.
+    ``precision``, ``accumulate``, ``compile``, ``strategy`` and ``fsdp`` are ``BaseTrainer``'s. ``threads`` is
+    torch's thread count (``auto``: see ``trainers.apps.threads``; ``None``: torch's setting, left alone); 1 by
+    default: this small MLP steps no faster on more.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
@@ -140,6 +142,8 @@ def demo_trainer(
         precision=precision,
         accumulate=accumulate,
         compile=compile,
+        strategy=strategy,
+        fsdp=fsdp,
     )
 
 

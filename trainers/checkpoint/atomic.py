@@ -19,6 +19,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -26,7 +27,14 @@ from typing import BinaryIO
 from trainers.checkpoint.disk_space import full_disk_error, no_room_left
 from trainers.checkpoint.run_lock import process_alive
 
-__all__ = ["atomic_link", "atomic_write", "fsync_directory", "remove_dead_temporaries", "temporary_name"]
+__all__ = [
+    "atomic_link",
+    "atomic_write",
+    "fsync_directory",
+    "remove_checkpoint",
+    "remove_dead_temporaries",
+    "temporary_name",
+]
 
 
 def temporary_name(target: Path) -> Path:
@@ -35,8 +43,9 @@ def temporary_name(target: Path) -> Path:
 
 
 def remove_dead_temporaries(directory: Path, names: str) -> list[str]:
-    """Delete the temporary files in ``directory`` of the final names that match the regular expression ``names``
-    whose writer is gone (a process killed mid-write); a live process's, this one's included, are never touched.
+    """Delete the temporary files (and directories) in ``directory`` of the final names that match the regular
+    expression ``names`` whose writer is gone (a process killed mid-write); a live process's, this one's included,
+    are never touched.
     Returns the names removed. Call it only while holding the directory's lock (``run_lock``): no other writer of
     this host can then start a write under a pid that is not alive yet."""
     pattern = re.compile(rf"^\.(?:{names})\.(\d+)\.[0-9a-f]{{8}}\.tmp$")
@@ -51,7 +60,11 @@ def remove_dead_temporaries(directory: Path, names: str) -> list[str]:
             continue
         pid = int(match.group(1))
         if pid != os.getpid() and not process_alive(pid):
-            (directory / name).unlink(missing_ok=True)
+            path = directory / name
+            if path.is_dir() and not path.is_symlink():  # a sharded checkpoint's directory, written by several ranks
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed.append(name)
     return removed
 
@@ -126,3 +139,14 @@ def atomic_link(directory: Path, link: str, target: str) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint file, or a sharded checkpoint directory: that one is renamed to a temporary name first,
+    so a kill halfway through leaves no half-deleted directory under a checkpoint's name."""
+    if path.is_dir() and not path.is_symlink():
+        doomed = temporary_name(path)
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
+    else:
+        path.unlink(missing_ok=True)

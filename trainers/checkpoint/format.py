@@ -15,6 +15,9 @@ only, so that it loads with ``torch.load(..., weights_only=True)`` -- a checkpoi
      "callbacks": {state_key: callback.state_dict()},
      "rng":       {"torch": ..., "python": ..., "cuda": [...], "numpy": {...}}}
 
+With ``strategy="fsdp"`` a checkpoint is a directory instead, its tensors in per-rank shards and the rest in
+``stepbus.pt`` (:mod:`trainers.checkpoint.shard_files`); the functions below read both kinds.
+
 The ``stepbus`` block is the metadata: :func:`read_metadata` returns it without reading any tensor data (the archive
 is memory-mapped, so its cost does not grow with the model).
 
@@ -47,6 +50,7 @@ from typing import Any
 import torch
 
 from trainers.checkpoint.atomic import atomic_write
+from trainers.checkpoint.shard_files import STATE_FILE, is_sharded, model_shapes, shard_problem
 
 __all__ = [
     "FORMAT",
@@ -173,7 +177,7 @@ def _verify_archive(path: Path, *, pickle_only: bool = False) -> None:
     except FileNotFoundError:
         raise CheckpointError(path, "no such file") from None
     except IsADirectoryError:
-        raise CheckpointError(path, "is a directory, not a checkpoint file") from None
+        raise CheckpointError(path, "is a directory, not a checkpoint") from None
     except zipfile.BadZipFile as exc:
         raise CheckpointError(
             path, f"not a complete torch checkpoint archive ({exc}): the file is truncated or is not a checkpoint"
@@ -222,26 +226,56 @@ def _check_metadata(path: Path, loaded: Any) -> dict[str, Any]:
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checkpoint's ``stepbus`` metadata block (iteration, epoch, time, reason, metrics, config) without
     reading tensor data: the pickle record is CRC-checked and the tensors are memory-mapped, never read, so the
-    cost does not grow with the model. (:func:`load_checkpoint` verifies every record.)"""
-    file = Path(path)
+    cost does not grow with the model. (:func:`load_checkpoint` verifies every record.) ``path`` may be a sharded
+    checkpoint directory (its ``stepbus.pt`` holds the block)."""
+    file = _state_file(Path(path))
     _verify_archive(file, pickle_only=True)
     return dict(_check_metadata(file, _torch_load(file, mmap=True)))
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str], *, shard_crc: bool = True) -> dict[str, Any]:
     """Load and check a checkpoint (on the CPU): integrity, ``weights_only=True``, format version, required keys.
-    Applying it to a trainer is ``trainer.restore(path)``."""
-    file = Path(path)
+    Applying it to a trainer is ``trainer.restore(path)``.
+
+    A sharded checkpoint directory (``trainers.checkpoint.shard_files``) loads as the same dict, with its tensors
+    left on disk: ``"model"`` holds shape-only (``meta``) tensors from DCP's index and ``"optimizer"`` the
+    optimizers' parameter groups; ``restore`` reads the shards. Its shard files are checked against their recorded
+    sizes and (``shard_crc``) CRC-32s first."""
+    given = Path(path)
+    file = _state_file(given)
     _verify_archive(file)
     loaded = _torch_load(file, mmap=False)
-    _check_metadata(file, loaded)
-    missing = [key for key in REQUIRED_KEYS if key not in loaded]
+    meta = _check_metadata(file, loaded)
+    sharded = file is not given
+    required = [key for key in REQUIRED_KEYS if not (sharded and key == "model")]
+    missing = [key for key in required if key not in loaded]
     if missing:
         raise CheckpointError(file, f"incomplete: missing {missing} (a stepbus checkpoint has {list(REQUIRED_KEYS)})")
     for key in ("trainer", "callbacks", "rng"):
         if not isinstance(loaded[key], dict):
             raise CheckpointError(file, f"malformed: {key!r} is a {type(loaded[key]).__name__}, expected a dict")
+    if sharded:
+        problem = shard_problem(given, meta.get("shards"), crc=shard_crc)
+        if problem is not None:
+            raise CheckpointError(given, problem)
+        try:
+            loaded["model"] = model_shapes(given)
+        except Exception as exc:  # noqa: BLE001 - any failure to read the index is a damaged checkpoint
+            raise CheckpointError(
+                given, f"its DCP index (.metadata) cannot be read: {type(exc).__name__}: {exc}"
+            ) from None
     return dict(loaded)
+
+
+def _state_file(path: Path) -> Path:
+    """``path`` itself, or for a sharded checkpoint directory the file holding its metadata block."""
+    if not path.is_dir():
+        return path
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(
+            path, f"is a directory without {STATE_FILE}: not a checkpoint (a sharded checkpoint directory holds one)"
+        )
+    return path / STATE_FILE
 
 
 @dataclass(frozen=True)
@@ -254,8 +288,9 @@ class CheckpointFile:
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointFile]:
-    """The step checkpoints in ``directory``, newest first (by modification time, then iteration). Pointers
-    (``last.pt``, ``best.pt``), temporary files and anything else are not listed."""
+    """The step checkpoints in ``directory``, newest first (by modification time, then iteration): files, and
+    complete sharded checkpoint directories. Pointers (``last.pt``, ``best.pt``), temporary files and directories
+    (a sharded checkpoint being written or left half-written by a kill) and anything else are not listed."""
     folder = Path(directory)
     found: list[CheckpointFile] = []
     try:
@@ -265,9 +300,13 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointFile]:
     with entries as scan:  # type: ignore[attr-defined]
         for entry in scan:
             match = STEP_FILE.match(entry.name)
-            if match is None or entry.is_symlink() or not entry.is_file():
+            if match is None or entry.is_symlink():
                 continue
-            found.append(CheckpointFile(folder / entry.name, int(match.group(1)), entry.stat().st_mtime_ns))
+            if entry.is_file():
+                found.append(CheckpointFile(folder / entry.name, int(match.group(1)), entry.stat().st_mtime_ns))
+            elif entry.is_dir() and is_sharded(folder / entry.name):  # complete: it holds its stepbus.pt
+                stamp = (folder / entry.name / STATE_FILE).stat().st_mtime_ns
+                found.append(CheckpointFile(folder / entry.name, int(match.group(1)), stamp))
     found.sort(key=lambda f: (f.mtime_ns, f.iteration), reverse=True)
     return found
 

@@ -15,6 +15,11 @@ may refuse them; one registered now but absent from the file, or the other way r
 to a resumed run is ordinary). ``fresh_optimizer=True`` restores everything but the optimizers' and the
 GradScaler's state: they stay as built, with the configured hyper-parameters, and the run continues from the saved
 counters -- the way to resume after changing the optimizer or the precision.
+
+A sharded checkpoint directory (``strategy="fsdp"``) is chosen and checked the same way -- its model against DCP's
+index of keys and shapes, its optimizers against their recorded groups -- and its tensors are read last, together,
+by every rank (:class:`~trainers.checkpoint.sharded.ModelAndOptimizers`); so is a checkpoint file loaded into a
+sharded model.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from trainers.checkpoint.optimizer_fit import (
     hyper_parameter_changes,
 )
 from trainers.checkpoint.rng import check_rng
+from trainers.checkpoint.shard_files import is_sharded
+from trainers.checkpoint.sharded import ModelAndOptimizers
 from trainers.distributed.ranks import Ranks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,12 +108,12 @@ def restore(
             return None
     else:
         target = Path(checkpoint)
-        if target.is_dir():
+        if target.is_dir() and not is_sharded(target):  # a directory of checkpoints, not a sharded one
             found = _agreed(ranks, target, lambda: load_newest([target], required=True))
         else:
             found = _agreed(ranks, target, lambda: (target, load_checkpoint(target)))
         assert found is not None
-    return _apply(trainer, *found, tracked, plan_iterations, fresh_optimizer=fresh_optimizer)
+    return _apply(trainer, ranks, *found, tracked, plan_iterations, fresh_optimizer=fresh_optimizer)
 
 
 def checked_counters(
@@ -173,7 +180,7 @@ def _agreed(
     error: Exception | None = None
     if ranks.rank != 0:
         try:
-            found = (Path(path_text), load_checkpoint(path_text))
+            found = (Path(path_text), load_checkpoint(path_text, shard_crc=False))  # rank 0 checked every byte
         except Exception as exc:  # noqa: BLE001 - shared with the other ranks, then raised
             error = exc
     problems = ranks.all_gather(None if error is None else str(error))
@@ -187,6 +194,7 @@ def _agreed(
 
 def _apply(
     trainer: BaseTrainer,
+    ranks: Ranks,
     path: Path,
     loaded: dict[str, Any],
     tracked: Mapping[str, Any],
@@ -251,17 +259,26 @@ def _apply(
     extra = sorted(set(saved_callbacks) - {cb.state_key for cb in trainer.callbacks})
     if extra:
         _log.warning("resume: %s holds state for callbacks %s, which are not registered now", path, extra)
+    together = is_sharded(path) or ranks.sharded  # the tensors load through DCP: model and optimizers at once
     for name, saved in optimizers:
         what = "the optimizer" if name == LONE_OPTIMIZER else f"optimizer {name!r}"
-        parts.append((what, trainer.optimizers[name], saved))
+        if not together:
+            parts.append((what, trainer.optimizers[name], saved))
         changes = hyper_parameter_changes(trainer.optimizers[name], saved)
         if changes:
             changed.append((name, "; ".join(changes)))
-    parts.append((f"the model ({type(trainer.pipeline).__name__})", trainer.pipeline, loaded["model"]))
+    model = f"the model ({type(trainer.pipeline).__name__})"
+    if together:
+        both = {name: (trainer.optimizers[name], saved) for name, saved in optimizers}
+        last: Any = ModelAndOptimizers(path, trainer.pipeline, both)
+        parts.append((f"{model} and optimizers" if both else model, last, loaded["model"]))
+    else:
+        last = trainer.pipeline
+        parts.append((model, last, loaded["model"]))
     undo: list[tuple[Any, Any]] = []
     try:
         for what, obj, saved in parts:
-            before = copy.deepcopy(obj.state_dict()) if obj is not trainer.pipeline else None
+            before = copy.deepcopy(obj.state_dict()) if obj is not last else None  # the last part needs no undo
             try:
                 obj.load_state_dict(saved)
             except Exception as exc:

@@ -41,9 +41,17 @@ __all__ = ["checkpoint_payload", "optimizer_states", "save"]
 
 
 def checkpoint_payload(
-    trainer: BaseTrainer, *, reason: str, resumable: bool, status: Status | None, tracked: Mapping[str, Any]
+    trainer: BaseTrainer,
+    *,
+    reason: str,
+    resumable: bool,
+    status: Status | None,
+    tracked: Mapping[str, Any],
+    sharded: bool = False,
 ) -> dict[str, Any]:
-    """Everything an exact resume needs, as tensors and plain containers (see ``trainers.checkpoint.format``)."""
+    """Everything an exact resume needs, as tensors and plain containers (see ``trainers.checkpoint.format``).
+    ``sharded``: the model and optimizer tensors go to the shards (``trainers.checkpoint.sharded``), so the
+    payload holds no ``"model"`` and only the optimizers' parameter groups."""
     state = trainer.state
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -66,23 +74,34 @@ def checkpoint_payload(
         "optimizers": list(trainer.optimizers),
         **optimizer_record(trainer.optimizers),  # what a restore checks the optimizers against
     }
-    return {
+    payload = {
         "stepbus": meta,
         "trainer": trainer.state_dict(),
-        "model": trainer.pipeline.state_dict(),
-        "optimizer": optimizer_states(trainer.optimizers),
+        "model": None if sharded else trainer.pipeline.state_dict(),
+        "optimizer": optimizer_states(trainer.optimizers, groups_only=sharded),
         "tracked": {name: obj.state_dict() for name, obj in tracked.items()},
         "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
         "rng": capture_rng(),
     }
+    if sharded:
+        del payload["model"]
+        meta["sharded"] = True
+    return payload
 
 
-def optimizer_states(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, Any]:
+def optimizer_states(optimizers: Mapping[str, torch.optim.Optimizer], *, groups_only: bool = False) -> dict[str, Any]:
     """The checkpoint's ``"optimizer"``: the lone optimizer's state dict, or named ones' by name (the metadata's
-    ``"optimizers"`` lists the names, so a loader knows which it holds)."""
+    ``"optimizers"`` lists the names, so a loader knows which it holds). ``groups_only``: their parameter groups
+    with an empty ``"state"`` (a sharded checkpoint keeps the state tensors in its shards)."""
+
+    def state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        if groups_only:
+            return {"state": {}, "param_groups": optimizer.state_dict()["param_groups"]}
+        return optimizer.state_dict()
+
     if list(optimizers) == [LONE_OPTIMIZER]:
-        return optimizers[LONE_OPTIMIZER].state_dict()
-    return {name: optimizer.state_dict() for name, optimizer in optimizers.items()}
+        return state(optimizers[LONE_OPTIMIZER])
+    return {name: state(optimizer) for name, optimizer in optimizers.items()}
 
 
 def save(
@@ -91,20 +110,19 @@ def save(
     ranks: Ranks,
     *,
     resumable: bool,
-    metadata: Mapping[str, Any] | None,
 ) -> Path:
-    """Write ``payload()`` (plus ``metadata`` in its metadata block) to ``path`` atomically.
+    """Write ``payload()`` to ``path`` atomically.
 
     A resumable checkpoint is a collective: every rank sends its RNG state to rank 0 (the entry barrier; in a job the
     file keeps them all as ``rank_rng``), rank 0 writes the file, and its outcome is broadcast (the exit barrier):
     every rank returns the path, or raises (a ``CheckpointError`` where rank 0 raised one). In a single process each
     of those steps is the process itself. A non-resumable one (the state at a failure) is written by the caller."""
     if not resumable:
-        return _write(path, _with(payload(), metadata))
+        return _write(path, payload())
     states = ranks.gather(capture_rng())
 
     def write_on_zero() -> str:
-        written = _with(payload(), metadata)
+        written = payload()
         if states is not None and len(states) > 1:
             written["rank_rng"] = states
         return str(_write(path, written))
@@ -128,12 +146,6 @@ def _write(path: Path, written: dict[str, Any]) -> Path:
         raise CheckpointError(exc.path, f"could not be written: {words}; any previous file is intact") from (
             exc.__cause__
         )
-
-
-def _with(written: dict[str, Any], metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    if metadata:
-        written["stepbus"].update(metadata)
-    return written
 
 
 def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int | str]:

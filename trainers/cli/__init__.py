@@ -9,6 +9,7 @@ Commands::
                     [--diverge D] [--optimizer NAME] [--run-dir DIR]
                                             # the learning-rate range test: lr_find.png, a suggested lr (trainers.tune)
     stepbus callbacks                       # every registered callback (built-in and plugins), its parameters
+    stepbus export CHECKPOINT OUT           # the model of a checkpoint (file or sharded directory) as a state_dict
     stepbus config show [FILE] [--set ...]  # the resolved config (defaults filled in)
     stepbus config validate FILE [--set ...] [--run-dir DIR]   # every check train makes; writes nothing
 
@@ -29,11 +30,11 @@ checkpoints, is in use by another live process, or cannot be created or written 
 training failed at epoch 3, iteration 412 in Checkpointer.post_step: OSError: ...``), then the traceback, except for
 a full disk, a used-up quota or a file size limit, where that line says it all (see ``trainers.cli.outcome``).
 
-One module per command (``train``, ``launch`` for ``train --nproc``, ``gui``, ``tune``, ``callbacks``, ``config``), the
-argument parser in ``parser``, the config and run directory of ``train`` and ``gui`` in ``prepare``, how those two
-end on an error (exit 2 or 1, and what they print) in ``outcome``. ``main`` imports a command's module only once the
-arguments name that command, and none of them imports torch at module level: ``stepbus --help`` and argument errors
-answer with the parser alone, without torch.
+One module per command (``train``, ``launch`` for ``train --nproc``, ``gui``, ``tune``, ``callbacks``, ``config``,
+``export``), the argument parser in ``parser``, the config and run directory of ``train`` and ``gui`` in ``prepare``,
+how those two end on an error (exit 2 or 1, and what they print) in ``outcome``. ``main`` imports a command's module
+only once the arguments name that command, and none of them imports torch at module level: ``stepbus --help`` and
+argument errors answer with the parser alone, without torch.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trainers.cli.tune import tune_command
 
             return tune_command(args)
+        if args.command == "export":
+            from trainers.cli.export import export_command
+
+            return export_command(args)
         if args.command == "callbacks":
             from trainers.cli.callbacks import callbacks_command
 

@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _tune_parser(commands)
     commands.add_parser("callbacks", help="list the registered callbacks (built-in and plugins) and their parameters")
+    export = commands.add_parser(
+        "export", help="write the model of a checkpoint (a file or a sharded directory) as a plain state_dict file"
+    )
+    export.add_argument("checkpoint", type=Path, help="a checkpoint file or sharded directory, or a checkpoint folder")
+    export.add_argument("out", type=Path, help="the state_dict file to write (torch.load(OUT, weights_only=True))")
     config = commands.add_parser("config", help="show or validate a config")
     actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = actions.add_parser("show", help="print the resolved config (defaults filled in)")

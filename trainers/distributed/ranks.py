@@ -10,7 +10,7 @@ the trainer's gloo side groups (``trainers.distributed.collective``), stops are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from trainers.distributed import fsdp
 from trainers.distributed.collective import Collective, RankZeroFailure
 from trainers.distributed.ddp import wrap as ddp_wrap
 from trainers.distributed.peer_failure import PeerFailure, is_collective_failure
@@ -56,6 +57,11 @@ class SingleProcess:
 
     #: what the step calls to compute the loss: ``compute_loss`` itself
     forward = staticmethod(_direct)
+    #: whether the pipeline's parameters are sharded over the ranks (``strategy="fsdp"`` in a job)
+    sharded = False
+
+    def shard(self, pipeline: nn.Module, optimizers: Iterable[torch.optim.Optimizer], options: Options) -> None:
+        """One process keeps the whole model: ``strategy="fsdp"`` alone trains it as it is."""
 
     def replicate(self, pipeline: nn.Module) -> None:
         """No replica to make equal."""
@@ -122,6 +128,21 @@ class Job:
         #: every rank reads the same time at the same point, so a "10min" schedule fires at one iteration everywhere
         self.clock: Callable[[], float] | None = self._vote.now
         self._ddp: DistributedDataParallel | None = None
+        self._sharded: nn.Module | None = None
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the pipeline's parameters are sharded over the ranks (``strategy="fsdp"``)."""
+        return self._sharded is not None
+
+    def shard(self, pipeline: nn.Module, optimizers: Iterable[torch.optim.Optimizer], options: Options) -> None:
+        """``strategy="fsdp"``: shard ``pipeline`` in place (``trainers.distributed.fsdp``) and point the
+        optimizers at its sharded parameters; the loss is then computed directly (no wrapper)."""
+        broadcast_module(pipeline)  # rank 0's initial weights everywhere, as DDP does: each rank keeps its shard
+        before = {id(param): name for name, param in pipeline.named_parameters()}
+        fsdp.shard(pipeline, fsdp.check_options(options))
+        fsdp.rebind(optimizers, before, pipeline)
+        self._sharded = pipeline
 
     def forward(
         self, pipeline: nn.Module, compute_loss: Callable[[Any], Any], device: torch.device, ddp: Options
@@ -140,7 +161,9 @@ class Job:
 
     def no_sync(self) -> AbstractContextManager[Any]:
         """DDP's ``no_sync``: the micro-batches of an accumulation window before its last keep their gradients
-        local; the last one's backward all-reduces the sum."""
+        local; the last one's backward all-reduces the sum. Under FSDP the same with its gradient reduce-scatter."""
+        if self._sharded is not None:
+            return fsdp.no_sync(self._sharded)
         return nullcontext() if self._ddp is None else self._ddp.no_sync()
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
@@ -192,6 +215,7 @@ class Job:
         self._vote.abandon()
         self._collective.close()
         self._ddp = None  # DDP's reducer holds the default group: let it go too
+        self._sharded = None
 
 
 Ranks = SingleProcess | Job

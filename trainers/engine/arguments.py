@@ -87,3 +87,19 @@ def short(value: object, limit: int = 120) -> str:
     """``repr(value)``, cut to ``limit`` characters for an error message."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_strategy(strategy: object, ddp: object, fsdp: object) -> None:
+    """``strategy`` is ``"ddp"`` or ``"fsdp"``, and only its own options are given (checked in every process, so a
+    config error shows before a job is launched)."""
+    if strategy not in ("ddp", "fsdp"):
+        raise ValueError(
+            f"strategy must be 'ddp' (each rank holds the whole model; gradients all-reduced) or 'fsdp' (parameters, "
+            f"gradients and optimizer state sharded over the ranks), got {strategy!r}"
+        )
+    if strategy == "fsdp" and ddp is not None:
+        raise ValueError("ddp options are given but strategy='fsdp': give fsdp options instead, or strategy='ddp'")
+    if strategy == "ddp" and fsdp is not None:
+        raise ValueError("fsdp options are given but strategy='ddp': set strategy='fsdp' to shard the model")
+    if fsdp is not None and not isinstance(fsdp, Mapping):
+        raise TypeError(f"fsdp options must be a mapping (e.g. {{'units': 'children'}}), got {short(fsdp)}")

@@ -13,9 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
+
 from lifecycle import Loop
+from trainers.checkpoint.format import CheckpointError
 from trainers.checkpoint.restore import checked_counters, checkpoint_dirs, restore
 from trainers.checkpoint.save import checkpoint_payload, save
+from trainers.checkpoint.sharded import full_model_state, save_sharded
 from trainers.distributed.ranks import Ranks
 from trainers.engine.driver import LoopDriver
 
@@ -39,6 +43,14 @@ class Checkpoints:
         #: name -> object carried in every checkpoint (``trainer.track``)
         self.tracked: dict[str, Any] = {}
 
+    @property
+    def pipeline(self) -> nn.Module:
+        return self._trainer.pipeline
+
+    @property
+    def ranks(self) -> Ranks:
+        return self._ranks
+
     def dirs(self) -> list[Path]:
         return checkpoint_dirs(self._trainer)
 
@@ -57,7 +69,12 @@ class Checkpoints:
             self._driver.check_resumable_point()
         status = self._loop.status
         return checkpoint_payload(
-            self._trainer, reason=reason, resumable=resumable, status=status, tracked=self.tracked
+            self._trainer,
+            reason=reason,
+            resumable=resumable,
+            status=status,
+            tracked=self.tracked,
+            sharded=self._ranks.sharded,
         )
 
     def save(
@@ -67,9 +84,21 @@ class Checkpoints:
             self._driver.check_resumable_point()  # before any collective: every rank is at the same point
 
         def payload() -> dict[str, Any]:
-            return self._trainer.checkpoint_state(reason=reason, resumable=resumable)
+            written = self._trainer.checkpoint_state(reason=reason, resumable=resumable)
+            if metadata:
+                written["stepbus"].update(metadata)
+            return written
 
-        return save(Path(path), payload, self._ranks, resumable=resumable, metadata=metadata)
+        trainer, target = self._trainer, Path(path)
+        if not self._ranks.sharded:
+            return save(target, payload, self._ranks, resumable=resumable)
+        if not resumable:
+            raise CheckpointError(
+                target,
+                "not written: with strategy='fsdp' the model's state is sharded over the ranks, and gathering it "
+                "is a collective that a failing run cannot hold (resume from the last resumable checkpoint)",
+            )
+        return save_sharded(target, payload, self._ranks, trainer.pipeline, trainer.optimizers)
 
     def load_counters(self, state: dict[str, Any]) -> None:
         if self._loop.started:
@@ -142,14 +171,24 @@ class CheckpointMethods:
         an AMP ``GradScaler``, an EMA of the weights) in every checkpoint under ``name``; returns ``obj``."""
         return self._checkpoints.track(name, obj)
 
+    def full_state_dict(self) -> dict[str, Any]:
+        """The pipeline's whole ``state_dict`` with its tensors on the CPU: for an export, or to compare runs. With
+        ``strategy="fsdp"`` in a job it is gathered from the shards -- a collective, so every rank calls it -- and
+        rank 0 gets it, the other ranks an empty dict."""
+        return full_model_state(self._checkpoints.pipeline, self._checkpoints.ranks)
+
     def checkpoint_state(self, *, reason: str = "manual", resumable: bool = True) -> dict[str, Any]:
         """Everything an exact resume needs, as tensors and plain containers. A ``RuntimeError`` for a resumable
-        one inside a step or before an epoch's ``post_epoch`` (:meth:`request_checkpoint` waits for such a point)."""
+        one inside a step or before an epoch's ``post_epoch`` (:meth:`request_checkpoint` waits for such a point).
+        With sharded parameters (``strategy="fsdp"``) the model's and optimizers' tensors are not in it: they are
+        written by every rank into a sharded checkpoint (:meth:`save_checkpoint`)."""
         return self._checkpoints.payload(reason=reason, resumable=resumable)
 
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, reason: str = "manual", resumable: bool = True, metadata: Meta = None
     ) -> Path:
         """Write :meth:`checkpoint_state` to ``path`` atomically (in a job rank 0 writes, with every rank's RNG);
-        ``metadata`` adds plain keys. A ``CheckpointError`` when it cannot be written; the previous file is intact."""
+        ``metadata`` adds plain keys. A ``CheckpointError`` when it cannot be written; the previous file is intact.
+        With sharded parameters ``path`` becomes a directory of every rank's shards (``trainers.checkpoint.sharded``),
+        and only a resumable checkpoint can be written."""
         return self._checkpoints.save(path, reason=reason, resumable=resumable, metadata=metadata)

@@ -33,6 +33,12 @@ class RankMethods:
         return self._ranks.world_size
 
     @property
+    def sharded(self) -> bool:
+        """Whether the pipeline's parameters are sharded over the ranks (``strategy="fsdp"`` in a job): each rank
+        holds a shard of every parameter, and every forward is a collective."""
+        return self._ranks.sharded
+
+    @property
     def is_global_zero(self) -> bool:
         """Whether this is rank 0: the process that logs, shows progress and writes files."""
         return self._ranks.rank == 0

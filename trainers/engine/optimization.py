@@ -6,7 +6,9 @@ One iteration (``BaseTrainer.step``) runs, in order:
 2. ``compute_loss(batch)`` -- under ``torch.autocast`` in a mixed precision, through DDP in a job, compiled with
    ``compile=`` -- and ``backward`` of the loss divided by the window's number of micro-batches (so that
    ``accumulate=N`` with batch ``B`` computes the gradient of batch ``N*B`` for a mean-reduced loss), scaled by the
-   GradScaler under ``"16-mixed"``; in a job the micro-batches before the window's last run under DDP's ``no_sync``;
+   GradScaler under ``"16-mixed"``; in a job the micro-batches before the window's last run under DDP's ``no_sync``
+   (FSDP's ``set_requires_gradient_sync(False)`` with ``strategy="fsdp"``, where there is no wrapper: see
+   ``trainers.distributed.fsdp``);
 3. at the window's last micro-batch, for each optimizer in order: the ``step`` event (``optimizer=<name>``;
    gradients complete, optimizer not stepped), then its update -- through the scaler, which skips it when the
    scaled gradients are not finite -- unless a handler called ``skip_optimizer_step()``; then the scaler's
@@ -39,10 +41,12 @@ from trainers.engine.optimizers import SINGLE, parameters_of
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer
 
-__all__ = ["PRECISIONS", "Optimization", "OptimizationMethods", "Precision", "check_precision"]
+__all__ = ["PRECISIONS", "Optimization", "OptimizationMethods", "Precision", "Strategy", "check_precision"]
 
 #: the precisions a trainer runs in
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
+#: how a job splits the work: replicas with all-reduced gradients, or sharded parameters
+Strategy = Literal["ddp", "fsdp"]
 
 #: precision name -> the autocast dtype (``None``: full precision, no autocast)
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -101,6 +105,8 @@ class Optimization:
         precision: str,
         compile: bool | Mapping[str, Any],
         ddp: Mapping[str, Any] | None,
+        strategy: str = "ddp",
+        fsdp: Mapping[str, Any] | None = None,
     ) -> None:
         device = trainer.device
         dtype = check_precision(precision, device)
@@ -117,6 +123,13 @@ class Optimization:
         #: the trainer's optimizers by name, in stepping order
         self.optimizers = optimizers
         self._zero = tuple(optimizers.values())
+        if strategy == "fsdp":
+            if custom:
+                raise ValueError(
+                    f"strategy='fsdp' shards the parameters under the default step; {type(trainer).__name__}."
+                    "optimization_step orders its own updates, which run with strategy='ddp'"
+                )
+            ranks.shard(trainer.pipeline, self._zero, fsdp)  # before the parameter lists below: they change
         self._params = {name: parameters_of(optimizer) for name, optimizer in optimizers.items()}
         self._custom = custom
         self._skip = False
@@ -134,7 +147,11 @@ class Optimization:
             ranks.replicate(trainer.pipeline)  # no DDP wrapper: gradients are averaged per optimizer step
             forward: Callable[[Any], Any] = trainer.compute_loss
         else:
-            forward = ranks.forward(trainer.pipeline, trainer.compute_loss, device, ddp)
+            forward = (
+                trainer.compute_loss
+                if ranks.sharded
+                else ranks.forward(trainer.pipeline, trainer.compute_loss, device, ddp)
+            )
             if compile is not False:
                 options = {} if compile is True else dict(compile)
                 forward = torch.compile(forward, **options)

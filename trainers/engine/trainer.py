@@ -21,10 +21,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import trainers.distributed.environment as environment
-from lifecycle import Bus, Callback, Event, Handle, Loop, Phase, ScheduleSpec, State, Status
+from lifecycle import Bus, Callback, Event, Handle, Loop, ScheduleSpec, State, Status
 from trainers.data.feeder import Feeder
 from trainers.data.placement import resolve_device
 from trainers.data.plan import BatchPlan
+from trainers.distributed.fsdp import check_options as fsdp_options
 from trainers.distributed.ranks import Job, Ranks, SingleProcess
 from trainers.engine import arguments
 from trainers.engine.arguments import LossFn
@@ -36,9 +37,10 @@ from trainers.engine.directory_locks import DirectoryLocks, LockMethods
 from trainers.engine.driver import LoopDriver
 from trainers.engine.inference import inference
 from trainers.engine.log_sinks import LogSinks
-from trainers.engine.optimization import Optimization, OptimizationMethods, Precision
+from trainers.engine.optimization import Optimization, OptimizationMethods, Precision, Strategy
 from trainers.engine.optimizers import OptimizerSpec, build_optimizers
 from trainers.engine.requests import Requests
+from trainers.engine.run_status import RunStatus
 
 __all__ = ["BaseTrainer", "LossFn", "OptimizerSpec"]
 
@@ -46,7 +48,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 E = TypeVar("E")
 
 
-class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMethods):
+class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMethods, RunStatus):
     """The stepping engine's torch half.
 
     An app writes :meth:`compute_loss` (or passes ``loss_fn``); the base class does zero_grad, forward, backward,
@@ -83,6 +85,9 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMetho
             peer (default 300 s, or ``STEPBUS_DIST_TIMEOUT``), and after every how many steps the ranks vote on a
             stop. The trainer then wraps the loss in DDP (``trainer.pipeline`` stays the plain module), gives each
             rank its share of every global batch, and makes ``stop()``, checkpoints and validation collective.
+        strategy, fsdp: ``"fsdp"`` shards the pipeline's parameters, gradients and optimizer state over the ranks
+            of a job instead (``fully_shard``, in place; ``fsdp`` options: ``trainers.distributed.fsdp``) and
+            writes sharded checkpoints (``trainers.checkpoint.sharded``). A single process trains the whole model.
     """
 
     def __init__(
@@ -104,6 +109,8 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMetho
         run_dir: str | os.PathLike[str] | None = None,
         backend: str | None = None,
         ddp: Mapping[str, Any] | None = None,
+        strategy: Strategy = "ddp",
+        fsdp: Mapping[str, Any] | None = None,
         dist_timeout: float | timedelta | None = None,
         vote_every: int = 1,
         precision: Precision = "32",
@@ -116,6 +123,9 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMetho
             self, pipeline, max_epochs, batch_size, seed, num_workers, vote_every, loss_fn, overrides_loss
         )
         arguments.check_step_options(accumulate, compile)
+        arguments.check_strategy(strategy, ddp, fsdp)
+        #: ``"ddp"`` or ``"fsdp"``: how a job splits the work (a single process always holds the whole model)
+        self.strategy: Strategy = strategy
         size = arguments.dataset_size(dataset)
         self.device = environment.local_device(resolve_device(device))
         timeout = environment.collective_timeout(dist_timeout)
@@ -156,7 +166,7 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMetho
         self._pre_validation, self._post_validation = channel(Event.PRE_VALIDATION), channel(Event.POST_VALIDATION)
         self._optimization = Optimization(
             self, self._ranks, self._step, optimizers=optimizers, custom=custom, precision=precision, compile=compile,
-            ddp=ddp,
+            ddp=ddp, strategy=strategy, fsdp=fsdp_options(fsdp) if strategy == "fsdp" else None,
         )  # fmt: skip
         if self._optimization.scaler is not None:
             self.track("grad_scaler", self._optimization.scaler)  # its scale and growth count resume exactly
@@ -278,17 +288,6 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMetho
         ``reason`` given becomes :attr:`stop_reason`, which the progress summary shows."""
         self._control.stop(reason)
 
-    @property
-    def stop_reason(self) -> str | None:
-        """Why the run was stopped (``"EarlyStopping: val/loss did not improve ..."``), as the first ``stop(reason)``
-        said; ``None`` when it was not stopped or no reason was given."""
-        return self._control.stop_reason
-
-    @property
-    def interrupted_by(self) -> int | None:
-        """The signal that interrupted ``train()`` (``signal.SIGINT`` ...), if one did."""
-        return self._control.interrupted_by
-
     # ------------------------------------------------------------------ requests (trainers.engine.requests)
     def request_validation(self, name: str | None = None) -> None:
         """Ask every validator to run, or the one ``name`` names (its prefix or state_key, served as the request kind
@@ -322,29 +321,6 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMetho
         return self._log_sinks.add(fn, name)
 
     # ------------------------------------------------------------------ where the run stands
-    @property
-    def status(self) -> Status | None:
-        """The run's final status once it ended, else ``None``."""
-        return self._loop.status
-
-    @property
-    def phase(self) -> Phase:
-        """Where the loop stands: idle, in or between epochs, finishing, done."""
-        return self._loop.phase
-
-    @property
-    def post_epoch_pending(self) -> bool:
-        """From an epoch's last step until its ``post_epoch``: not a resumable point (requests wait past it)."""
-        return self._driver.post_epoch_pending
-
-    @property
-    def is_paused(self) -> bool:
-        return self._loop.paused
-
-    @property
-    def is_finished(self) -> bool:
-        return self._loop.finished
-
     @property
     def defines_validate(self) -> bool:
         """Whether this trainer's class overrides :meth:`validate` (a Validator without ``fn`` needs it)."""

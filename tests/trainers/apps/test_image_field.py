@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from callbacks import Checkpointer, GridPruning, LRDecay, Validator
+from callbacks.reductions import Mean
 from tests.support import SMALL_FIELD, small_field
 from trainers.apps.image_field import ImageField, ImageFieldTrainer, image_field_trainer
 from trainers.apps.image_field.grid import _PRIME, MultiResGrid
@@ -689,10 +690,16 @@ def test_validate_returns_consistent_psnr_mse_and_image() -> None:
     assert image.dtype == torch.float32
     assert float(image.min()) >= 0.0
     assert float(image.max()) <= 1.0
+    # a sum and a count over every pixel and channel, which ranks would add up (callbacks.reductions)
+    assert isinstance(result["mse"], Mean)
+    assert result["mse"].parts[1] == SIZE * SIZE * 3
+    squared = ((image.double() - trainer.target_image.double()) ** 2).sum()
+    assert float(result["mse"].parts[0]) == pytest.approx(float(squared), rel=1e-12)  # float64 sums, other order
+    # the value as before: float32's mean of the same squared errors, to float32's precision
     mse = torch.mean((image - trainer.target_image) ** 2)
-    assert torch.allclose(result["mse"], mse, rtol=1e-6, atol=0)
-    assert float(result["psnr"]) == pytest.approx(-10 * math.log10(float(result["mse"])), rel=1e-6)
-    assert torch.equal(result["psnr"], -10.0 * torch.log10(result["mse"]))
+    assert float(result["mse"]) == pytest.approx(float(mse), rel=1e-6)
+    assert float(result["psnr"]) == -10 * math.log10(float(result["mse"]))
+    assert float(result["psnr"]) == pytest.approx(float(-10.0 * torch.log10(mse)), rel=1e-6)
     trainer.close()
 
 

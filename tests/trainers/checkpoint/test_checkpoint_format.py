@@ -526,8 +526,9 @@ def test_random_bytes_a_directory_and_a_missing_file_are_reported(tmp_path: Path
     expect_error(legacy, TRUNCATED, load_checkpoint, legacy)
     folder = tmp_path / "folder.pt"
     folder.mkdir()
-    expect_error(folder, "is a directory, not a checkpoint file", load_checkpoint, folder)
-    expect_error(folder, "is a directory, not a checkpoint file", read_metadata, folder)
+    no_state = "is a directory without stepbus.pt: not a checkpoint (a sharded checkpoint directory holds one)"
+    expect_error(folder, no_state, load_checkpoint, folder)
+    expect_error(folder, no_state, read_metadata, folder)
     missing = tmp_path / "missing.pt"
     expect_error(missing, "no such file", load_checkpoint, missing)
     expect_error(missing, "no such file", make_trainer().restore, missing)

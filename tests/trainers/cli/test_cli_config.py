@@ -38,7 +38,7 @@ CLI = "trainers"  # python -m trainers: the stepbus command
 APP = "tests.trainers.engine.interrupt_app"  # the same command with a Hold callback (--hold-at N stops at iteration N)
 BUILT_IN: tuple[str, ...] = ("lr_decay", "grid_pruning", "gradient_guard", "validator", "early_stopping", "time_limit")
 BUILT_IN += ("tensorboard", "wandb", "csv", "mlflow", "progress", "model_summary", "checkpointer", "metrics_file")
-BUILT_IN += ("preview", "ema", "pipeline_export", "profiler")
+BUILT_IN += ("preview", "ema", "pipeline_export", "ray_report", "profiler")
 SAMPLE = "plugin stepbus-plugin-example (stepbus_plugin_example:SampleLogger)"
 TINY = "plugin stepbus-plugin-example (stepbus_plugin_example:tiny_trainer)"
 CLASH = "plugin stepbus-plugin-clash (stepbus_plugin_clash:OtherLogger)"
@@ -230,6 +230,8 @@ def test_a_plugin_callback_from_set_writes_its_lines_and_is_saved_in_the_config(
         "accumulate": 1,
         "compile": False,
         "threads": 1,
+        "strategy": "ddp",
+        "fsdp": None,
         "optimizer": {"name": "adam", "lr": 0.01},
     }
     assert read_metadata(run_dir / "checkpoints" / _step(16))["config"] == saved
@@ -431,7 +433,7 @@ def test_a_bad_config_exits_2_with_every_problem_on_stderr_and_nothing_on_stdout
         "callbacks.validator.every: " + _constructor_error("validator", every="often").split(": ", 1)[1],
         "callbacks.chekpointer: unknown callback 'chekpointer' (did you mean 'checkpointer'?); known: checkpointer, "
         "csv, early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, mlflow, model_summary, "
-        "pipeline_export, preview, profiler, progress, tensorboard, time_limit, validator, wandb",
+        "pipeline_export, preview, profiler, progress, ray_report, tensorboard, time_limit, validator, wandb",
         "callbacks.tensorboard.every: " + _constructor_error("tensorboard", every="0it").split(": ", 1)[1],
     )
     assert not (tmp_path / "run").exists()
@@ -461,7 +463,8 @@ def test_an_unknown_trainer_key_lists_optimizer_among_the_valid_keys(tmp_path: P
     assert result.stderr == _config_error(
         str(config),
         "trainer.optimiser: unknown key for trainer 'demo' (did you mean 'optimizer'?); valid keys: max_epochs, "
-        "batch_size, samples, optimizer, report_every, precision, accumulate, compile, threads, max_time",
+        "batch_size, samples, optimizer, report_every, precision, accumulate, compile, threads, strategy, fsdp, "
+        "max_time",
     )
 
 

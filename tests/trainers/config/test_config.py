@@ -41,6 +41,7 @@ from callbacks.pipeline_export import PipelineExport
 from callbacks.preview import Preview
 from callbacks.profiler import Profiler
 from callbacks.progress import ProgressBar
+from callbacks.ray_report import RayReport
 from callbacks.time_limit import TimeLimit
 from callbacks.validator import Validator
 from lifecycle import Event, Status
@@ -71,11 +72,12 @@ BUILTINS = [
     "preview",
     "ema",
     "pipeline_export",
+    "ray_report",
     "profiler",
 ]
 KNOWN = (
     "checkpointer, csv, early_stopping, ema, gradient_guard, grid_pruning, lr_decay, metrics_file, mlflow, "
-    "model_summary, pipeline_export, preview, profiler, progress, tensorboard, time_limit, validator, wandb"
+    "model_summary, pipeline_export, preview, profiler, progress, ray_report, tensorboard, time_limit, validator, wandb"
 )
 TRAINERS = "demo, gan, image_field"
 CHECKPOINTER_KEYS = (
@@ -164,6 +166,8 @@ ROUND_TRIP_RESOLVED = {
         "accumulate": 1,
         "compile": False,
         "threads": 1,
+        "strategy": "ddp",
+        "fsdp": None,
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     },
     "callbacks": {
@@ -380,6 +384,8 @@ def test_default_config_is_the_image_field_yaml_and_builds_the_reference_app(tmp
         "precision": "32",
         "accumulate": 1,
         "compile": False,
+        "strategy": "ddp",
+        "fsdp": None,
         "optimizer": {"name": "adam", "lr": 0.01, "eps": 1e-15},
     }
     trainer = build(None, run_dir=tmp_path / "run", objects=quiet())
@@ -422,6 +428,8 @@ def test_the_demo_yaml_is_the_small_mlp_demo(tmp_path: Path) -> None:
         "accumulate": 1,
         "compile": False,
         "threads": 1,
+        "strategy": "ddp",
+        "fsdp": None,
         "optimizer": {"name": "adam", "lr": 0.01},
     }
     trainer = build(DEMO, run_dir=tmp_path / "run", objects=quiet())
@@ -530,6 +538,7 @@ ALL_ON: dict[str, dict[str, Any]] = {
     "preview": {"every": "2it"},
     "ema": {"decay": 0.9},
     "pipeline_export": {"every": "1ep"},
+    "ray_report": {},
     "profiler": {},
 }
 #: the handlers each one connects, by its state key
@@ -593,6 +602,7 @@ OWN_HANDLERS = {
     "preview": ["Preview.pre_training", "Preview.post_step", "Preview.post_training", "Preview.post_validation"],
     "ema": ["EMA.pre_training", "EMA.post_step", "EMA.pre_validation", "EMA.post_validation", "EMA.exception"],
     "pipeline_export": ["PipelineExport.pre_training", "PipelineExport.post_epoch", "PipelineExport.post_training"],
+    "ray_report": ["RayReport.pre_training", "RayReport.post_epoch", "RayReport.post_training"],
     "profiler": ["Profiler.pre_training", "Profiler.post_step", "Profiler.post_training"],
 }
 CLASSES = {
@@ -613,6 +623,7 @@ CLASSES = {
     "preview": Preview,
     "ema": EMA,
     "pipeline_export": PipelineExport,
+    "ray_report": RayReport,
     "profiler": Profiler,
 }
 
@@ -646,6 +657,7 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("pre_training", "ProgressBar.pre_training", -200),
         ("pre_training", "PipelineExport.pre_training", -1000),
         ("pre_training", "MetricsFile.pre_training", -2000),
+        ("pre_training", "RayReport.pre_training", -2000),
         ("pre_training", "Profiler.pre_training", -3000),
         ("pre_epoch", "TensorBoardLogger.pre_epoch", -100),
         ("pre_epoch", "WandbLogger.pre_epoch", -100),
@@ -678,6 +690,7 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("post_epoch", "Checkpointer.post_epoch", -1000),
         ("post_epoch", "Checkpointer.post_epoch", -1000),
         ("post_epoch", "PipelineExport.post_epoch", -1000),
+        ("post_epoch", "RayReport.post_epoch", -2000),
         ("post_training", "Validator.post_training", 200),
         ("post_training", "TimeLimit.post_training", 100),
         ("post_training", "TensorBoardLogger.post_training", -100),
@@ -690,6 +703,7 @@ def test_every_builtin_callback_builds_with_the_demo_trainer_in_config_order(tmp
         ("post_training", "MLflowLogger.post_training", -2000),
         ("post_training", "ProgressBar.post_training", -2000),
         ("post_training", "MetricsFile.post_training", -2000),
+        ("post_training", "RayReport.post_training", -2000),
         ("post_training", "Profiler.post_training", -3000),
         ("pre_validation", "EMA.pre_validation", 300),
         ("post_validation", "EMA.post_validation", 300),
@@ -1085,7 +1099,7 @@ ERRORS: list[tuple[str, Any, str, str]] = [
         {"trainer": {"name": "demo", "max_epoch": 3}},
         "trainer.max_epoch",
         "unknown key for trainer 'demo' (did you mean 'max_epochs'?); valid keys: max_epochs, batch_size, samples, "
-        "optimizer, report_every, precision, accumulate, compile, threads, max_time",
+        "optimizer, report_every, precision, accumulate, compile, threads, strategy, fsdp, max_time",
     ),
     (
         "trainer code-only param",

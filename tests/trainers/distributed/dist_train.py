@@ -2,7 +2,8 @@
 ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``): ``python dist_train.py SPEC.json``.
 
 The spec (JSON) says what to run; each rank writes ``<out>/report-<rank>.json`` (status, counters, events, the
-error if any, what it published) and ``<out>/weights-<rank>.pt`` (its model and optimizer state).
+error if any, what it published) and ``<out>/weights-<rank>.pt`` (its model and optimizer state: its own shards
+under FSDP); rank 0 writes ``<out>/whole.pt``, the whole model's state (gathered from the shards under FSDP).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.data import TensorDataset
 
 from callbacks import (
@@ -25,6 +27,7 @@ from callbacks import (
     Checkpointer,
     EarlyStopping,
     GradientGuard,
+    PipelineExport,
     TensorBoardLogger,
     Validator,
     WandbLogger,
@@ -55,6 +58,22 @@ class Mishap(Callback):
             os.kill(os.getpid(), signal.SIGSTOP)
         elif self.what == "error":
             raise ValueError(f"a bad batch on rank {self.rank} at iteration {self.at}")
+
+
+class KillWhenSaved:
+    """A tracked object that SIGKILLs its process when a checkpoint asks for its state at iteration ``at``: on rank
+    0 of an FSDP job that is after every rank wrote its shards and before ``stepbus.pt`` exists (a save cut short)."""
+
+    def __init__(self, trainer: BaseTrainer, at: int) -> None:
+        self.trainer, self.at = trainer, at
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.trainer.state.iteration == self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def _data(samples: int) -> TensorDataset:
@@ -89,13 +108,16 @@ def build(spec: dict[str, Any], out: Path) -> tuple[BaseTrainer, Recorder]:
     if spec.get("stop_below") is not None:
         callbacks.append(EarlyStopping("val/mse", stopping_threshold=spec["stop_below"], patience=1000))
     if spec.get("checkpoint_every") is not None:
-        callbacks.append(Checkpointer(out / "checkpoints", every=spec["checkpoint_every"], keep_last=None))
+        keep = spec.get("keep_last")
+        callbacks.append(Checkpointer(out / "checkpoints", every=spec["checkpoint_every"], keep_last=keep))
     if spec.get("tensorboard"):
         callbacks.append(TensorBoardLogger(out / "tb", every="4it"))
     if spec.get("wandb"):
         callbacks.append(WandbLogger(dir=out / "wandb", every="4it", mode="offline"))
     if spec.get("ema") is not None:
         callbacks.append(EMA(decay=spec["ema"]))
+    if spec.get("export"):
+        callbacks.append(PipelineExport(spec["export"], every=None))
     if spec.get("clip_norm") is not None:
         callbacks.append(GradientGuard(clip_norm=spec["clip_norm"], every="1it"))
     for what in ("stop", "sigint", "kill", "hang", "error"):
@@ -117,8 +139,23 @@ def build(spec: dict[str, Any], out: Path) -> tuple[BaseTrainer, Recorder]:
         run_dir=out,
         accumulate=spec.get("accumulate", 1),
         precision=spec.get("precision", "32"),
+        strategy=spec.get("strategy", "ddp"),
+        fsdp=spec.get("fsdp"),
     )
+    if spec.get("kill_when_saved") is not None:
+        trainer.track("kill_when_saved", KillWhenSaved(trainer, spec["kill_when_saved"]))
     return trainer, recorder
+
+
+def _local(value: Any) -> Any:
+    """``value`` with every DTensor (FSDP's sharded parameters and optimizer states) as this rank's own shard."""
+    if isinstance(value, DTensor):
+        return value.to_local().clone()
+    if isinstance(value, dict):
+        return {key: _local(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_local(item) for item in value]
+    return value
 
 
 def main(spec_file: Path) -> int:
@@ -151,9 +188,12 @@ def main(spec_file: Path) -> int:
     report["metrics"] = {k: v for k, v in trainer.state.metrics.items() if isinstance(v, (int, float, str))}
     report["status_enum"] = str(trainer.status) if trainer.status is not None else None
     torch.save(
-        {"model": trainer.pipeline.state_dict(), "optimizer": trainer.optimizer.state_dict()},
+        {"model": _local(trainer.pipeline.state_dict()), "optimizer": _local(trainer.optimizer.state_dict())},
         out / f"weights-{trainer.rank}.pt",
     )
+    whole = trainer.full_state_dict()  # a collective under FSDP: rank 0 gets the whole model
+    if trainer.rank == 0:
+        torch.save(whole, out / "whole.pt")
     (out / f"report-{trainer.rank}.json").write_text(json.dumps(report), encoding="utf-8")
     trainer.close()
     if trainer.status is Status.INTERRUPTED:

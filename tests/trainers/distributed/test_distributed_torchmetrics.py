@@ -122,9 +122,9 @@ def test_bad_combinations_fail_on_every_rank_and_leave_the_ranks_in_step(ranks: 
         assert kind == "TypeError"
         assert message.startswith("Validator 'plain': ['loss'] from its fn <function main.<locals>.plain at 0x")
         assert message.endswith(
-            " must be torchmetrics metrics: with ranks='all' each rank sees only its shard, so "
-            "plain numbers would differ between ranks (use e.g. MeanMetric, or SumMetric for sums "
-            "and counts), or use ranks='zero'"
+            " must be sums and counts (callbacks.Mean, callbacks.Sum) or torchmetrics metrics: with ranks='all' "
+            "each rank sees only its shard, so plain numbers would differ between ranks (return e.g. Mean(total, "
+            "count) or Sum(value), which the ranks add up, or a torchmetrics MeanMetric), or use ranks='zero'"
         )
         assert report["other_names"] == [
             "ValueError",

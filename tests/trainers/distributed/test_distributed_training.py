@@ -7,10 +7,8 @@ weights.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,50 +18,33 @@ import torch
 
 from tests.tb_events import events as tb_events
 from tests.tb_events import series
-from tests.trainers.distributed.ranks import start_ranks, torchrun, wait_ranks
+from tests.trainers.distributed import dist_runs
+from tests.trainers.distributed.ranks import wait_ranks
 from trainers.checkpoint.format import load_checkpoint, read_metadata
 
 ROOT = Path(__file__).resolve().parents[3]
-APP = ROOT / "tests" / "trainers" / "distributed" / "dist_train.py"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
 #: 512 samples in global batches of 32: 16 steps per epoch
 STEPS = 16
 
 
 def _spec(tmp: Path, name: str, **spec: Any) -> tuple[Path, Path]:
-    out = tmp / name
-    out.mkdir()
-    file = tmp / f"{name}.json"
-    file.write_text(json.dumps({"out": str(out), **spec}), encoding="utf-8")
-    return file, out
+    return dist_runs.spec_file(tmp, name, **spec)
 
 
 def _torchrun(tmp: Path, name: str, **spec: Any) -> tuple[subprocess.CompletedProcess[str], Path]:
-    file, out = _spec(tmp, name, **spec)
-    return torchrun([str(APP), str(file)], tmp, env=ENV), out
+    return dist_runs.two_ranks(tmp, name, ENV, **spec)
 
 
 def _single(tmp: Path, name: str, **spec: Any) -> tuple[subprocess.CompletedProcess[str], Path]:
-    file, out = _spec(tmp, name, **spec)
-    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    result = subprocess.run(
-        [sys.executable, str(APP), str(file)], env=env, capture_output=True, text=True, timeout=240, cwd=tmp
-    )
-    return result, out
+    return dist_runs.single(tmp, name, ENV, **spec)
 
 
 def _by_hand(tmp: Path, name: str, **spec: Any) -> tuple[list[subprocess.Popen[str]], Path]:
-    """Two ranks started directly, without torchrun's agent (nothing kills the survivor for us)."""
-    file, out = _spec(tmp, name, **spec)
-    return start_ranks([str(APP), str(file)], tmp, env=ENV), out
+    return dist_runs.by_hand(tmp, name, ENV, **spec)
 
 
-def _report(out: Path, rank: int) -> dict[str, Any]:
-    return json.loads((out / f"report-{rank}.json").read_text(encoding="utf-8"))
-
-
-def _weights(out: Path, rank: int) -> dict[str, Any]:
-    return torch.load(out / f"weights-{rank}.pt", weights_only=True)
+_report, _weights = dist_runs.report, dist_runs.weights
 
 
 def _ok(result: subprocess.CompletedProcess[str]) -> None:

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.trainers.distributed.identical import same_state
 from tests.trainers.distributed.ranks import ROOT, free_port, torchrun
 from trainers.checkpoint.format import list_checkpoints, load_checkpoint, read_metadata
 from trainers.checkpoint.run_lock import LOCK_NAME
@@ -161,31 +161,6 @@ def _final(run_dir: Path) -> dict[str, object]:
     return load_checkpoint(list_checkpoints(run_dir / "checkpoints")[0].path)
 
 
-def _same_weights(one: dict[str, object], other: dict[str, object]) -> None:
-    """The model's parameters and the optimizer's state, exactly."""
-    for key in ("model", "optimizer"):
-        flat_one, flat_other = _flatten(one[key]), _flatten(other[key])
-        assert flat_one.keys() == flat_other.keys()
-        for name, value in flat_one.items():
-            other_value = flat_other[name]
-            if isinstance(value, torch.Tensor):
-                assert isinstance(other_value, torch.Tensor), f"{key} {name}"
-                assert torch.equal(value, other_value), f"{key} {name} differs"
-            else:
-                assert value == other_value, f"{key} {name} differs"
-
-
-def _flatten(tree: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(tree, dict):
-        flat: dict[str, object] = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}/{key}"))
-        return flat
-    if isinstance(tree, list | tuple):
-        return _flatten(dict(enumerate(tree)), prefix)
-    return {prefix: tree}
-
-
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The final checkpoint of the same config under ``torchrun --standalone --nproc-per-node=2``."""
@@ -212,7 +187,7 @@ def _check_finished(run_dir: Path, nodes: list[Node], standalone: dict[str, obje
     newest = read_metadata(list_checkpoints(run_dir / "checkpoints")[0].path)
     assert (newest["world_size"], newest["writer"]["rank"]) == (2, 0)
     assert not (run_dir / LOCK_NAME).exists()  # the writer released the run directory
-    _same_weights(final, standalone)
+    same_state(final, standalone)
 
 
 def test_two_nodes_train_like_one_standalone_job(tmp_path: Path, standalone: dict[str, object]) -> None:

@@ -20,15 +20,23 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from callbacks.reductions import Mean
+from callbacks.validation_sharding import validation_shard
 from trainers.apps.checks import check_counts, check_positive_finite
 from trainers.apps.image_field.field import ImageField
 from trainers.apps.image_field.image import default_image, load_image
+from trainers.apps.image_field.shard_render import gather_rows, render_rows
 from trainers.apps.threads import apply_threads
 from trainers.engine.optim_groups import param_groups
-from trainers.engine.optimization import Precision
+from trainers.engine.optimization import Precision, Strategy
 from trainers.engine.trainer import BaseTrainer
 
-__all__ = ["ImageFieldTrainer", "image_field_trainer"]
+__all__ = ["ImageFieldTrainer", "image_field_trainer", "psnr_of"]
+
+
+def psnr_of(mse: float) -> float:
+    """The PSNR in dB of an image in [0, 1] with this MSE (an MSE under 1e-12 counts as 1e-12: 120 dB)."""
+    return -10.0 * math.log10(max(mse, 1e-12))
 
 
 class ImageFieldTrainer(BaseTrainer):
@@ -75,11 +83,22 @@ class ImageFieldTrainer(BaseTrainer):
         return {"loss": loss, "samples": float(len(pixels))}
 
     def validate(self) -> Mapping[str, Any]:
+        """The rendered image, its MSE against the target over every pixel and channel, and the PSNR of that MSE.
+
+        Under ``Validator(ranks="all")`` each rank renders its share of the rows (``shard_render``) and returns its
+        squared errors' sum and count, which the ranks add up before dividing; every rank gets the whole image. In
+        one process (and with ``ranks="zero"``) the shard is the whole image. The MSE is summed in float64 (each
+        squared difference of two float32 values is exact there)."""
         field = self.pipeline
-        image = field.render()
-        mse = nn.functional.mse_loss(image.reshape(-1, 3), self.target)
-        psnr = -10.0 * torch.log10(mse.clamp_min(1e-12))
-        return {"psnr": psnr, "mse": mse, "images": {"render": image}}
+        index, count = validation_shard(self)
+        if count == 1:
+            image = rows = field.render()
+        else:
+            rows = render_rows(field, index, count)
+            image = gather_rows(rows, count, field.height)
+        target = self.target.view(field.height, field.width, 3)[index::count]
+        mse = Mean(((rows.double() - target.double()) ** 2).sum(), rows.numel())
+        return {"psnr": mse.then(psnr_of), "mse": mse, "images": {"render": image}}
 
     @torch.no_grad()
     def preview(self, stride: int | None = None) -> dict[str, Any]:
@@ -117,13 +136,15 @@ def image_field_trainer(
     precision: Precision = "32",
     accumulate: int = 1,
     compile: bool | dict[str, Any] = False,
+    strategy: Strategy = "ddp",
+    fsdp: dict[str, Any] | None = None,
 ) -> ImageFieldTrainer:
     """The reference app: fit a neural field to an image (the built-in one, or ``image``: a PNG path).
 
     The grid and the decoder are separate optimizer groups; the grid's LR is ``grid_lr_weight`` times the
     optimizer's (Wisp's ``grid_lr_weight``). ``threads`` is torch's thread count (``auto``: see
-    ``trainers.apps.threads``; ``None``: torch's setting, left alone). ``precision``, ``accumulate`` and
-    ``compile`` are ``BaseTrainer``'s.
+    ``trainers.apps.threads``; ``None``: torch's setting, left alone). ``precision``, ``accumulate``, ``compile``,
+    ``strategy`` and ``fsdp`` are ``BaseTrainer``'s.
     """
     check_counts(features=features, table=table, hidden=hidden, occupancy_cells=occupancy_cells)
     check_positive_finite(grid_lr_weight=grid_lr_weight)
@@ -158,4 +179,6 @@ def image_field_trainer(
         precision=precision,
         accumulate=accumulate,
         compile=compile,
+        strategy=strategy,
+        fsdp=fsdp,
     )
