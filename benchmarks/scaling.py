@@ -7,7 +7,7 @@ engine's, not the noise of a training step.
 * ``registered``: n = 0, 1, 10, 100 no-op ``post_step`` callbacks, every one firing every step.
 * ``firing``: 100 registered ``post_step`` callbacks on schedules, of which k = 0, 1, 10, 100 fire on every step
   (``every="1it"``) and the rest never during the run (``every="1000000it"``): a scheduled callback that is not due
-  costs its schedule check.
+  costs nothing, as the channel's timetable skips it (``lifecycle.timetable``).
 * ``silent``: nanoseconds per emission of an event nobody listens to -- the trainer's hot-path guard (``if
   channel.active: channel.emit(...)``), ``Bus.emit``, and a bare blinker ``Signal.send`` -- next to an empty Python
   function call.
@@ -143,7 +143,7 @@ def table(result: dict[str, Any]) -> str:
         else:
             registered, firing = 100, n
             if n == 0:
-                cost = f"{(median - empty) / 100 * 1000:.0f} ns per callback not due (its schedule check)"
+                cost = f"{(median - empty) / 100 * 1000:.0f} ns per callback not due (skipped by the timetable)"
             else:
                 cost = f"{(median - idle) / n * 1000:.0f} ns per callback that fires"
         lines.append(f"| {registered} | {firing} | {row['min_us']:.2f} | {median:.2f} | {cost} |")

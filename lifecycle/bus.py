@@ -18,6 +18,8 @@ connected, removed or toggled -- and runs it as the signal's first receiver. So:
   the first error is raised once all ran, each later one attached to it (``CallbackError.also_failed``, a note on
   Python >= 3.11) and logged (``lifecycle.errors.Failures``). The step events' dispatch is not touched by this.
 * Handlers connected or toggled while an event is being dispatched take effect from the next emission.
+* A step or epoch channel skips its counting schedules (``"100it"``, ``at=[...]``) below the next value at which
+  one of them can be due (:mod:`lifecycle.timetable`): an idle scheduled handler costs nothing per step.
 * ``bus.time_handlers()`` times every handler and dispatch until it is stopped (:mod:`lifecycle.handler_times`):
   the timers are built into the plans, so with timing off ``emit`` runs exactly as without the feature.
 """
@@ -27,19 +29,20 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from inspect import iscoroutinefunction
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from blinker import ANY, NamedSignal, Namespace
+from blinker import NamedSignal, Namespace
 
+from lifecycle.bus_signals import BusSignal, EveryReceiverSignal, caused
 from lifecycle.errors import CallbackError, Failures
-from lifecycle.events import Event, as_event
+from lifecycle.events import EPOCH_EVENTS, STEP_EVENTS, Event, as_event
 from lifecycle.handle import Handle, Handler
 from lifecycle.handler_times import HandlerTimes
-from lifecycle.receivers import OrderedIds, handler_name, raw_receiver_name, receiver_name
+from lifecycle.receivers import handler_name, raw_receiver_name, receiver_name
 from lifecycle.schedule import Predicate, Schedule, ScheduleSpec
 from lifecycle.state import State
+from lifecycle.timetable import Timetable, sparse
 
 __all__ = ["EVERY_HANDLER", "Bus", "Channel", "Handle", "HandlerTimes", "PlanEntry", "handler_name"]
 
@@ -52,80 +55,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 PlanEntry = tuple[Handler, Predicate | None, Handle]
 
 
-class _BusSignal(NamedSignal):
-    """A ``NamedSignal`` that keeps receivers in connection order and never holds them weakly."""
-
-    set_class = OrderedIds  # type: ignore[assignment]  # duck-typed: blinker only uses the methods above
-
-    def __init__(self, name: str, channel: Channel) -> None:
-        super().__init__(name, f"stepbus lifecycle event {name!r}")
-        self._channel = channel
-
-    def connect(self, receiver: Any, sender: Any = ANY, weak: bool = True) -> Any:
-        """Connect ``receiver`` strongly (``weak`` is accepted for blinker compatibility and ignored)."""
-        if not callable(receiver):
-            raise TypeError(f"cannot connect {receiver!r} to signal {self.name!r}: it is not callable")
-        result = super().connect(receiver, sender, weak=False)
-        self._channel._refresh()
-        return result
-
-    def disconnect(self, receiver: Any, sender: Any = ANY) -> None:
-        super().disconnect(receiver, sender)
-        self._channel._refresh()
-
-
-class _EveryReceiverSignal(_BusSignal):
-    """The signal of an :data:`EVERY_HANDLER` event: ``send`` calls every receiver even when one raises."""
-
-    def send(
-        self,
-        sender: Any | None = None,
-        /,
-        *,
-        _async_wrapper: Callable[[Callable[..., Coroutine[Any, Any, Any]]], Callable[..., Any]] | None = None,
-        **kwargs: Any,
-    ) -> list[tuple[Callable[..., Any], Any]]:
-        """Call every receiver (blinker's ``send``, without stopping at the first one that raises); then raise the
-        first failure, the later ones attached."""
-        if self.is_muted:
-            return []
-        results: list[tuple[Callable[..., Any], Any]] = []
-        failures = Failures()
-        channel = self._channel
-        for receiver in self.receivers_for(sender):
-            try:
-                if iscoroutinefunction(receiver):
-                    if _async_wrapper is None:
-                        raise RuntimeError("Cannot send to a coroutine function.")
-                    results.append((receiver, _async_wrapper(receiver)(sender, **kwargs)))
-                else:
-                    results.append((receiver, receiver(sender, **kwargs)))
-            except CallbackError as exc:
-                failures.add(exc)
-            except Exception as exc:  # noqa: BLE001 - kept, and raised once every receiver ran
-                failures.add(_caused(channel._bus._raw_error(channel.event, exc, receiver), exc))
-            except BaseException as exc:
-                failures.note_on(exc)
-                raise
-        failures.raise_first()
-        return results
-
-
 class Channel:
     """Everything the bus knows about one event. The trainer caches channels for its hot path:
     ``if channel.active: channel.emit(sender, **payload)`` costs one attribute test when nobody listens."""
 
-    __slots__ = ("_bus", "_handles", "active", "event", "plan", "raw", "signal")
+    __slots__ = ("_bus", "_handles", "_table", "active", "event", "plan", "raw", "signal")
 
     def __init__(self, bus: Bus, event: Event) -> None:
         self._bus = bus
         self.event = event
         self._handles: list[Handle] = []
         self.plan: tuple[PlanEntry, ...] = ()
+        self._table: Timetable | None = None  # the counting schedules' wake (lifecycle.timetable)
         self.raw = False
         self.active = False
         every = event in EVERY_HANDLER
-        self.signal = (_EveryReceiverSignal if every else _BusSignal)(event.value, self)
+        self.signal = (EveryReceiverSignal if every else BusSignal)(event.value, self)
         self.signal.connect(self._receive)
 
     def emit(self, sender: object, /, **payload: Any) -> None:
@@ -138,7 +83,14 @@ class Channel:
             except Exception as exc:
                 raise self._bus._raw_error(self.event, exc) from exc
             return
-        for fn, due, handle in self.plan:
+        table = self._table
+        if table is None:
+            plan = self.plan
+        else:  # below the wake no counting schedule is due: only the others are asked
+            state = table.state
+            value = state.iteration if table.steps else state.epoch
+            plan = table.idle if table.since <= value < table.wake else table.plan_at(value)
+        for fn, due, handle in plan:
             if due is not None and not due():
                 continue
             try:
@@ -172,7 +124,16 @@ class Channel:
             plan = tuple((h.fn, h.due, h) for h in ordered)
             times = self._bus._times  # timing is built into the plan, so emit() has nothing to check per handler
             self.plan = plan if times is None else times.wrap(self, plan)
+            self._table = self._timetable(plan) if times is None else None
             self._refresh()
+
+    def _timetable(self, plan: tuple[PlanEntry, ...]) -> Timetable | None:
+        """The timetable of a step or epoch channel with counting schedules (else ``None``: the plan is run)."""
+        state, event = self._bus.state, self.event
+        counting = any(sparse(h.schedule) for _, _, h in plan)
+        if state is None or not counting or event not in (STEP_EVENTS | EPOCH_EVENTS) or event in EVERY_HANDLER:
+            return None
+        return Timetable(state, event in STEP_EVENTS, plan)
 
     def _add(self, handle: Handle) -> None:
         with self._bus._lock:
@@ -199,7 +160,7 @@ class _EveryHandlerChannel(Channel):
     def emit(self, sender: object, /, **payload: Any) -> None:
         """Run every handler (and plain blinker receiver) of this event; then raise the first failure, if any."""
         if self.raw:
-            self.signal.send(sender, **payload)  # an _EveryReceiverSignal: it runs _receive, then the receivers
+            self.signal.send(sender, **payload)  # an EveryReceiverSignal: it runs _receive, then the receivers
         else:
             self._receive(sender, **payload)
 
@@ -213,18 +174,11 @@ class _EveryHandlerChannel(Channel):
             except CallbackError as exc:
                 failures.add(exc)
             except Exception as exc:  # noqa: BLE001 - kept, and raised once every receiver ran
-                failures.add(_caused(self._bus._error(handle, exc), exc))
+                failures.add(caused(self._bus._error(handle, exc), exc))
             except BaseException as exc:
                 failures.note_on(exc)
                 raise
         failures.raise_first()
-
-
-def _caused(error: CallbackError, cause: Exception) -> CallbackError:
-    """``error`` as ``raise error from cause`` leaves it (it is raised later, once every handler ran)."""
-    error.__cause__ = cause
-    error.__suppress_context__ = True
-    return error
 
 
 class Bus:

@@ -32,7 +32,7 @@ from typing import Any, Literal, Union
 from lifecycle.events import EPOCH_EVENTS, STEP_EVENTS, Event
 from lifecycle.state import State
 
-__all__ = ["VALID_FORMS", "Schedule", "ScheduleSpec"]
+__all__ = ["VALID_FORMS", "GeneralPredicate", "Schedule", "ScheduleSpec"]
 
 VALID_FORMS = (
     "an int > 0 (iterations), a string '<N>it' (iterations), '<N>ep' (epochs), '<T>s' / '<T>min' / '<T>h' "
@@ -198,6 +198,29 @@ class Schedule:
         """True when the schedule never filters anything."""
         return self.text == "always"
 
+    @property
+    def counts(self) -> bool:
+        """Whether it is due at counter values alone (iterations or epochs, never the clock): what a channel's
+        timetable (``lifecycle.timetable``) can skip ahead on. ``"never"`` counts too: it is due at none."""
+        return self.never or (self.unit in ("it", "ep") and (self.period is not None or self.at is not None))
+
+    def next_value(self, value: int) -> int | None:
+        """The first counter value ``>= value`` at which this counting schedule can be due, or ``None`` when it
+        never is again (``once`` aside: a predicate that already fired knows that, see ``finished``)."""
+        if self.never:
+            return None
+        if self.start is not None:
+            value = max(value, self.start[1])
+        if self.at is not None:
+            later = [point for point in self.at if point >= value]
+            found = min(later) if later else None
+        else:
+            n = int(self.period or 1)
+            found = -(-value // n) * n
+        if found is None or (self.end is not None and found > self.end[1]):
+            return None
+        return found
+
     def events(self) -> frozenset[Event]:
         """The events this schedule can filter: iteration schedules the step events, epoch schedules the epoch
         events, time, ``once`` and ``never`` schedules both."""
@@ -243,7 +266,7 @@ class Schedule:
         if self.unit == "ep" and self.period is not None and not (self.once or self.start or self.end):
             n = int(self.period)
             return lambda: state.epoch % n == 0
-        return _GeneralPredicate(self, state, counter, clock)
+        return GeneralPredicate(self, state, counter, clock)
 
     def __str__(self) -> str:
         return self.text
@@ -253,7 +276,7 @@ def _never() -> bool:
     return False
 
 
-class _GeneralPredicate:
+class GeneralPredicate:
     """Bounds, ``at``, ``once`` and wall-time schedules; slower than the lambdas above but rarely on a hot path."""
 
     __slots__ = ("_anchor", "_clock", "_counter", "_done", "_schedule", "_state")
@@ -262,6 +285,11 @@ class _GeneralPredicate:
         self._schedule, self._state, self._counter, self._clock = schedule, state, counter, clock
         self._done = False
         self._anchor: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        """A ``once`` schedule that fired: never due again."""
+        return self._done
 
     def _value(self, unit: Unit) -> int:
         return self._state.epoch if unit == "ep" else self._state.iteration
