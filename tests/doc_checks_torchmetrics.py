@@ -4,7 +4,6 @@ directly on the same batches; the sharded validation runs on 2 real ranks (gloo)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,9 @@ from torchmetrics.classification import BinaryAccuracy
 from callbacks import Validator
 from lifecycle import Status
 from tests.doc_checks import check, points, run, small_trainer
-from tests.doc_pages import ROOT, Block
+from tests.doc_pages import Block
+from tests.doc_ranks import run_on_two_ranks
 from tests.support import Recorder
-from tests.trainers.distributed.ranks import start_ranks, wait_ranks
 
 
 def val_points(count: int = 11) -> TensorDataset:
@@ -109,49 +108,19 @@ def _tm_monitor(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         EarlyStopping(monitor="val/sign")
 
 
-#: what each rank runs: the page's block on the docs' small trainer, then what it published and a hand computation
-SHARDED = r"""
-import json, sys
-from pathlib import Path
-
-import torch
-from torchmetrics import MeanSquaredError
-from torchmetrics.classification import BinaryAccuracy
-
-from callbacks import Validator
-from tests.doc_checks import small_trainer
-from tests.doc_checks_torchmetrics import by_hand, val_points
-
-out = Path(sys.argv[1])
-trainer = small_trainer(max_epochs=1)  # starts the group
-val_set = val_points()
-exec(compile((out / "block.py").read_text(), "block", "exec"))
-trainer.train()
-report = {
-    "published": {k: v for k, v in trainer.state.metrics.items() if k.split("/")[0] in ("val", "best")},
-    "count": validator.count,
-    "hand": by_hand(trainer.pipeline, val_set),
-    "world_size": trainer.world_size,
-}
-(out / f"rank-{trainer.rank}.json").write_text(json.dumps(report))
-trainer.close()
-"""
-
-
 @check("tm-sharded")
 def _tm_sharded(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "block.py").write_text(block.text, encoding="utf-8")
-    env = {"OMP_NUM_THREADS": "1", "STEPBUS_DIST_TIMEOUT": "60"}
-    processes = start_ranks(["-c", SHARDED, str(tmp_path)], ROOT, env=env)
-    outputs, _ = wait_ranks(processes, 180)
-    assert [p.returncode for p in processes] == [0, 0], "\n".join(outputs)
-    zero, one = (json.loads((tmp_path / f"rank-{r}.json").read_text(encoding="utf-8")) for r in (0, 1))
+    preamble = (
+        "from torchmetrics import MeanSquaredError\nfrom torchmetrics.classification import BinaryAccuracy\n\n"
+        "from callbacks import Validator\nfrom tests.doc_checks_torchmetrics import by_hand, val_points"
+    )
+    zero, one = run_on_two_ranks(block, tmp_path, preamble=preamble, reference="by_hand")
     assert zero["world_size"] == 2
     assert zero["published"] == one["published"]  # every rank publishes the same values
     assert zero["count"] == one["count"] == 1
     published: dict[str, Any] = zero["published"]
     assert set(published) == {"val/mse", "best/mse", "val/sign", "best/sign"}
     # the whole set's values (6 rows on rank 0, 5 on rank 1), on the weights both ranks hold
-    assert published["val/mse"] == pytest.approx(zero["hand"]["mse"], rel=1e-6)
-    assert published["val/sign"] == pytest.approx(zero["hand"]["sign"], abs=1e-7)
-    assert zero["hand"] == one["hand"]
+    assert published["val/mse"] == pytest.approx(zero["reference"]["mse"], rel=1e-6)
+    assert published["val/sign"] == pytest.approx(zero["reference"]["sign"], abs=1e-7)
+    assert zero["reference"] == one["reference"]

@@ -4,7 +4,6 @@ command line parses and its config asks for ``ranks: all``."""
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from pathlib import Path
@@ -16,8 +15,8 @@ from torch.utils.data import TensorDataset
 from callbacks import Validator
 from tests.doc_checks import check, run, small_trainer
 from tests.doc_pages import ROOT, Block
+from tests.doc_ranks import run_on_two_ranks
 from tests.doc_shell import check_shell
-from tests.trainers.distributed.ranks import start_ranks, wait_ranks
 
 
 def val_points(count: int = 11) -> TensorDataset:
@@ -35,43 +34,15 @@ def whole_set(model: torch.nn.Module, val_set: TensorDataset) -> dict[str, float
     return {"mse": float(((pred - y).double() ** 2).sum()) / len(y), "sign": right / len(y), "rows": float(len(y))}
 
 
-#: what each rank runs: the page's block on the docs' small trainer, then what it published and the whole-set values
-SHARDED = r"""
-import json, sys
-from pathlib import Path
-
-from tests.doc_checks import small_trainer
-from tests.doc_checks_validation import val_points, whole_set
-
-out = Path(sys.argv[1])
-trainer = small_trainer(max_epochs=1)  # starts the group
-val_set = val_points()
-exec(compile((out / "block.py").read_text(), "block", "exec"))
-trainer.train()
-report = {
-    "published": {k: v for k, v in trainer.state.metrics.items() if k.split("/")[0] in ("val", "best")},
-    "count": validator.count,
-    "whole": whole_set(trainer.pipeline, val_set),
-    "world_size": trainer.world_size,
-}
-(out / f"rank-{trainer.rank}.json").write_text(json.dumps(report))
-trainer.close()
-"""
-
-
 @check("validation-shard", slow=True)
 def _validation_shard(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "block.py").write_text(block.text, encoding="utf-8")
-    env = {"OMP_NUM_THREADS": "1", "STEPBUS_DIST_TIMEOUT": "60"}
-    processes = start_ranks(["-c", SHARDED, str(tmp_path)], ROOT, env=env)
-    outputs, _ = wait_ranks(processes, 180)
-    assert [p.returncode for p in processes] == [0, 0], "\n".join(outputs)
-    zero, one = (json.loads((tmp_path / f"rank-{r}.json").read_text(encoding="utf-8")) for r in (0, 1))
+    preamble = "from tests.doc_checks_validation import val_points, whole_set"
+    zero, one = run_on_two_ranks(block, tmp_path, preamble=preamble, reference="whole_set")
     assert zero["world_size"] == 2
     assert zero["published"] == one["published"]  # every rank publishes the same values
-    assert zero["whole"] == one["whole"]  # the same weights on both ranks
+    assert zero["reference"] == one["reference"]  # the same weights on both ranks
     assert zero["count"] == 1
-    published, whole = zero["published"], zero["whole"]
+    published, whole = zero["published"], zero["reference"]
     assert set(published) == {"val/mse", "val/sign", "val/rows", "best/mse", "best/sign", "best/rows"}
     assert published["val/rows"] == 11.0
     assert published["val/sign"] == whole["sign"]  # counts of right signs: exact

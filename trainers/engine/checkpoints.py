@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 from lifecycle import Loop
 from trainers.checkpoint.format import CheckpointError
 from trainers.checkpoint.restore import checked_counters, checkpoint_dirs, restore
@@ -43,13 +41,8 @@ class Checkpoints:
         #: name -> object carried in every checkpoint (``trainer.track``)
         self.tracked: dict[str, Any] = {}
 
-    @property
-    def pipeline(self) -> nn.Module:
-        return self._trainer.pipeline
-
-    @property
-    def ranks(self) -> Ranks:
-        return self._ranks
+    def full_state(self) -> dict[str, Any]:
+        return full_model_state(self._trainer.pipeline, self._ranks)
 
     def dirs(self) -> list[Path]:
         return checkpoint_dirs(self._trainer)
@@ -175,7 +168,7 @@ class CheckpointMethods:
         """The pipeline's whole ``state_dict`` with its tensors on the CPU: for an export, or to compare runs. With
         ``strategy="fsdp"`` in a job it is gathered from the shards -- a collective, so every rank calls it -- and
         rank 0 gets it, the other ranks an empty dict."""
-        return full_model_state(self._checkpoints.pipeline, self._checkpoints.ranks)
+        return self._checkpoints.full_state()
 
     def checkpoint_state(self, *, reason: str = "manual", resumable: bool = True) -> dict[str, Any]:
         """Everything an exact resume needs, as tensors and plain containers. A ``RuntimeError`` for a resumable
