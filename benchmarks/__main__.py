@@ -2,7 +2,8 @@
 
 Cases (``--case`` picks some; default all): ``overhead`` (engine overhead against raw PyTorch, Ignite and Lightning),
 ``scaling`` (cost as callbacks are added and fire), ``end-to-end`` (the reference app to a PSNR target against a
-hand-written loop), ``memory`` (RSS and tracemalloc over 10^5 iterations). ``--quick`` runs each at a tiny size (the
+hand-written loop), ``memory`` (RSS and tracemalloc over 10^5 iterations), ``logging`` (a log point's cost on the
+training thread, with each logger's writes made there and on its own thread). ``--quick`` runs each at a tiny size (the
 smoke test does) and writes only where ``--out`` says. Installs nothing: the peers come from ``stepbus[bench]``.
 The checkpoint and GUI costs have their own entry points (``python -m benchmarks.checkpoint``,
 ``python -m benchmarks.gui``).
@@ -16,10 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks import image_field, memory, overhead, scaling
+from benchmarks import image_field, logging_thread, memory, overhead, scaling
 
 RESULTS = Path(__file__).with_name("results.md")
-CASES = ("overhead", "scaling", "end-to-end", "memory")
+CASES = ("overhead", "scaling", "end-to-end", "memory", "logging")
 
 
 def _cases(quick: bool, repeats: int | None) -> dict[str, Callable[[], str]]:
@@ -29,12 +30,14 @@ def _cases(quick: bool, repeats: int | None) -> dict[str, Callable[[], str]]:
             "scaling": lambda: scaling.report(200, repeats or 1),
             "end-to-end": lambda: image_field.report(quick=True),
             "memory": lambda: memory.report(2000, 1000),
+            "logging": lambda: logging_thread.report(200, 1),
         }
     return {
         "overhead": lambda: overhead.report(3000, repeats or 10),
         "scaling": lambda: scaling.report(3000, repeats or 10),
         "end-to-end": lambda: image_field.report(quick=False, repeats=repeats or 3),
         "memory": lambda: memory.report(100_000, 50_000),
+        "logging": lambda: logging_thread.report(3000, 5),
     }
 
 

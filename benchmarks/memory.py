@@ -1,6 +1,8 @@
 """Case 4, memory: does a long run grow? RSS and ``tracemalloc`` sampled over 10^5 iterations of the tiny model
 with the full default set of callbacks (progress, TensorBoard every 50 it, LR decay, a checkpoint per epoch of 1000
-iterations, the gradient guard), next to the raw PyTorch loop over the same batches.
+iterations, the gradient guard), and with that set and every other logger on too (W&B offline, MLflow, CSV, each
+every 50 it; the three with a thread write through their background writers), next to the raw PyTorch loop over the
+same batches.
 
 Growth is the least-squares slope of the samples after the first tenth of the run (warm-up: allocator pools,
 autograd caches, the first TensorBoard flushes), reported per 10^4 iterations. A leak -- something kept per step or
@@ -151,7 +153,12 @@ def run(iterations: int, traced_iterations: int, per_epoch: int = 1000) -> dict[
     tmp = Path(tempfile.mkdtemp(prefix="stepbus-memory-"))
     rows: list[dict[str, Any]] = []
     try:
-        for name, variant in (("raw PyTorch loop", _raw), ("stepbus, full default set", _stepbus)):
+        variants = (
+            ("raw PyTorch loop", _raw),
+            ("stepbus, full default set", _stepbus),
+            ("stepbus, full default set + W&B, MLflow and CSV loggers", _every_logger),
+        )
+        for name, variant in variants:
             row: dict[str, Any] = {"variant": name}
             variant(make_batches(min(per_epoch, 200)), 1, 10**9, _Recorder(1), tmp)  # warm-up
             for key, count, trace in (("rss", iterations, False), ("traced", traced_iterations, True)):
@@ -168,6 +175,17 @@ def run(iterations: int, traced_iterations: int, per_epoch: int = 1000) -> dict[
 
 def _stepbus(batches: list[Batch], epochs: int, every: int, record: _Recorder, tmp: Path) -> None:
     run_stepbus(batches, epochs, lambda: [*default_set(), _Sampler(every, record)], run_dir=tmp)
+
+
+def _loggers() -> list[Callback]:
+    from callbacks import CSVLogger, MLflowLogger, WandbLogger
+
+    wandb = WandbLogger(every="50it", mode="offline", settings={"x_disable_stats": True})
+    return [wandb, MLflowLogger(every="50it"), CSVLogger(every="50it")]
+
+
+def _every_logger(batches: list[Batch], epochs: int, every: int, record: _Recorder, tmp: Path) -> None:
+    run_stepbus(batches, epochs, lambda: [*default_set(), *_loggers(), _Sampler(every, record)], run_dir=tmp)
 
 
 def _mib(value: float) -> str:

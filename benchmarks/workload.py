@@ -200,7 +200,7 @@ def run_stepbus(
 ) -> Timing:
     """Train :func:`make_model` on ``batches`` (in order) for ``epochs`` with ``callbacks()``; a fresh directory
     under ``run_dir`` when given (for loggers and checkpoints); ``options`` go to the trainer (e.g. ``accumulate=4``,
-    ``precision="bf16-mixed"``)."""
+    ``precision="bf16-mixed"``, ``device="cuda"``: the CPU by default)."""
     net = make_model(0)
     trainer = cls(
         net,
@@ -208,7 +208,7 @@ def run_stepbus(
         max_epochs=epochs,
         batch_size=None,
         shuffle=False,
-        device="cpu",
+        device=options.pop("device", "cpu"),
         loss_fn=mse,
         optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
         callbacks=callbacks(),

@@ -189,7 +189,9 @@ class GradientGuard(Callback):
         if self.on_nonfinite is not None and trainer.scaler is None:  # a scaler decides on its own (no extra sync)
             # NaN and inf survive a sum: one value read covers every gradient and the loss (norms that overflow
             # float32 count as non-finite too, as a total norm that overflows would)
-            probe = norms.sum() + loss.detach().sum() if self.check_loss else norms.sum()
+            probe = norms.sum()
+            if self.check_loss:
+                probe = probe + (loss.detach() if loss.ndim == 0 else loss.detach().sum())  # one op less for a 0-d loss
             if not math.isfinite(probe.item()):  # the one per-step host sync this policy needs
                 total = norm if norm is not None else torch.linalg.vector_norm(norms, self.norm_type)
                 self._nonfinite(trainer, loss, total, params)

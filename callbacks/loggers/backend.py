@@ -15,6 +15,10 @@
   kind is checked when it is logged (:mod:`callbacks.loggers.logged`; a value the logger cannot write is a
   ``TypeError`` there), and it is written at once through the subclass while the backend is open (before
   ``pre_training`` and after the end: not written, with one warning).
+* **Writes off the training thread.** With ``background=True`` (the default) a subclass hands each row to
+  :meth:`BackendLogger._write`, which queues it for the logger's :class:`~callbacks.loggers.background.BackgroundWriter`
+  (flushed at each epoch's end by the subclass, when a checkpoint is taken -- :meth:`BackendLogger.state_dict` --
+  at ``post_training`` and in ``teardown``); ``background=False`` writes at once, on the training thread.
 * **The ``on_error`` state** (``disabled``, ``failures``), carried across a resume; each failure the run survives
   is also counted in ``trainer.state.failed_writes`` under the logger's ``state_key`` (from ``setup`` on).
 """
@@ -25,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from callbacks.loggers.background import BackgroundWriter
 from callbacks.loggers.failure_policy import BackendGuard
 from callbacks.loggers.logged import Kind, kind_of
 from callbacks.loggers.metric_flow import MetricFlow
@@ -48,8 +53,9 @@ def image_prefix(prefix: object, metrics: Mapping[str, Any]) -> str:
 
 
 class BackendLogger(Callback):
-    """Base of the TensorBoard and W&B loggers (see the module docstring). Subclasses set ``self._guard`` in
-    ``__init__`` and implement :meth:`_is_open` and :meth:`_write_logged`."""
+    """Base of the TensorBoard, W&B, MLflow and CSV loggers (see the module docstring). Subclasses set
+    ``self._guard`` in ``__init__`` and implement :meth:`_is_open` and :meth:`_write_logged`; those that write with
+    :meth:`_write` also implement :meth:`_disabled_now`."""
 
     _guard: BackendGuard
     rank_zero_only = True  # one writer: rank 0 of a distributed job
@@ -57,10 +63,17 @@ class BackendLogger(Callback):
     #: lists of dicts given to ``trainer.log`` are tables (W&B) rather than refused
     accepts_tables = False
 
-    def __init__(self, *, every: ScheduleSpec, priority: int | None, state_key: str | None) -> None:
+    def __init__(
+        self, *, every: ScheduleSpec, priority: int | None, state_key: str | None, background: bool = True
+    ) -> None:
         super().__init__(priority=priority, every=every, state_key=state_key)
         #: how messages name this logger: ``"TensorBoardLogger 'TensorBoardLogger'"``
         self.owner = f"{type(self).__name__} {self.state_key!r}"
+        if not isinstance(background, bool):
+            raise ValueError(f"{self.owner}: background must be true or false, got {background!r}")
+        #: whether writes run on the logger's own thread (see :mod:`callbacks.loggers.background`)
+        self.background = background
+        self._writes: BackgroundWriter | None = None
         try:
             schedule = Schedule.parse(every)
         except ValueError as exc:
@@ -86,8 +99,12 @@ class BackendLogger(Callback):
         once nothing else can refuse)."""
         self._remove_sink = trainer.log_sink(self._on_log, name=f"{self.state_key}.log")
         self._guard.count_in(trainer.state, self.state_key)
+        if self._writes is not None:
+            self._writes.wait()  # set up again: what an earlier trainer queued goes first
+        self._writes = BackgroundWriter(self._guard, f"stepbus-{self.state_key}", enabled=self.background)
 
     def teardown(self, trainer: BaseTrainer) -> None:
+        self._drain(close=True)
         self._guard.count_in(None)
         remove, self._remove_sink = self._remove_sink, None
         if remove is not None:
@@ -150,6 +167,39 @@ class BackendLogger(Callback):
         final.update({k: v for k, v in numbers(trainer.state.metrics).items() if k in keys})
         return final
 
+    # ------------------------------------------------------------------ writing
+    def flush(self) -> None:
+        """Write everything logged so far now, and wait for it (a notebook about to read the files, a test). The
+        logger also does this at each epoch's end, when a checkpoint is taken and at the end of the run."""
+        self._drain()
+
+    def _write(self, what: str, action: Callable[[], None]) -> bool:
+        """Hand one write to the background writer (or make it now with ``background=False``) under the
+        ``on_error`` policy; ``what`` completes "could not ...". ``action`` runs on another thread: it reads only
+        what it was given -- plain numbers, pixels, strings -- never the trainer or a tensor the step may change.
+        Returns False when the logger is disabled (then :meth:`_disabled_now` has run)."""
+        writes, was_disabled = self._writes, self._guard.disabled
+        if writes is None:  # not set up: nothing can be open to write to
+            return False
+        if writes.submit(what, action):
+            return True
+        if self._guard.disabled and not was_disabled:
+            self._disabled_now()
+        return False
+
+    def _drain(self, *, close: bool = False) -> bool:
+        """Wait for the queued writes and apply the policy to their failures (an epoch's end, the run's end);
+        ``close``: then end the writer's thread (the run's end). Returns False when the logger is (now) disabled."""
+        writes, was_disabled = self._writes, self._guard.disabled
+        if writes is None or (writes.close() if close else writes.flush()):
+            return not self._guard.disabled
+        if self._guard.disabled and not was_disabled:
+            self._disabled_now()
+        return False
+
+    def _disabled_now(self) -> None:
+        """A failure of a queued write just disabled the logger: let go of what is open (an event file, a run)."""
+
     # ------------------------------------------------------------------ trainer.log
     def _on_log(self, name: str, value: Any, iteration: int) -> None:
         kind = kind_of(name, value, self.owner, tables=self.accepts_tables)  # refused here, before any read
@@ -173,6 +223,10 @@ class BackendLogger(Callback):
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
+        """Also waits for the queued writes: a checkpoint is being taken, and every row logged before it goes to
+        the backend first (a failure they met is reported at the logger's next event)."""
+        if self._writes is not None:
+            self._writes.wait()
         return {"failures": self.failures, "validation_keys": sorted(self._validation_keys)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

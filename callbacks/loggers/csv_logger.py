@@ -137,6 +137,11 @@ class CSVLogger(BackendLogger):
             self._flush()
         self._started = False
 
+    def flush(self) -> None:
+        """Write the queued rows now (rather than at the next epoch's end, validation, checkpoint or 256 rows)."""
+        if self._started and not self._guard.raised:
+            self._flush()
+
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
         """Also writes the queued rows: a checkpoint is being taken, and its record must match the file."""

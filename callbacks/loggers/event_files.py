@@ -13,6 +13,9 @@ The thread starts, and writes the file's first event, inside ``SummaryWriter(...
 file system with no block left is refused before the writer is made (an ``OSError`` ``ENOSPC`` naming the folder,
 reported by the policy like any other failure), and :func:`check_writer` raises the thread's failure where the
 logger asks (before ``add_hparams``, which opens a second writer of its own).
+
+:func:`add_scalars` writes a row of scalars as one event (one ``Summary`` with a value per tag) rather than one event
+per tag as ``add_scalar`` does: readers see the same points, and the row costs one protobuf and one record.
 """
 
 from __future__ import annotations
@@ -20,15 +23,16 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trainers.checkpoint.disk_space import no_room_left
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["check_room", "check_writer", "open_summary_writer", "writer_thread"]
+__all__ = ["add_scalars", "check_room", "check_writer", "open_summary_writer", "writer_thread"]
 
 
 def _no_traceback(thread: threading.Thread) -> None:
@@ -68,3 +72,12 @@ def check_writer(writer: SummaryWriter, directory: Path) -> None:
     if isinstance(failure, BaseException):
         raise failure
     check_room(directory)
+
+
+def add_scalars(writer: SummaryWriter, values: Mapping[str, float], step: int) -> None:
+    """Write ``values`` at ``step`` as one event (see the module docstring)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary  # type: ignore[import-untyped]
+
+    row = Summary(value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()])
+    file_writer: Any = writer.file_writer if writer.file_writer is not None else writer._get_file_writer()  # type: ignore[no-untyped-call]
+    file_writer.add_summary(row, step)

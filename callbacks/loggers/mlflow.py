@@ -20,7 +20,8 @@ Exactly once across a resume: a killed process may have logged steps beyond its 
 delete a metric point; so a run that is continued first reads back the last step it has per key and skips every
 value at or before it (:mod:`callbacks.loggers.mlflow_store`, which also holds the store, params and URI rules).
 Artifacts are written at fixed paths, so one written twice is the same file. A backend failure (a store that cannot
-be created or reached) follows ``on_error`` like the other loggers.
+be created or reached) follows ``on_error`` like the other loggers. Metrics and artifacts are logged on the logger's
+own thread (``background=True``, the default; :mod:`callbacks.loggers.background`), flushed at each epoch's end.
 """
 
 from __future__ import annotations
@@ -95,11 +96,12 @@ class MLflowLogger(BackendLogger):
         log_checkpoint: bool = False,
         run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
+        background: bool = True,
         on_error: OnError = "disable",
         priority: int | None = None,
         state_key: str | None = None,
     ) -> None:
-        super().__init__(priority=priority, every=every, state_key=state_key)
+        super().__init__(priority=priority, every=every, state_key=state_key, background=background)
         owner = self.owner
         for label, flag in (("log_images", log_images), ("log_checkpoint", log_checkpoint)):
             if not isinstance(flag, bool):
@@ -163,6 +165,7 @@ class MLflowLogger(BackendLogger):
         if self.client is None:
             return
         self._metrics(self.epoch_row(trainer), trainer.state.iteration)
+        self._drain()
 
     def post_validation(
         self,
@@ -181,7 +184,7 @@ class MLflowLogger(BackendLogger):
         if self.log_images and images:
             folder = image_prefix(prefix, metrics)
             pictures = {store.artifact_path("images", folder, str(name)): image for name, image in images.items()}
-            self._run("log images", lambda: self._log_pngs(pictures, step))
+            self._log_pngs(pictures, step)
 
     def exception(self, trainer: BaseTrainer, **payload: Any) -> None:
         # a failure inside post_training: no post_training follows, so this is the last chance to end the run
@@ -259,6 +262,8 @@ class MLflowLogger(BackendLogger):
         return None
 
     def _end(self, run_status: str, trainer: BaseTrainer | None = None, status: Status | None = None) -> None:
+        if self.client is not None:
+            self._drain(close=True)
         client, self.client = self.client, None
         run_id = self.run_id
         if client is None or run_id is None:
@@ -318,18 +323,29 @@ class MLflowLogger(BackendLogger):
             for chunk in store.chunks(metrics, store.MAX_METRICS_PER_BATCH):
                 client.log_batch(run_id, metrics=chunk, synchronous=True)
 
-        self._run("log metrics", write)
+        self._write("log metrics", write)
 
     def _log_pngs(self, images: Mapping[str, Any], step: int) -> None:
-        """Each image as ``<folder>/step-<step>.png`` for its folder (the key)."""
+        """Each image as ``<folder>/step-<step>.png`` for its folder (the key); encoded now, logged by the writer."""
         client, run_id = self.client, self.run_id
         if client is None or run_id is None:
             return
-        with tempfile.TemporaryDirectory(prefix="stepbus-mlflow-") as scratch:
-            for folder, image in images.items():
-                local = Path(scratch) / f"step-{step:08d}.png"
-                local.write_bytes(encode_png(image, name=folder))
-                client.log_artifact(run_id, str(local), folder)
+        encoded: dict[str, bytes] = {}
+
+        def encode() -> None:  # on the training thread: the step may change a tensor after it was logged
+            encoded.update({folder: encode_png(image, name=folder) for folder, image in images.items()})
+
+        if not self._run("encode images", encode):
+            return
+
+        def write() -> None:
+            with tempfile.TemporaryDirectory(prefix="stepbus-mlflow-") as scratch:
+                for folder, png in encoded.items():
+                    local = Path(scratch) / f"step-{step:08d}.png"
+                    local.write_bytes(png)
+                    client.log_artifact(run_id, str(local), folder)
+
+        self._write("log images", write)
 
     def _is_open(self) -> bool:
         return self.client is not None
@@ -338,16 +354,23 @@ class MLflowLogger(BackendLogger):
         if kind == "scalar":
             self._metrics({name: scalar(value)}, step)
         elif kind == "image":
-            self._run(f"log {name!r}", lambda: self._log_pngs({store.artifact_path("images", name): value}, step))
+            self._log_pngs({store.artifact_path("images", name): value}, step)
         else:
             client, run_id = self.client, self.run_id
             if client is not None and run_id is not None:
                 path = store.artifact_path("text", name, f"step-{step:08d}.txt")
-                self._run(f"log {name!r}", lambda: client.log_text(run_id, str(value), path))
+                text = str(value)
+                self._write(f"log {name!r}", lambda: client.log_text(run_id, text, path))
 
-    def _run(self, what: str, action: Callable[[], None]) -> None:
-        if not self._guard.run(what, action) and self._guard.disabled:
+    def _run(self, what: str, action: Callable[[], None]) -> bool:
+        if self._guard.run(what, action):
+            return True
+        if self._guard.disabled:
             self._end_disabled()
+        return False
+
+    def _disabled_now(self) -> None:
+        self._end_disabled()
 
     def _end_disabled(self) -> None:
         """The logger was just disabled: end its run, if one is open, as failed."""

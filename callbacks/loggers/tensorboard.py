@@ -11,6 +11,10 @@ and ``post_training`` (hyper-parameters with the final metrics, then close, what
 ``trainer.log(name, value)`` are written when logged: numbers and one-element tensors as scalars, ``HxWxC`` tensors
 as images, strings as text (see :mod:`callbacks.loggers.backend`). Every step is ``state.iteration``.
 
+The events are built and written on the logger's own thread (``background=True``, the default; see
+:mod:`callbacks.loggers.background`), flushed to the event file at each epoch's end, when a checkpoint is taken and
+at the end of the run.
+
 A backend failure (a directory that cannot be created, a full disk) follows ``on_error``: ``"disable"`` (default:
 warn once, stop logging, keep training), ``"warn"`` (warn at each failure and keep trying) or ``"raise"``. A full
 disk is told in plain words (``no space left on device (0 bytes free on /mnt)``) and only that way: the traceback
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from callbacks.helpers import output_dir
 from callbacks.loggers.backend import BackendLogger, image_prefix
-from callbacks.loggers.event_files import check_writer, open_summary_writer
+from callbacks.loggers.event_files import add_scalars, check_writer, open_summary_writer
 from callbacks.loggers.failure_policy import BackendGuard, OnError, require_package
 from callbacks.loggers.logged import Kind, pixels, scalar
 from callbacks.loggers.values import as_markdown, flat_scalars
@@ -55,6 +59,7 @@ class TensorBoardLogger(BackendLogger):
             when it counts epochs (``"1ep"``: epoch means only, no step scalars); validation values come at their
             event.
         log_images: write validation images (``add_image``).
+        background: build and write the events on the logger's own thread (``False``: on the training thread).
         on_error: ``"disable"``, ``"warn"`` or ``"raise"`` (see the module docstring).
     """
 
@@ -66,11 +71,12 @@ class TensorBoardLogger(BackendLogger):
         *,
         every: ScheduleSpec = "50it",
         log_images: bool = True,
+        background: bool = True,
         on_error: OnError = "disable",
         priority: int | None = None,
         state_key: str | None = None,
     ) -> None:
-        super().__init__(priority=priority, every=every, state_key=state_key)
+        super().__init__(priority=priority, every=every, state_key=state_key, background=background)
         name = self.owner
         if not isinstance(log_images, bool):
             raise ValueError(f"{name}: log_images must be true or false, got {log_images!r}")
@@ -108,9 +114,7 @@ class TensorBoardLogger(BackendLogger):
         if self._writer is None:
             return
         self._scalars(self.epoch_row(trainer), trainer.state.iteration)
-        writer = self._writer
-        if writer is not None:  # None: writing the scalars just failed and disabled the logger
-            self._run("flush", writer.flush)
+        self.flush()
 
     def post_validation(
         self,
@@ -129,14 +133,17 @@ class TensorBoardLogger(BackendLogger):
         writer = self._writer
         if self.log_images and images and writer is not None:
             folder = image_prefix(prefix, metrics)
+            arrays = {f"{folder}/{name}": pixels(image, str(name)) for name, image in images.items()}  # host copies
 
             def write_images() -> None:
-                for name, image in images.items():
-                    writer.add_image(f"{folder}/{name}", pixels(image, str(name)), step, dataformats="HWC")
+                for tag, array in arrays.items():
+                    writer.add_image(tag, array, step, dataformats="HWC")
 
-            self._run("write images", write_images)
+            self._write("write images", write_images)
 
     def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
+        if self._writer is not None:
+            self._drain(close=True)
         writer, self._writer = self._writer, None
         if writer is None:
             return
@@ -167,20 +174,36 @@ class TensorBoardLogger(BackendLogger):
     def _is_open(self) -> bool:
         return self._writer is not None
 
+    def state_dict(self) -> dict[str, Any]:
+        """Also puts every event logged so far in the event file: a checkpoint is being taken (a failure is
+        reported at the logger's next event, not in the checkpoint's)."""
+        writer, writes = self._writer, self._writes
+        if writer is not None and writes is not None:
+            writes.submit("flush", writer.flush, report=False)
+        return super().state_dict()
+
     def _write_logged(self, name: str, kind: Kind, value: Any, step: int) -> None:
         writer = self._writer
         if writer is None:
             return
+        # read now, on the training thread: the step may change a tensor after it was logged
+        if kind == "scalar":
+            number = scalar(value)
+            self._write(f"write {name!r}", lambda: writer.add_scalar(name, number, step))
+        elif kind == "image":
+            array = pixels(value, name)
+            self._write(f"write {name!r}", lambda: writer.add_image(name, array, step, dataformats="HWC"))
+        else:
+            text = str(value)
+            self._write(f"write {name!r}", lambda: writer.add_text(name, text, step))
 
-        def write() -> None:
-            if kind == "scalar":
-                writer.add_scalar(name, scalar(value), step)
-            elif kind == "image":
-                writer.add_image(name, pixels(value, name), step, dataformats="HWC")
-            else:
-                writer.add_text(name, str(value), step)
-
-        self._run(f"write {name!r}", write)
+    def flush(self) -> None:
+        """Write every event logged so far to the event file now (the writer thread's queue, then the event
+        writer's own), and wait for it."""
+        writer = self._writer
+        if writer is not None:
+            self._write("flush", writer.flush)
+            self._drain()
 
     def _scalars(self, values: Mapping[str, float], step: int) -> None:
         writer = self._writer
@@ -188,11 +211,13 @@ class TensorBoardLogger(BackendLogger):
             return
 
         def write() -> None:
-            for tag, value in values.items():
-                writer.add_scalar(tag, value, step)
+            add_scalars(writer, values, step)  # one event for the row
 
-        self._run("write scalars", write)
+        self._write("write scalars", write)
 
     def _run(self, what: str, action: Callable[[], None]) -> None:
         if not self._guard.run(what, action) and self._guard.disabled:
             self._writer = None
+
+    def _disabled_now(self) -> None:
+        self._writer = None

@@ -16,7 +16,8 @@ tensors as numbers, ``HxWxC`` tensors as ``wandb.Image``, strings as text, lists
 
 It never prompts and never blocks: ``mode`` defaults to ``"offline"`` (upload later with ``wandb sync``), and
 ``mode="online"`` without credentials is refused when the logger is added, with what to do, instead of the login
-prompt ``wandb.init`` would show on a terminal. A backend failure follows ``on_error`` like the TensorBoard logger.
+prompt ``wandb.init`` would show on a terminal. Rows are logged on the logger's own thread (``background=True``, the
+default; :mod:`callbacks.loggers.background`). A backend failure follows ``on_error`` like the TensorBoard logger.
 
 W&B's service writes the run file in a process of its own and tells Python nothing when a write fails (a full disk):
 so at each epoch's end, and after ``finish``, the logger looks at the run's files for such a failure
@@ -102,11 +103,12 @@ class WandbLogger(BackendLogger):
         tags: Sequence[str] = (),
         notes: str | None = None,
         settings: Mapping[str, Any] | None = None,
+        background: bool = True,
         on_error: OnError = "disable",
         priority: int | None = None,
         state_key: str | None = None,
     ) -> None:
-        super().__init__(priority=priority, every=every, state_key=state_key)
+        super().__init__(priority=priority, every=every, state_key=state_key, background=background)
         owner = self.owner
         if mode not in _MODES:
             raise ValueError(f"{owner}: mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
@@ -206,7 +208,8 @@ class WandbLogger(BackendLogger):
         if self.run is None:
             return
         self._row(self.epoch_row(trainer), trainer.state.iteration)
-        self._check_run_file(final=False)
+        if self._drain():
+            self._check_run_file(final=False)
 
     def post_validation(
         self,
@@ -245,6 +248,8 @@ class WandbLogger(BackendLogger):
 
     # ------------------------------------------------------------------ helpers
     def _finish(self, trainer: BaseTrainer | None, *, exit_code: int, status: Status | None = None) -> None:
+        if self.run is not None:
+            self._drain(close=True)
         run, self.run = self.run, None
         if run is None:
             return
@@ -323,36 +328,39 @@ class WandbLogger(BackendLogger):
         return self.run is not None
 
     def _write_logged(self, name: str, kind: Kind, value: Any, step: int) -> None:
-        def write() -> None:
+        logged: list[Any] = []
+
+        def convert() -> None:  # on the training thread: the step may change a tensor after it was logged
             import wandb
 
-            run = self.run
-            if run is None:
-                return
-            logged: Any
             if kind == "scalar":
-                logged = scalar(value)
+                logged.append(scalar(value))
             elif kind == "image":
-                logged = wandb.Image(pixels(value, name), caption=f"iteration {step}")
+                logged.append(wandb.Image(pixels(value, name), caption=f"iteration {step}"))
             elif kind == "table":
                 columns, rows = table_rows(value) or ([], [])
                 header: list[str | int] = list(columns)  # wandb's annotation; the names are strings
-                logged = wandb.Table(columns=header, data=rows)
+                logged.append(wandb.Table(columns=header, data=rows))
             else:
-                logged = str(value)
-            run.log({name: logged}, step=step)
+                logged.append(str(value))
 
-        self._run(f"log {name!r}", write)
+        self._run(f"log {name!r}", convert)
+        if logged:
+            self._row({name: logged[0]}, step)
 
     def _row(self, values: Mapping[str, Any], step: int) -> None:
         run = self.run
         if run is None or not values:
             return
-        self._run("log", lambda: run.log(dict(values), step=step))
+        row = dict(values)
+        self._write("log", lambda: run.log(row, step=step))
 
     def _run(self, what: str, action: Callable[[], None]) -> None:
         if not self._guard.run(what, action) and self._guard.disabled:
             self._end_disabled()
+
+    def _disabled_now(self) -> None:
+        self._end_disabled()
 
     def _end_disabled(self) -> None:
         """The logger was just disabled: end its run, if one is open, as failed."""

@@ -133,8 +133,13 @@ def test_case_3_runs_the_reference_app_against_the_hand_written_loop(report: str
 def test_case_4_reports_rss_and_tracemalloc_growth(report: str) -> None:
     section = _section(report, 4)
     assert "RSS over 2000 iterations, tracemalloc over 1000" in section
-    rows = [row for row in _rows(section) if row[0] in ("raw PyTorch loop", "stepbus, full default set")]
-    assert len(rows) == 2
+    variants = [
+        "raw PyTorch loop",
+        "stepbus, full default set",
+        "stepbus, full default set + W&B, MLflow and CSV loggers",
+    ]
+    rows = [row for row in _rows(section) if row[0] in variants]
+    assert [row[0] for row in rows] == variants
     for row in rows:
         start, end = row[1].split(" → ")
         assert float(start) > 0
@@ -142,7 +147,22 @@ def test_case_4_reports_rss_and_tracemalloc_growth(report: str) -> None:
         float(row[2])
         float(row[4])
     sites = [line for line in section.splitlines() if line.startswith("- ")]
-    assert [line.split(":")[0] for line in sites] == ["- raw PyTorch loop", "- stepbus, full default set"]
+    assert [line.split(":")[0] for line in sites] == [f"- {variant}" for variant in variants]
+
+
+def test_case_5_times_a_log_point_of_each_logger_on_both_threads(report: str) -> None:
+    section = _section(report, 5)
+    loggers = ["TensorBoardLogger", "WandbLogger (offline)", "MLflowLogger (SQLite)"]
+    rows = [row for row in _rows(section) if row[0] in loggers]
+    assert [(row[0], row[1].split(" (")[0]) for row in rows] == [
+        (logger, where) for logger in loggers for where in ("the training thread", "its own thread")
+    ]
+    for row in rows:
+        assert all(float(cell) > 0 for cell in row[2:4]), row  # a log point and an epoch end were timed
+        assert float(row[5]) > 0
+    assert [line.split(":")[0] for line in section.splitlines() if line.startswith("- ")] == [
+        f"- {logger}" for logger in loggers
+    ]
 
 
 def test_a_quick_run_without_out_leaves_the_results_file_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

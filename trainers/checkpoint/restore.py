@@ -28,7 +28,7 @@ import copy
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,8 @@ class Restored:
     ended: bool
     rng: Any
     data_size: int | None = None  #: the dataset length the saved epoch ran over (``None``: not recorded)
+    #: the numbers and strings published in ``state.metrics`` when it was saved (``lr``, ``grad_norm``, ``val/*``)
+    metrics: dict[str, float | int | str] = field(default_factory=dict)
 
 
 def checkpoint_dirs(trainer: BaseTrainer) -> list[Path]:
@@ -302,7 +304,13 @@ def _apply(
         )
     size = loaded["trainer"].get("data_size")
     ended = bool(loaded["trainer"].get("ended", True))
-    return Restored(path, counters, ended, rng, size if isinstance(size, int) and size > 0 else None)
+    saved_metrics = meta.get("metrics")
+    metrics = {
+        str(k): v
+        for k, v in (saved_metrics if isinstance(saved_metrics, dict) else {}).items()
+        if type(v) in (int, float, str)
+    }
+    return Restored(path, counters, ended, rng, size if isinstance(size, int) and size > 0 else None, metrics)
 
 
 def _saved_optimizers(path: Path, trainer: BaseTrainer, meta: dict[str, Any], saved: Any) -> list[tuple[str, Any]]:

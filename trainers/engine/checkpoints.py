@@ -124,6 +124,8 @@ class Checkpoints:
             return None
         self._driver.reload.resume_at(restored.counters, restored.data_size)
         trainer.state.load_state_dict(restored.counters)
+        # what callbacks had published (lr, grad_norm, val/*): a resumed run's rows equal an uninterrupted run's
+        trainer.state.metrics.update(restored.metrics)
         self._loop.restore(ended=restored.ended)
         self._driver.restore_rng_at(restored.rng, restored.counters)
         trainer.resumed_from = restored.path

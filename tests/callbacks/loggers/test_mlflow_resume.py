@@ -24,11 +24,12 @@ KILL_AT = 13
 APP = "tests.callbacks.loggers.mlflow_resume_app"
 
 
-def start(run_dir: Path, *args: str) -> subprocess.Popen[bytes]:
-    run_dir.mkdir(parents=True)
-    with open(run_dir.parent / f"{run_dir.name}.stderr", "wb") as stderr:
+def start(run_dir: Path, *args: str, module: str = APP) -> subprocess.Popen[bytes]:
+    """``python -m module --run-dir run_dir ARGS`` (the resume app by default), its stderr beside the folder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f"{run_dir.name}.stderr", "ab") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-u", "-m", APP, "--run-dir", str(run_dir), *args],
+            [sys.executable, "-u", "-m", module, "--run-dir", str(run_dir), *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             env=subprocess_env(),

@@ -67,7 +67,7 @@ def test_a_resumed_run_appends_with_no_duplicate_or_backward_step(tmp_path: Path
         first.iterate()
     logger = next(cb for cb in first.callbacks if isinstance(cb, TensorBoardLogger))
     assert logger._writer is not None
-    logger._writer.flush()  # what a crashed run had written beyond its checkpoint is on disk
+    logger.flush()  # what a crashed run had written beyond its checkpoint is on disk
     before = events(tmp_path / "tb")
     assert [step for step, _ in series(before, "train/loss")] == [1, 2, 3, 4, 5, 6, 7]
     first.close()  # a dead process holds no lock on its run directory

@@ -225,7 +225,14 @@ ROUND_TRIP_RESOLVED = {
             "divergence_threshold": None,
             "check_finite": True,
         },
-        "tensorboard": {"enabled": False, "dir": None, "every": "50it", "log_images": True, "on_error": "disable"},
+        "tensorboard": {
+            "enabled": False,
+            "dir": None,
+            "every": "50it",
+            "log_images": True,
+            "background": True,
+            "on_error": "disable",
+        },
         "metrics_file": {"enabled": True, "path": "outcome.json"},
     },
 }
@@ -1252,7 +1259,7 @@ def test_a_disabled_block_is_still_checked_but_not_constructed() -> None:
         (
             "callbacks.tensorboard.evry",
             "unknown key for tensorboard (TensorBoardLogger) (did you mean 'every'?); valid keys: dir, every, "
-            "log_images, on_error, priority, state_key",
+            "log_images, background, on_error, priority, state_key",
         )
     ]
     config = load_config(_cb({"checkpointer": {"enabled": False, "keep_best": 2}}))
