@@ -101,7 +101,8 @@ class State:
         return self.epoch_iteration >= self.iterations_per_epoch
 
     def state_dict(self) -> dict[str, int]:
-        """The counters as plain ints (metrics are published state, not resumable state)."""
+        """The counters as plain ints. The metrics are not among them: a checkpoint keeps the published ones in its
+        metadata, and ``restore`` puts them back from there."""
         counters = {name: int(getattr(self, name)) for name in (*_COUNTERS, "optimizer_step")}
         if self.varied_epochs:
             counters["varied_epochs"] = 1

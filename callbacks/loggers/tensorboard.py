@@ -175,8 +175,8 @@ class TensorBoardLogger(BackendLogger):
         return self._writer is not None
 
     def state_dict(self) -> dict[str, Any]:
-        """Also puts every event logged so far in the event file: a checkpoint is being taken (a failure is
-        reported at the logger's next event, not in the checkpoint's)."""
+        """Also puts every event logged so far in the event file: a checkpoint is being taken (on the writer thread,
+        a failure is reported at the logger's next event, not in the checkpoint's)."""
         writer, writes = self._writer, self._writes
         if writer is not None and writes is not None:
             writes.submit("flush", writer.flush, report=False)

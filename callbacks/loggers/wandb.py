@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import string
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -42,9 +41,9 @@ from callbacks.helpers import output_dir
 from callbacks.loggers.backend import BackendLogger, image_prefix
 from callbacks.loggers.failure_policy import BackendGuard, OnError, require_package
 from callbacks.loggers.logged import Kind, pixels, scalar, table_rows
+from callbacks.loggers.wandb_ends import check_credentials, exit_code_of
 from callbacks.loggers.wandb_health import RunFileWatch
 from lifecycle import Event, Phase, Priority, ScheduleSpec, Status
-from trainers.engine.signals import exit_code as signal_exit_code
 
 if TYPE_CHECKING:  # pragma: no cover
     from wandb import Run
@@ -146,7 +145,7 @@ class WandbLogger(BackendLogger):
         require_package("wandb", "wandb", self.owner)
         self.directory = output_dir(self, self.directory, trainer, "")
         if self.mode == "online":
-            _check_credentials(self.owner)
+            check_credentials(self.owner)
         super().setup(trainer)
 
     def teardown(self, trainer: BaseTrainer) -> None:
@@ -244,7 +243,7 @@ class WandbLogger(BackendLogger):
             self._finish(trainer, exit_code=1, status=Status.FAILED)
 
     def post_training(self, trainer: BaseTrainer, *, status: Status, **payload: Any) -> None:
-        self._finish(trainer, exit_code=_exit_code(status, trainer.interrupted_by), status=status)
+        self._finish(trainer, exit_code=exit_code_of(status, trainer.interrupted_by), status=status)
 
     # ------------------------------------------------------------------ helpers
     def _finish(self, trainer: BaseTrainer | None, *, exit_code: int, status: Status | None = None) -> None:
@@ -381,28 +380,3 @@ class WandbLogger(BackendLogger):
         if self._given_id is None and isinstance(saved, str):
             self.run_id = saved  # an explicit id= wins over the checkpoint's
         super().load_state_dict(state)
-
-
-def _exit_code(status: Status, signum: int | None) -> int:
-    if status in (Status.COMPLETED, Status.STOPPED):
-        return 0
-    if status is Status.INTERRUPTED:
-        return signal_exit_code(signum if signum is not None else signal.SIGINT)  # no signal: a KeyboardInterrupt
-    return 1
-
-
-def _check_credentials(owner: str) -> None:
-    """Refuse ``mode="online"`` without W&B credentials: ``wandb.init`` would prompt for them on a terminal."""
-    import wandb
-
-    active = wandb.run
-    if active is not None and not active.offline:
-        return  # an online run in this process already authenticated
-    if wandb.login(prompt=False, verify=False):
-        return
-    raise ValueError(
-        f"{owner}: mode='online' needs W&B credentials and none were found (WANDB_API_KEY, ~/.netrc, wandb's "
-        "settings; WANDB_MODE=offline in the environment also prevents the check). Run `wandb login` or set "
-        "WANDB_API_KEY, or log with mode='offline' and upload later with `wandb sync <dir>/wandb/offline-run-*`. "
-        "stepbus never shows W&B's login prompt."
-    )
