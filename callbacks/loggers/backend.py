@@ -54,8 +54,8 @@ def image_prefix(prefix: object, metrics: Mapping[str, Any]) -> str:
 
 class BackendLogger(Callback):
     """Base of the TensorBoard, W&B, MLflow and CSV loggers (see the module docstring). Subclasses set
-    ``self._guard`` in ``__init__`` and implement :meth:`_is_open` and :meth:`_write_logged`; those that write with
-    :meth:`_write` also implement :meth:`_disabled_now`."""
+    ``self._guard`` in ``__init__`` and implement :meth:`_is_open` and :meth:`_write_logged`; those that hold
+    something open (an event file, a run) implement :meth:`_disabled_now`."""
 
     _guard: BackendGuard
     rank_zero_only = True  # one writer: rank 0 of a distributed job
@@ -173,32 +173,43 @@ class BackendLogger(Callback):
         logger also does this at each epoch's end, when a checkpoint is taken and at the end of the run."""
         self._drain()
 
+    def _run(self, what: str, action: Callable[[], None]) -> bool:
+        """Run one backend call now, on the training thread, under the ``on_error`` policy (opening, closing, what
+        the row needs before it is handed over). Returns False when it failed or the logger is disabled (then
+        :meth:`_disabled_now` has run)."""
+        if self._guard.run(what, action):
+            return True
+        if self._guard.disabled:
+            self._disabled_now()
+        return False
+
     def _write(self, what: str, action: Callable[[], None]) -> bool:
         """Hand one write to the background writer (or make it now with ``background=False``) under the
         ``on_error`` policy; ``what`` completes "could not ...". ``action`` runs on another thread: it reads only
         what it was given -- plain numbers, pixels, strings -- never the trainer or a tensor the step may change.
         Returns False when the logger is disabled (then :meth:`_disabled_now` has run)."""
-        writes, was_disabled = self._writes, self._guard.disabled
+        writes = self._writes
         if writes is None:  # not set up: nothing can be open to write to
             return False
         if writes.submit(what, action):
             return True
-        if self._guard.disabled and not was_disabled:
+        if self._guard.disabled:
             self._disabled_now()
         return False
 
     def _drain(self, *, close: bool = False) -> bool:
         """Wait for the queued writes and apply the policy to their failures (an epoch's end, the run's end);
         ``close``: then end the writer's thread (the run's end). Returns False when the logger is (now) disabled."""
-        writes, was_disabled = self._writes, self._guard.disabled
+        writes = self._writes
         if writes is None or (writes.close() if close else writes.flush()):
             return not self._guard.disabled
-        if self._guard.disabled and not was_disabled:
+        if self._guard.disabled:
             self._disabled_now()
         return False
 
     def _disabled_now(self) -> None:
-        """A failure of a queued write just disabled the logger: let go of what is open (an event file, a run)."""
+        """A failure disabled the logger: let go of what is open (an event file, a run). Called again for each
+        write refused afterwards, so it must do nothing the second time."""
 
     # ------------------------------------------------------------------ trainer.log
     def _on_log(self, name: str, value: Any, iteration: int) -> None:

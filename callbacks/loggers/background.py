@@ -75,7 +75,8 @@ class BackgroundWriter:
         """Queue ``action`` (``what`` completes "could not ..." in a failure's message). Returns False, writing
         nothing, when the logger is disabled -- also by a failure of an earlier write, reported here first
         (``report=False``: left for the next call, e.g. while a checkpoint is being built)."""
-        if not (self.report() if report else not self._guard.disabled):
+        logging_on = self.report() if report else not self._guard.disabled
+        if not logging_on:
             return False
         if not self.enabled:
             return self._guard.run(what, action)

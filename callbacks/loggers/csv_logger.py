@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -242,6 +242,3 @@ class CSVLogger(BackendLogger):
                 resumed.dropped,
                 f" and a partial last line ({resumed.torn} bytes)" if resumed.torn else "",
             )
-
-    def _run(self, what: str, action: Callable[[], None]) -> bool:
-        return self._guard.run(what, action)

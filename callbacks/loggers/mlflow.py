@@ -362,17 +362,7 @@ class MLflowLogger(BackendLogger):
                 text = str(value)
                 self._write(f"log {name!r}", lambda: client.log_text(run_id, text, path))
 
-    def _run(self, what: str, action: Callable[[], None]) -> bool:
-        if self._guard.run(what, action):
-            return True
-        if self._guard.disabled:
-            self._end_disabled()
-        return False
-
     def _disabled_now(self) -> None:
-        self._end_disabled()
-
-    def _end_disabled(self) -> None:
         """The logger was just disabled: end its run, if one is open, as failed."""
         client, self.client = self.client, None
         run_id = self.run_id

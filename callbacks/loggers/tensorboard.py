@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,10 +214,6 @@ class TensorBoardLogger(BackendLogger):
             add_scalars(writer, values, step)  # one event for the row
 
         self._write("write scalars", write)
-
-    def _run(self, what: str, action: Callable[[], None]) -> None:
-        if not self._guard.run(what, action) and self._guard.disabled:
-            self._writer = None
 
     def _disabled_now(self) -> None:
         self._writer = None

@@ -33,7 +33,7 @@ import logging
 import os
 import secrets
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -292,7 +292,7 @@ class WandbLogger(BackendLogger):
         what = f"write the run file {watch.run_file.name}"
         self._guard.fail(what, failure, where=watch.run_file.parent)
         if self._guard.disabled:
-            self._end_disabled()
+            self._disabled_now()
 
     def _log_checkpoints(self, run: Run, trainer: BaseTrainer, status: Status | None) -> None:
         import wandb
@@ -354,14 +354,7 @@ class WandbLogger(BackendLogger):
         row = dict(values)
         self._write("log", lambda: run.log(row, step=step))
 
-    def _run(self, what: str, action: Callable[[], None]) -> None:
-        if not self._guard.run(what, action) and self._guard.disabled:
-            self._end_disabled()
-
     def _disabled_now(self) -> None:
-        self._end_disabled()
-
-    def _end_disabled(self) -> None:
         """The logger was just disabled: end its run, if one is open, as failed."""
         run, self.run = self.run, None
         self._watch = None
