@@ -328,3 +328,18 @@ def test_config_validate_checks_the_csv_keys(tmp_path: Path, capsys: pytest.Capt
     ]:
         assert main(["config", "validate", str(config), "--set", setting]) == 2, setting
         assert words in capsys.readouterr().err, setting
+
+
+def test_flush_writes_the_queued_rows_mid_epoch(tmp_path: Path) -> None:
+    logger = CSVLogger(every="1it")
+    trainer, recorded = logged_run(tmp_path, logger)
+    for _ in range(3):  # mid-epoch: the rows wait for the epoch's end, a validation, a checkpoint or 256 rows
+        trainer.iterate()
+    path = tmp_path / "metrics.csv"
+    before = path.read_text() if path.exists() else ""
+    assert "\n1," not in before
+    logger.flush()
+    rows = _cells(path)
+    assert [int(row["step"]) for row in rows] == [1, 2, 3]
+    assert [float(row["train/loss"]) for row in rows] == [recorded.loss(i, i) for i in (1, 2, 3)]
+    trainer.close()
