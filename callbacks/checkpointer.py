@@ -27,7 +27,6 @@ hands its RNG state to rank 0, rank 0 writes, every rank learns the outcome); on
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import logging
 import math
@@ -36,9 +35,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from callbacks.checkpoint_files import Saved, ranked, retention
 from callbacks.helpers import output_dir, parse_schedule, periodic_event
 from callbacks.metrics import Mode, as_scalar, monitor_mode
-from lifecycle import Callback, Event, HandlerSpec, Priority, SavedCheckpoint, Schedule, ScheduleSpec, State, Status
+from lifecycle import Callback, Event, HandlerSpec, Priority, Schedule, ScheduleSpec, State, Status
 from trainers.checkpoint.atomic import atomic_link, fsync_directory, remove_checkpoint, remove_dead_temporaries
 from trainers.checkpoint.format import CheckpointError, EarlierRunCheckpoints, list_checkpoints
 from trainers.engine.directory_locks import CLAIM
@@ -50,22 +50,6 @@ __all__ = ["Checkpointer"]
 
 _log = logging.getLogger("stepbus.checkpointer")
 _TEMPORARY = r"step-\d+\.pt|last\.pt|best\.pt|crash-\d+\.pt"  # the final names of its temporary files
-
-
-class _Saved:
-    """One checkpoint file this checkpointer wrote: name, iteration, score (``None``: not eligible as best), and
-    why it was written (``"restored"`` for a file listed in the checkpoint this run was restored from)."""
-
-    __slots__ = ("iteration", "name", "reason", "score")
-
-    def __init__(self, name: str, iteration: int, score: float | None, reason: str) -> None:
-        self.name, self.iteration, self.score, self.reason = name, iteration, score, reason
-
-    def as_list(self) -> list[Any]:
-        return [self.name, self.iteration, self.score]  # the reason is not kept: it only describes this process's saves
-
-    def published(self, path: Path) -> SavedCheckpoint:
-        return SavedCheckpoint(path, self.iteration, self.reason, self.score)
 
 
 class Checkpointer(Callback):
@@ -128,7 +112,7 @@ class Checkpointer(Callback):
         self.at_end, self.on_interrupt, self.on_exception = at_end, on_interrupt, on_exception
         self.keep_last, self.keep_best = keep_last, keep_best
         self.monitor, self.mode, self.on_error = monitor, mode, on_error
-        self._files: list[_Saved] = []  # every file written and not yet deleted, in write order
+        self._files: list[Saved] = []  # every file written and not yet deleted, in write order
         self._loaded_dir: str | None = None
         self._due = False  # a step-schedule save fell on an epoch's last step: take it after post_epoch
         self._saved_iteration: int | None = None  # the iteration of this process's latest save
@@ -268,12 +252,14 @@ class Checkpointer(Callback):
             return self.last_path  # the same position was just saved (e.g. by the schedule, then at the end)
         directory = self._dir()
         name = f"step-{iteration:08d}.pt"
-        entry = _Saved(name, iteration, self._score(trainer), reason)
+        entry = Saved(name, iteration, self._score(trainer), reason)
         before = list(self._files)
         candidates = [saved for saved in self._files if saved.name != name] + [entry]
         # the checkpoint records the files that remain after its own retention, so it never claims a file that
         # is deleted right after it is written (and a later resume from it can never delete a stranger's file)
-        self._files, doomed = self._retention(directory, candidates)
+        self._files, doomed = retention(
+            directory, candidates, keep_last=self.keep_last, keep_best=self.keep_best, mode=self.mode
+        )
         try:
             path = trainer.save_checkpoint(directory / name, reason=reason, metadata={"score": entry.score})
         except CheckpointError as exc:
@@ -322,29 +308,20 @@ class Checkpointer(Callback):
             return None
         return value
 
-    def _ranked(self, files: list[_Saved] | None = None) -> list[_Saved]:
-        """Scored files, best first; a tie goes to the earlier file (a later one must be strictly better)."""
-        scored = [
-            (i, saved) for i, saved in enumerate(self._files if files is None else files) if saved.score is not None
-        ]
-        sign = -1.0 if self.mode == "max" else 1.0
-        scored.sort(key=lambda pair: (sign * pair[1].score, pair[0]))  # type: ignore[operator]
-        return [saved for _, saved in scored]
-
     def _refresh_links(self, directory: Path) -> None:
         if not self._files:
             return
         last = self._files[-1]
         self.last_path = self._link(directory, "last.pt", last.name)
-        ranked = self._ranked() if self.keep_best else []
-        if ranked:
-            self.best_path = self._link(directory, "best.pt", ranked[0].name)
+        best = ranked(self._files, self.mode) if self.keep_best else []
+        if best:
+            self.best_path = self._link(directory, "best.pt", best[0].name)
         # for loggers, progress displays and summaries (callbacks cooperate through the trainer's state)
         state = self._trainer_state
         if state is not None:
             state.last_checkpoint = last.published(self.last_path)
-            if ranked and self.best_path is not None:
-                state.best_checkpoint = ranked[0].published(self.best_path)
+            if best and self.best_path is not None:
+                state.best_checkpoint = best[0].published(self.best_path)
 
     def _link(self, directory: Path, link: str, target: str) -> Path:
         try:
@@ -353,21 +330,7 @@ class Checkpointer(Callback):
             _log.warning("Checkpointer %r: could not point %s at %s: %s", self.state_key, directory / link, target, exc)
         return directory / target
 
-    def _retention(self, directory: Path, files: list[_Saved]) -> tuple[list[_Saved], list[_Saved]]:
-        """Split ``files`` (write order, the newest last) into those kept -- the ``keep_last`` newest, the
-        ``keep_best`` best (or, without ``monitor``, whatever a stale ``best.pt`` names) -- and those to delete.
-        ``last.pt`` and ``best.pt`` are moved to kept files before anything is deleted."""
-        keep: set[str] = {files[-1].name}
-        keep.update(saved.name for saved in (files if self.keep_last is None else files[-self.keep_last :]))
-        if self.keep_best:
-            keep.update(saved.name for saved in self._ranked(files)[: self.keep_best])
-        if not self.keep_best:  # a best.pt left by an earlier configuration is not moved: keep what it names
-            with contextlib.suppress(OSError):
-                keep.add(os.readlink(directory / "best.pt"))
-        kept = [saved for saved in files if saved.name in keep]
-        return kept, [saved for saved in files if saved.name not in keep]
-
-    def _delete(self, directory: Path, doomed: list[_Saved]) -> None:
+    def _delete(self, directory: Path, doomed: list[Saved]) -> None:
         removed = False
         for saved in doomed:
             try:
@@ -397,7 +360,7 @@ class Checkpointer(Callback):
             raise ValueError(f"expected 'files' as a list of [name, iteration, score], got {files!r}")
         self._loaded_dir = state.get("directory")
         self._files = [
-            _Saved(str(name), int(it), None if score is None else float(score), "restored") for name, it, score in files
+            Saved(str(name), int(it), None if score is None else float(score), "restored") for name, it, score in files
         ]
         self._saved_iteration = None
         self._failed = False
