@@ -40,7 +40,7 @@ def load_config(
 ) -> RunConfig:
     """A checked :class:`RunConfig` from a file path, a mapping or ``None`` (the built-in default), with
     ``overrides`` (``"trainer.max_epochs=5"``) applied first."""
-    from trainers.config.schema import apply_overrides
+    from trainers.config.overrides import apply_overrides
 
     if isinstance(config, RunConfig):
         if not overrides:

@@ -9,7 +9,10 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ConfigError", "Problem", "did_you_mean", "show_value"]
+__all__ = ["TOO_DEEP", "ConfigError", "Problem", "did_you_mean", "show_value"]
+
+#: the problem of a config whose nesting exceeds Python's recursion limit (or a YAML anchor that contains itself)
+TOO_DEEP = "nested too deeply (or a YAML anchor that contains itself): a config is a few levels of mappings"
 
 
 @dataclass(frozen=True)

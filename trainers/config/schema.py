@@ -1,4 +1,5 @@
-"""Configuration files: read YAML, apply ``--set KEY=VALUE`` overrides, check everything, and resolve defaults.
+"""Configuration files: read YAML, check everything, and resolve defaults (``--set KEY=VALUE`` overrides:
+:mod:`trainers.config.overrides`).
 
 The shape::
 
@@ -23,12 +24,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from trainers.config.errors import ConfigError, Problem, did_you_mean, show_value
+from trainers.config.errors import TOO_DEEP, ConfigError, Problem, did_you_mean, show_value
 from trainers.config.output_paths import check_allow_outside
 from trainers.config.params import REQUIRED, check_values
 from trainers.config.registry import Entry, Registry
@@ -37,16 +38,13 @@ from trainers.config.time_budget import MAX_TIME, TIME_LIMIT, budget_clash, chec
 __all__ = [
     "CallbackSpec",
     "RunConfig",
-    "apply_overrides",
     "default_config_path",
     "dump_yaml",
     "load_yaml",
-    "parse_override",
     "resolve",
 ]
 
 _SECTIONS = ("run", "trainer", "callbacks")
-_TOO_DEEP = "nested too deeply (or a YAML anchor that contains itself): a config is a few levels of mappings"
 _RUN_KEYS = {"name": "a string", "dir": "a path", "seed": "an integer", "allow_outside": "a list of absolute paths"}
 
 
@@ -108,7 +106,7 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}not valid YAML: {problem}", source) from None
     except RecursionError:
-        raise ConfigError(_TOO_DEEP, source) from None
+        raise ConfigError(TOO_DEEP, source) from None
     except ValueError as exc:  # e.g. an integer beyond Python's digit limit
         raise ConfigError(f"not a usable YAML value: {exc}", source) from None
     if data is None:
@@ -120,67 +118,12 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"callbacks.checkpointer.keep_last=5"`` -> (``["callbacks", "checkpointer", "keep_last"]``, ``5``); the value
-    is read as a YAML scalar or flow collection (``true``, ``0.5``, ``[1, 2]``, ``{every: 2ep}``, ``null``); text
-    that is not valid YAML stays a string."""
-    import yaml
-
-    key, sep, raw = text.partition("=")
-    parts = key.strip().split(".")
-    if not sep or not key.strip() or any(not p.strip() for p in parts):
-        raise ConfigError(
-            Problem("", f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. trainer.max_epochs=5"), "--set"
-        )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or an int beyond the digit limit): text
-        value = raw
-    return [p.strip() for p in parts], value
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``data`` with each ``KEY=VALUE`` of ``overrides`` applied in order (missing mappings created)."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"the config must be a mapping to apply --set to, got {show_value(data)}", "--set")
-    try:
-        result: dict[str, Any] = _copy(data)
-    except RecursionError:
-        raise ConfigError(_TOO_DEEP, "--set") from None
-    problems: list[Problem] = []
-    for text in overrides:
-        try:
-            parts, value = parse_override(text)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        node: Any = result
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None or child is True:  # `wandb:` (null) or `wandb: true` -> a block to set keys in
-                child = node[part] = {}
-            elif child is False:
-                child = node[part] = {"enabled": False}
-            if not isinstance(child, dict):
-                where = ".".join(parts[: depth + 1])
-                problems.append(
-                    Problem(where, f"--set {text!r}: {where} is {show_value(child)}, not a mapping to set keys in")
-                )
-                break
-            node = child
-        else:
-            node[parts[-1]] = value
-    if problems:
-        raise ConfigError(problems, "--set")
-    return result
-
-
 def resolve(data: Mapping[str, Any], registry: Registry, source: str = "<config>") -> RunConfig:
     """Check ``data`` against the registry and fill in the defaults (see the module docstring)."""
     try:
         return _resolve(data, registry, source)
     except RecursionError:
-        raise ConfigError(_TOO_DEEP, source) from None
+        raise ConfigError(TOO_DEEP, source) from None
 
 
 def _resolve(data: Mapping[str, Any], registry: Registry, source: str) -> RunConfig:
@@ -384,14 +327,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
 
 
 def _class_name(entry: Entry) -> str:

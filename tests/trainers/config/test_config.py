@@ -50,7 +50,8 @@ from trainers.apps.demo import ReportProgress
 from trainers.apps.image_field import ImageFieldTrainer
 from trainers.checkpoint.format import read_metadata
 from trainers.config.builder import build
-from trainers.config.schema import apply_overrides, default_config_path, parse_override
+from trainers.config.overrides import apply_overrides, parse_override
+from trainers.config.schema import default_config_path
 from trainers.engine.trainer import OptimizerSpec
 
 ROOT = Path(__file__).resolve().parents[3]

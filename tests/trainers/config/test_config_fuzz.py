@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from trainers import ConfigError, Registry, RunConfig, load_config
 from trainers.config.errors import Problem
+from trainers.config.overrides import parse_override
 from trainers.config.registry import BUILTIN_CALLBACKS
-from trainers.config.schema import default_config_path, dump_yaml, parse_override
+from trainers.config.schema import default_config_path, dump_yaml
 
 #: the file the fuzz mutates: the demo's config, a fixed file -- not the built-in default, which may change (it is the
 #: image-field app now; ``base=None`` below and the last test cover it)
