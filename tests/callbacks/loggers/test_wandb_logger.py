@@ -40,6 +40,7 @@ from lifecycle import CallbackError, Event, Status
 from tests.callbacks.loggers.runs import BATCH, logged_run
 from tests.callbacks.loggers.wandb_records import (
     artifacts,
+    complete,
     config,
     exit_record,
     history,
@@ -64,25 +65,6 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     for name in ("CONFIG", "CACHE", "DATA", "ARTIFACT"):
         monkeypatch.setenv(f"WANDB_{name}_DIR", str(tmp_path / "wandb-env" / name.lower()))
-
-
-def complete(path: Path, timeout: float = 30.0) -> Path:
-    """``path`` once W&B's service has written it up to its exit record (the last record it writes).
-
-    ``run.finish()`` returns before the service has flushed an offline run file (wandb 0.31: read at once, a file
-    can stop at a 32 KiB block boundary, or inside a record), so a finished run's file is read only once complete.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if exit_record(path) is not None:
-                return path
-            problem = "no exit record"
-        except (OSError, ValueError) as exc:
-            problem = str(exc)
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path} is not complete after {timeout:.0f} s ({problem}): the run was never finished")
-        time.sleep(0.02)
 
 
 def run_file(logger: WandbLogger) -> Path:

@@ -8,23 +8,26 @@ file. Each logical record is a ``wandb_internal_pb2.Record`` protobuf.
 
 Every malformed byte is a ``ValueError`` naming the file, so a test reading a damaged file fails with the reason.
 W&B's service may still be writing a run file when ``run.finish()`` has returned: read a finished run's file once
-it holds its exit record (``complete()`` in the logger's tests).
+it holds its exit record (:func:`complete`).
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from wandb.proto import wandb_internal_pb2
 
 pb: Any = wandb_internal_pb2  # chosen at import time by the protobuf major version; no stubs for type checkers
 
 __all__ = [
     "artifacts",
+    "complete",
     "config",
     "exit_record",
     "history",
@@ -175,3 +178,22 @@ def summary(path: str | Path) -> dict[str, Any]:
 def run_files(directory: str | Path) -> list[Path]:
     """Every ``wandb/offline-run-*/run-*.wandb`` under ``directory``, sorted by name."""
     return sorted(Path(directory).glob("**/wandb/offline-run-*/run-*.wandb"), key=lambda p: (p.parent.name, p.name))
+
+
+def complete(path: Path, timeout: float = 30.0) -> Path:
+    """``path`` once W&B's service has written it up to its exit record (the last record it writes).
+
+    ``run.finish()`` returns before the service has flushed an offline run file (wandb 0.31: read at once, a file
+    can stop at a 32 KiB block boundary, or inside a record), so a finished run's file is read only once complete.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if exit_record(path) is not None:
+                return path
+            problem = "no exit record"
+        except (OSError, ValueError) as exc:
+            problem = str(exc)
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path} is not complete after {timeout:.0f} s ({problem}): the run was never finished")
+        time.sleep(0.02)
