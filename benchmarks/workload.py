@@ -178,8 +178,8 @@ def progress() -> list[Callback]:
 
 def default_set() -> list[Callback]:
     """The full default set: progress (a terminal, into a buffer), TensorBoard every 50 it, LR decay
-    (Wisp's milestones), a checkpoint per epoch (keep 3), the gradient guard (its default: a non-finite check every
-    50 it)."""
+    (Wisp's milestones), a checkpoint per epoch (keep 3), the gradient guard (its defaults: a non-finite check of the
+    loss and gradients every step, the gradient norm published every 50 it)."""
     return [
         *progress(),
         TensorBoardLogger(every="50it"),

@@ -115,6 +115,8 @@ class GradientGuard(Callback):
         self._params: list[nn.Parameter] = []
         self._names: dict[int, str] = {}
         self._uniform = False
+        self._kind: tuple[int, torch.dtype] | None = None
+        self._scaled = False
         self._due: Callable[[], bool] | None = None
         self._per_optimizer: dict[str, list[nn.Parameter]] | None = None  # with named optimizers: whose step it is
 
@@ -134,14 +136,19 @@ class GradientGuard(Callback):
             )
         self._params = [p for _, p in named]
         self._names = {id(p): name for name, p in named}
-        self._uniform = len({(p.device, p.dtype) for p in self._params}) == 1
+        kinds = {(p.device, p.dtype) for p in self._params}
+        self._uniform = len(kinds) == 1
+        # where a loss can share the gradients' one fused norm call: their device (get_device(): -1 for the CPU) and
+        # dtype; None when the parameters differ among themselves
+        self._kind = (self._params[0].get_device(), self._params[0].dtype) if self._uniform else None
+        self._scaled = trainer.scaler is not None
         self._due = self._schedule.bind(trainer.state, Event.STEP) if self._schedule is not None else None
         if len(trainer.optimizers) > 1:  # each step event is one optimizer's: guard the parameters it steps
             held = {name: {id(p) for p in parameters_of(o)} for name, o in trainer.optimizers.items()}
             self._per_optimizer = {name: [p for p in self._params if id(p) in ids] for name, ids in held.items()}
 
     def teardown(self, trainer: BaseTrainer) -> None:
-        self._params, self._names, self._due, self._per_optimizer = [], {}, None, None
+        self._params, self._names, self._due, self._per_optimizer, self._kind = [], {}, None, None, None
 
     # ------------------------------------------------------------------ the step
     def _stepped(self, optimizer: str | None) -> tuple[list[nn.Parameter], str]:
@@ -158,8 +165,7 @@ class GradientGuard(Callback):
         """The per-gradient norms, stacked (one tensor): what ``get_total_norm`` computes before its last step,
         in one fused call when every gradient is on one device with one dtype."""
         if self._uniform:
-            norms: list[torch.Tensor] = list(torch._foreach_norm(grads, self.norm_type))
-            return torch.stack(norms)
+            return torch.stack(torch._foreach_norm(grads, self.norm_type))
         device = grads[0].device
         return torch.stack([torch.linalg.vector_norm(g, self.norm_type).to(device) for g in grads])
 
@@ -176,25 +182,49 @@ class GradientGuard(Callback):
             trainer.state.metrics[key] = float(self._norm(grads).item())
 
     def _on_step(self, trainer: BaseTrainer, *, loss: torch.Tensor, optimizer: str | None = None, **_: Any) -> None:
-        trainer.unscale_gradients()  # under "16-mixed": clip and measure the true gradients
-        params, key = self._stepped(optimizer)
-        grads = self._grads(params)
+        # Every step runs this between the backward pass and the optimizer step, where each tensor op costs
+        # microseconds: the usual case (one device and dtype, the loss checked) takes five -- detach, one fused norm
+        # of the gradients and the loss together, stack, sum, and the one value read back.
+        if self._scaled:
+            trainer.unscale_gradients()  # under "16-mixed": clip and measure the true gradients
+        if self._per_optimizer is None or optimizer is None:
+            params, key = self._params, "grad_norm"
+        else:
+            params, key = self._per_optimizer[optimizer], f"grad_norm/{optimizer}"
+        grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
-        publish = self._schedule is not None and (self._due is None or self._due())
-        norms = self._norms(grads)
-        norm = None
-        if publish or (self.clip_norm is not None and self.clip_value is None):
-            norm = torch.linalg.vector_norm(norms, self.norm_type)
-        if self.on_nonfinite is not None and trainer.scaler is None:  # a scaler decides on its own (no extra sync)
-            # NaN and inf survive a sum: one value read covers every gradient and the loss (norms that overflow
-            # float32 count as non-finite too, as a total norm that overflows would)
-            probe = norms.sum()
-            if self.check_loss:
-                probe = probe + (loss.detach() if loss.ndim == 0 else loss.detach().sum())  # one op less for a 0-d loss
+        due = self._due
+        publish = due is not None and due()
+        wants_norm = publish or (self.clip_norm is not None and self.clip_value is None)
+        check = self.on_nonfinite is not None and not self._scaled  # a scaler decides on its own (no extra sync)
+        norms: torch.Tensor | None = None
+        probe = None  # the one value read back: non-finite when any gradient (or the checked loss) is
+        if check and self.check_loss:
+            detached = loss.detach()
+            kind = self._kind
+            if kind is not None and detached.dtype is kind[1] and detached.get_device() == kind[0]:
+                # the loss's norm rides along as the last entry of one fused call; sliced off only when a norm is
+                # wanted (publishing, clipping) or on the failure path
+                with_loss = torch.stack(torch._foreach_norm([*grads, detached], self.norm_type))
+                probe = with_loss.sum()
+                norms = with_loss[:-1] if wants_norm else with_loss
+            else:
+                norms = self._norms(grads)
+                probe = norms.sum() + (detached if detached.ndim == 0 else detached.sum())
+        elif check or wants_norm:
+            norms = self._norms(grads)
+            if check:
+                probe = norms.sum()
+        norm = torch.linalg.vector_norm(norms, self.norm_type) if wants_norm else None
+        # NaN and inf survive a sum: one value read covers every gradient and the loss (norms that overflow float32
+        # count as non-finite too, as a total norm that overflows would)
+        if probe is not None and norms is not None:
             if not math.isfinite(probe.item()):  # the one per-step host sync this policy needs
-                total = norm if norm is not None else torch.linalg.vector_norm(norms, self.norm_type)
-                self._nonfinite(trainer, loss, total, params)
+                if norm is None:
+                    grad_norms = norms[: len(grads)]  # without the loss's entry, if it rode along
+                    norm = torch.linalg.vector_norm(grad_norms, self.norm_type)
+                self._nonfinite(trainer, loss, norm, params)
                 return
             self.consecutive = 0
         if self.clip_value is not None:

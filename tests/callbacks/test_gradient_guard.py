@@ -356,6 +356,35 @@ def test_a_nan_loss_with_finite_gradients_is_skipped_only_with_check_loss() -> N
     assert "grad/nonfinite_steps" not in trainer.state.metrics
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_a_non_finite_loss_of_any_dtype_is_skipped_and_grad_norm_leaves_the_loss_out(
+    bad: float, dtype: torch.dtype, norm_type: float
+) -> None:
+    """The loss shares the gradients' fused norm call when its dtype and device are theirs (float32 here), else it
+    is checked on its own (float64, bfloat16): both paths skip the step with a non-finite loss, and the
+    published grad_norm is the gradients' alone, equal to torch's total norm (a withheld step publishes none)."""
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        loss = nn.functional.mse_loss(model(batch[0]), batch[1]).to(dtype)
+        return loss + torch.tensor(bad, dtype=dtype) if trainer.state.iteration == 3 else loss
+
+    guard = GradientGuard(on_nonfinite="skip", every="1it", norm_type=norm_type)
+    trainer = guard_trainer(guard, loss_fn=loss_fn)
+    before, _ = probe_grads(trainer)
+    snaps = Snapshots(trainer)
+    published: dict[int, float] = {}
+    trainer.bus.connect("step", lambda t, **_: published.__setitem__(t.state.iteration, t.state.metrics["grad_norm"]))
+    trainer.train()
+    assert [snaps.unchanged(i) for i in range(1, 9)] == [i == 3 for i in range(1, 9)]
+    assert guard.skipped == 1
+    assert all(bool(torch.isfinite(g).all()) for g in before[3])  # only the loss was not finite
+    for iteration in (1, 2, 4, 5):
+        assert published[iteration] == total_norm(before[iteration], norm_type)
+    assert published[3] == published[2]
+
+
 def test_raise_on_a_nan_loss_with_finite_gradients_says_so() -> None:
     trainer = guard_trainer(GradientGuard(on_nonfinite="raise"), loss_fn=nan_loss_at(1, how="constant"))
     with pytest.raises(CallbackError) as info:
