@@ -168,8 +168,8 @@ def raw_default_work(batches: list[Batch], epochs: int, tmp: Path) -> Timing:
 def raw_default_essentials(batches: list[Batch], epochs: int, tmp: Path) -> Timing:
     """Less than the default set does, for context: one bar with rich's default columns redrawn at most 10 times a
     second, the latest loss (not the window's mean) alone to TensorBoard every 50 iterations, nothing at an epoch's
-    end but the checkpoint, Wisp's LR milestones, and the finite check as five tensor ops (norms, stack, sum, the
-    loss added, the value read back)."""
+    end but the checkpoint, Wisp's LR milestones, and the finite check written plainly: the gradients' norms stacked
+    and summed, the detached loss added, the value read back (six tensor operations)."""
     from torch.utils.tensorboard import SummaryWriter
 
     model = make_model(0)

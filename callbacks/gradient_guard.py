@@ -7,8 +7,10 @@ can still be clipped or withheld. Publishes ``grad_norm`` (total norm before cli
 
 Host syncs: publishing reads the norm once per scheduled step. The non-finite check needs the host to know, before
 ``optimizer.step()``, whether the loss and gradients are finite: that is one scalar read per step (the sum of the
-per-gradient norms and the loss, which is NaN or inf when any of them is), paid only with ``on_nonfinite`` set.
-With ``on_nonfinite=None`` and clipping alone nothing is read back between publications.
+per-gradient norms and the loss's, which is NaN or inf when any of them is), paid only with ``on_nonfinite`` set.
+When the loss has the gradients' device and dtype its norm is taken in the same fused call as theirs, so the check
+is five tensor operations: detach, the norms, stack, sum, the read. With ``on_nonfinite=None`` and clipping alone
+nothing is read back between publications.
 
 Under ``precision="16-mixed"`` the guard unscales the gradients first (``trainer.unscale_gradients()``), so clipping
 and ``grad_norm`` see the true values, and leaves the non-finite decision to the GradScaler, which skips the update
