@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
 import sqlite3
@@ -241,7 +240,9 @@ def _on_step(iteration: int, action: Callable[[BaseTrainer], None]) -> Callable[
 
 
 def _sigint(t: BaseTrainer) -> None:
-    os.kill(os.getpid(), signal.SIGINT)  # a real signal, caught by train()'s handler
+    # a real signal to this (the main) thread, caught by train()'s handler; a process-directed one
+    # (os.kill(os.getpid(), ...)) may, by POSIX, go to any thread that does not block it -- the writer threads too
+    signal.raise_signal(signal.SIGINT)
 
 
 def _fail_at_the_end(trainer: BaseTrainer) -> None:

@@ -234,7 +234,7 @@ def _on_step(iteration: int, action: Callable[[BaseTrainer], None]) -> Callable[
 def _sigint(times: int) -> Callable[[BaseTrainer], None]:
     def send(t: BaseTrainer) -> None:
         for _ in range(times):
-            os.kill(os.getpid(), signal.SIGINT)  # a real signal, delivered before os.kill returns
+            signal.raise_signal(signal.SIGINT)  # a real signal, to this thread, handled before the next step
 
     return send
 
