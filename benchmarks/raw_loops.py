@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 from benchmarks.workload import Batch, Discard, Timing, make_model, timed
 
 __all__ = [
+    "atomic_saver",
     "no_prune",
     "raw",
     "raw_accumulate",
@@ -54,6 +56,26 @@ def raw(batches: list[Batch], epochs: int) -> Timing:
     return timed(loop)
 
 
+def atomic_saver(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[int, int], None]:
+    """``save(epoch, iteration)``: a checkpoint of ``model`` and ``optimizer`` written atomically under ``directory``
+    (temporary file, fsync, rename), keeping the last 3 -- what the by-hand loops do for the Checkpointer's work."""
+    saved: list[Path] = []
+
+    def save(epoch: int, iteration: int) -> None:
+        path = directory / f"step-{iteration:08d}.pt"
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "wb") as file:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        saved.append(path)
+        while len(saved) > 3:
+            saved.pop(0).unlink()
+
+    return save
+
+
 def raw_default_work(batches: list[Batch], epochs: int, tmp: Path) -> Timing:
     """The raw loop doing by hand what the full default set does, written as a careful user would: the same rows
     and display, with no tensor op per step beyond the finite check's and no host copy between log points.
@@ -78,19 +100,7 @@ def raw_default_work(batches: list[Batch], epochs: int, tmp: Path) -> Timing:
     directory = Path(tempfile.mkdtemp(dir=tmp))
     writer = SummaryWriter(str(directory / "tb"))
     console = Console(file=Discard(), force_terminal=True, width=120, color_system=None)
-    saved: list[Path] = []
-
-    def save(epoch: int, iteration: int) -> None:
-        path = directory / f"step-{iteration:08d}.pt"
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "wb") as file:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        saved.append(path)
-        while len(saved) > 3:
-            saved.pop(0).unlink()
+    save = atomic_saver(directory, model, optimizer)
 
     def loop() -> None:
         iteration, next_draw, shown = 0, 0.0, ""
@@ -180,19 +190,7 @@ def raw_default_essentials(batches: list[Batch], epochs: int, tmp: Path) -> Timi
     directory = Path(tempfile.mkdtemp(dir=tmp))
     writer = SummaryWriter(str(directory / "tb"))
     console = Console(file=Discard(), force_terminal=True, width=120, color_system=None)
-    saved: list[Path] = []
-
-    def save(epoch: int, iteration: int) -> None:
-        path = directory / f"step-{iteration:08d}.pt"
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "wb") as file:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        saved.append(path)
-        while len(saved) > 3:
-            saved.pop(0).unlink()
+    save = atomic_saver(directory, model, optimizer)
 
     def loop() -> None:
         iteration, next_draw = 0, 0.0
