@@ -196,11 +196,13 @@ def run_stepbus(
     run_dir: Path | None = None,
     *,
     cls: type[BaseTrainer] = BaseTrainer,
+    fused: bool = False,
     **options: Any,
 ) -> Timing:
     """Train :func:`make_model` on ``batches`` (in order) for ``epochs`` with ``callbacks()``; a fresh directory
     under ``run_dir`` when given (for loggers and checkpoints); ``options`` go to the trainer (e.g. ``accumulate=4``,
-    ``precision="bf16-mixed"``, ``device="cuda"``: the CPU by default)."""
+    ``precision="bf16-mixed"``, ``device="cuda"``: the CPU by default); ``fused``: Adam's fused kernel (with it the
+    default ``GradientGuard`` decides a skip on an accelerator itself, with no host read)."""
     net = make_model(0)
     trainer = cls(
         net,
@@ -210,7 +212,7 @@ def run_stepbus(
         shuffle=False,
         device=options.pop("device", "cpu"),
         loss_fn=mse,
-        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
+        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused or None),
         callbacks=callbacks(),
         run_dir=None if run_dir is None else Path(tempfile.mkdtemp(dir=run_dir)),
         **options,

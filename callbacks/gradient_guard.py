@@ -5,12 +5,15 @@ can still be clipped or withheld. Publishes ``grad_norm`` (total norm before cli
 ``grad/nonfinite_steps`` (steps whose update was withheld) whenever that count changes, in
 ``trainer.state.metrics``.
 
-Host syncs: publishing reads the norm once per scheduled step. The non-finite check needs the host to know, before
-``optimizer.step()``, whether the loss and gradients are finite: that is one scalar read per step (the sum of the
-per-gradient norms and the loss's, which is NaN or inf when any of them is), paid only with ``on_nonfinite`` set.
-When the loss has the gradients' device and dtype its norm is taken in the same fused call as theirs, so the check
-is five tensor operations: detach, the norms, stack, sum, the read. With ``on_nonfinite=None`` and clipping alone
-nothing is read back between publications.
+Host syncs: publishing reads the norm once per scheduled step. The non-finite check must know, before the optimizer
+steps, whether the loss and gradients are finite. On a step without a norm to take it runs one fused kernel over
+every gradient and the loss (the finiteness test a GradScaler runs, :mod:`callbacks.finite_flag`) and reads its flag:
+two tensor operations. Where the norm is taken anyway (publishing, clipping by norm) the per-gradient norms and the
+loss's, summed, are the test, so a total norm that overflows counts as non-finite there too. On the CPU a read costs
+no synchronisation. On a GPU it does, so with a fused optimizer (``fused=True`` Adam, AdamW, SGD ...) the guard
+decides on the device instead (``on_device``, on by default there): the flag goes to the optimizer, which withholds
+the update in its kernel, the counts of skipped steps stay on the device, and nothing is read back between
+publications. With ``on_nonfinite=None`` and clipping alone nothing is read back between publications either.
 
 Under ``precision="16-mixed"`` the guard unscales the gradients first (``trainer.unscale_gradients()``), so clipping
 and ``grad_norm`` see the true values, and leaves the non-finite decision to the GradScaler, which skips the update
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from callbacks.finite_flag import FiniteFlag, device_path
 from callbacks.helpers import parse_schedule
 from lifecycle import Callback, Event, HandlerSpec, Priority, ScheduleSpec
 from trainers.engine.optimizers import parameters_of
@@ -64,6 +68,12 @@ class GradientGuard(Callback):
         norm_type: the p of the p-norm (2.0; ``inf`` for the max-norm).
         check_loss: also treat a non-finite loss as non-finite.
         every: when to publish ``grad_norm`` (``None``: never).
+        on_device: decide ``"skip"`` on the device, with no host read per step (see the module docstring):
+            ``None`` (default) does so where it saves a synchronisation -- parameters on one accelerator, optimizers
+            that take the decision (``fused=True``), no ``max_skips``, no ``"16-mixed"``; ``True`` insists (a
+            ``ValueError`` says what stands in the way); ``False`` reads the flag each step. On the device path
+            ``grad/nonfinite_steps`` is published on ``every``'s schedule and at each epoch's end, and a skipped
+            step is not described (nothing is read back to describe it).
     """
 
     priority = Priority.STATE
@@ -78,6 +88,7 @@ class GradientGuard(Callback):
         check_loss: bool = True,
         max_skips: int | None = None,
         every: ScheduleSpec = "50it",
+        on_device: bool | None = None,
         priority: int | None = None,
         state_key: str | None = None,
     ) -> None:
@@ -96,6 +107,14 @@ class GradientGuard(Callback):
             raise ValueError(f"{owner}: on_nonfinite must be 'skip', 'stop', 'raise' or None, got {on_nonfinite!r}")
         if max_skips is not None and (isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 1):
             raise ValueError(f"{owner}: max_skips must be an int >= 1 or None, got {max_skips!r}")
+        if on_device not in (None, True, False):
+            raise ValueError(f"{owner}: on_device must be True, False or None (decide per device), got {on_device!r}")
+        if on_device and (on_nonfinite != "skip" or max_skips is not None):
+            raise ValueError(
+                f"{owner}: on_device=True decides on_nonfinite='skip' on the device, where no step is seen from the "
+                f"host; on_nonfinite={on_nonfinite!r} with max_skips={max_skips!r} needs each step read back "
+                "(use on_nonfinite='skip' without max_skips, or on_device=None)"
+            )
         self._schedule = None if every is None else parse_schedule(every, owner)
         if self._schedule is not None:
             try:
@@ -109,9 +128,9 @@ class GradientGuard(Callback):
         self.check_loss = bool(check_loss)
         self.max_skips = max_skips
         self.every = every
-        #: steps whose update was withheld, in total and in a row
-        self.skipped = 0
-        self.consecutive = 0
+        self.on_device = on_device
+        self._skipped = 0
+        self._consecutive = 0
         #: why training was stopped (``on_nonfinite="stop"``), else ``None``
         self.reason: str | None = None
         self._params: list[nn.Parameter] = []
@@ -119,6 +138,8 @@ class GradientGuard(Callback):
         self._uniform = False
         self._kind: tuple[int, torch.dtype] | None = None
         self._scaled = False
+        self._flag: FiniteFlag | None = None  # on the parameters' one device; counted there on the device path
+        self._device_path = False
         self._due: Callable[[], bool] | None = None
         self._per_optimizer: dict[str, list[nn.Parameter]] | None = None  # with named optimizers: whose step it is
 
@@ -129,6 +150,8 @@ class GradientGuard(Callback):
                 yield Event.STEP, self._publish_only, self._schedule
             return
         yield Event.STEP, self._on_step, None
+        if self.on_nonfinite == "skip" and self.max_skips is None and self.on_device is not False:
+            yield Event.POST_EPOCH, self._on_post_epoch, None  # the device path's counts, read once an epoch
 
     def setup(self, trainer: BaseTrainer) -> None:
         named = [(name, p) for name, p in trainer.pipeline.named_parameters() if p.requires_grad]
@@ -148,9 +171,54 @@ class GradientGuard(Callback):
         if len(trainer.optimizers) > 1:  # each step event is one optimizer's: guard the parameters it steps
             held = {name: {id(p) for p in parameters_of(o)} for name, o in trainer.optimizers.items()}
             self._per_optimizer = {name: [p for p in self._params if id(p) in ids] for name, ids in held.items()}
+        devices = {p.device for p in self._params}
+        owner = f"GradientGuard {self.state_key!r}"
+        if self.on_device and self._scaled:
+            raise ValueError(f'{owner}: on_device=True, but under precision="16-mixed" the GradScaler decides')
+        self._device_path = (
+            self.on_nonfinite == "skip"
+            and self.max_skips is None
+            and not self._scaled
+            and self.on_device is not False
+            and device_path(owner, self.on_device, trainer.optimizers, devices)
+        )
+        if len(devices) == 1 and self.on_nonfinite is not None:
+            self._flag = FiniteFlag(
+                next(iter(devices)),
+                counted=self._device_path,
+                skipped=self._skipped,
+                consecutive=self._consecutive,
+            )
 
     def teardown(self, trainer: BaseTrainer) -> None:
+        self._skipped, self._consecutive = self.skipped, self.consecutive
         self._params, self._names, self._due, self._per_optimizer, self._kind = [], {}, None, None, None
+        self._flag, self._device_path = None, False
+
+    # ------------------------------------------------------------------ the counts
+    @property
+    def skipped(self) -> int:
+        """Steps whose update was withheld (on the device path: read back now, one host copy)."""
+        return self._flag.counts()[0] if self._device_path and self._flag is not None else self._skipped
+
+    @property
+    def consecutive(self) -> int:
+        """Steps in a row whose update was withheld, up to the latest one."""
+        return self._flag.counts()[1] if self._device_path and self._flag is not None else self._consecutive
+
+    def _set_counts(self, skipped: int, consecutive: int) -> None:
+        self._skipped, self._consecutive = skipped, consecutive
+        if self._device_path and self._flag is not None:
+            self._flag.set_counts(skipped, consecutive)
+
+    def _publish_counts(self, trainer: BaseTrainer) -> None:
+        skipped = self.skipped
+        if skipped or "grad/nonfinite_steps" in trainer.state.metrics:
+            trainer.state.metrics["grad/nonfinite_steps"] = skipped
+
+    def _on_post_epoch(self, trainer: BaseTrainer, **_: Any) -> None:
+        if self._device_path:
+            self._publish_counts(trainer)
 
     # ------------------------------------------------------------------ the step
     def _stepped(self, optimizer: str | None) -> tuple[list[nn.Parameter], str]:
@@ -185,8 +253,7 @@ class GradientGuard(Callback):
 
     def _on_step(self, trainer: BaseTrainer, *, loss: torch.Tensor, optimizer: str | None = None, **_: Any) -> None:
         # Every step runs this between the backward pass and the optimizer step, where each tensor op costs
-        # microseconds: the usual case (one device and dtype, the loss checked) takes five -- detach, one fused norm
-        # of the gradients and the loss together, stack, sum, and the one value read back.
+        # microseconds: the usual step (no norm wanted) takes two -- the fused finiteness kernel and its flag read.
         if self._scaled:
             trainer.unscale_gradients()  # under "16-mixed": clip and measure the true gradients
         if self._per_optimizer is None or optimizer is None:
@@ -200,35 +267,27 @@ class GradientGuard(Callback):
         publish = due is not None and due()
         wants_norm = publish or (self.clip_norm is not None and self.clip_value is None)
         check = self.on_nonfinite is not None and not self._scaled  # a scaler decides on its own (no extra sync)
-        norms: torch.Tensor | None = None
-        probe = None  # the one value read back: non-finite when any gradient (or the checked loss) is
-        if check and self.check_loss:
-            detached = loss.detach()
-            kind = self._kind
-            if kind is not None and detached.dtype is kind[1] and detached.get_device() == kind[0]:
-                # the loss's norm rides along as the last entry of one fused call; sliced off only when a norm is
-                # wanted (publishing, clipping) or on the failure path
-                with_loss = torch.stack(torch._foreach_norm([*grads, detached], self.norm_type))
-                probe = with_loss.sum()
-                norms = with_loss[:-1] if wants_norm else with_loss
-            else:
-                norms = self._norms(grads)
-                probe = norms.sum() + (detached if detached.ndim == 0 else detached.sum())
-        elif check or wants_norm:
-            norms = self._norms(grads)
-            if check:
-                probe = norms.sum()
-        norm = torch.linalg.vector_norm(norms, self.norm_type) if wants_norm else None
-        # NaN and inf survive a sum: one value read covers every gradient and the loss (norms that overflow float32
-        # count as non-finite too, as a total norm that overflows would)
-        if probe is not None and norms is not None:
-            if not math.isfinite(probe.item()):  # the one per-step host sync this policy needs
-                if norm is None:
-                    grad_norms = norms[: len(grads)]  # without the loss's entry, if it rode along
-                    norm = torch.linalg.vector_norm(grad_norms, self.norm_type)
-                self._nonfinite(trainer, loss, norm, params)
+        norm: torch.Tensor | None = None
+        if self._device_path:
+            norm = self._check_on_device(trainer, loss, grads, wants_norm)
+        elif check and not wants_norm and self._flag is not None:
+            flag = self._flag
+            checked = [*grads, loss.detach()] if self.check_loss and loss.device == flag.device else grads
+            if flag.check(checked).item() or (self.check_loss and checked is grads and not _finite(loss)):
+                flag.clear()  # the one per-step read; the flag stays 0 while all is finite
+                self._nonfinite(trainer, loss, self._norm(grads), params)
                 return
-            self.consecutive = 0
+            self._consecutive = 0
+        elif check or wants_norm:
+            norms, probe = self._norms_and_probe(grads, loss if check and self.check_loss else None)
+            norm = torch.linalg.vector_norm(norms, self.norm_type) if wants_norm else None
+            # NaN and inf survive a sum: one value read covers every gradient and the loss (norms that overflow
+            # float32 count as non-finite too, as a total norm that overflows would)
+            if check and not math.isfinite(probe.item()):
+                self._nonfinite(trainer, loss, torch.linalg.vector_norm(norms, self.norm_type), params)
+                return
+            if check:
+                self._consecutive = 0
         if self.clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, self.clip_value)
         if self.clip_norm is not None:
@@ -238,6 +297,41 @@ class GradientGuard(Callback):
                 torch.nn.utils.clip_grad_norm_(params, self.clip_norm, self.norm_type)
         if publish and norm is not None:
             trainer.state.metrics[key] = float(norm.item())
+            if self._device_path:
+                self._publish_counts(trainer)
+
+    def _norms_and_probe(
+        self, grads: list[torch.Tensor], loss: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-gradient norms and their sum, the loss added when given. When the loss has the gradients' device
+        and dtype its norm rides along as the last entry of the one fused call, sliced off again for the norms."""
+        if loss is None:
+            norms = self._norms(grads)
+            return norms, norms.sum()
+        detached, kind = loss.detach(), self._kind
+        if kind is not None and detached.dtype is kind[1] and detached.get_device() == kind[0]:
+            with_loss = torch.stack(torch._foreach_norm([*grads, detached], self.norm_type))
+            return with_loss[:-1], with_loss.sum()
+        norms = self._norms(grads)
+        return norms, norms.sum() + (detached if detached.ndim == 0 else detached.sum())
+
+    def _check_on_device(
+        self, trainer: BaseTrainer, loss: torch.Tensor, grads: list[torch.Tensor], wants_norm: bool
+    ) -> torch.Tensor | None:
+        """The device path: flag, count and hand the decision to the optimizer, with nothing read back. Returns the
+        total norm when one is wanted (a norm that overflows raises the flag too, as on the host path)."""
+        flag = self._flag
+        assert flag is not None  # set up with the device path
+        flag.clear()
+        checked = [*grads, loss.detach().to(flag.device)] if self.check_loss else grads
+        flag.check(checked)
+        norm = None
+        if wants_norm:
+            norm = torch.linalg.vector_norm(self._norms(grads), self.norm_type)
+            flag.flag.masked_fill_(~torch.isfinite(norm), 1.0)
+        flag.count()
+        trainer.skip_optimizer_step_if(flag.flag)
+        return norm
 
     def _nonfinite(
         self, trainer: BaseTrainer, loss: torch.Tensor, norm: torch.Tensor, params: list[nn.Parameter]
@@ -247,15 +341,15 @@ class GradientGuard(Callback):
         if self.on_nonfinite == "raise":
             raise NonFiniteError(f"non-finite values at iteration {iteration} ({trainer.state}): {what}")
         trainer.skip_optimizer_step()
-        self.skipped += 1
-        self.consecutive += 1
-        trainer.state.metrics["grad/nonfinite_steps"] = self.skipped
+        self._skipped += 1
+        self._consecutive += 1
+        trainer.state.metrics["grad/nonfinite_steps"] = self._skipped
         if self.on_nonfinite == "stop":
             self.reason = f"non-finite values at iteration {iteration}: {what}"
             trainer.stop(f"{self.state_key}: {self.reason}")
-        elif self.max_skips is not None and self.consecutive >= self.max_skips:
+        elif self.max_skips is not None and self._consecutive >= self.max_skips:
             raise NonFiniteError(
-                f"{self.consecutive} consecutive steps with non-finite values (max_skips={self.max_skips}), the "
+                f"{self._consecutive} consecutive steps with non-finite values (max_skips={self.max_skips}), the "
                 f"last at iteration {iteration}: {what}"
             )
 
@@ -288,10 +382,16 @@ class GradientGuard(Callback):
                 f"GradientGuard {self.state_key!r}: not a GradientGuard state dict (expected keys skipped, "
                 f"consecutive, reason): {type(exc).__name__}: {exc}"
             ) from None
-        self.skipped, self.consecutive, self.reason = skipped, consecutive, reason
+        self._set_counts(skipped, consecutive)
+        self.reason = reason
 
     def __repr__(self) -> str:
         return (
             f"<GradientGuard state_key={self.state_key!r} clip_norm={self.clip_norm} clip_value={self.clip_value} "
             f"on_nonfinite={self.on_nonfinite!r} skipped={self.skipped}>"
         )
+
+
+def _finite(loss: torch.Tensor) -> bool:
+    """Whether every element of a loss kept on another device than the gradients is finite (one read)."""
+    return bool(torch.isfinite(loss.detach()).all())

@@ -20,6 +20,7 @@ def test_the_gpu_script_runs_its_cpu_path_and_reports_every_row(tmp_path: Path) 
     assert sync == [
         "tiny MLP, no callback",
         "tiny MLP, default set",
+        "tiny MLP, default set, Adam(fused=True)",
         "tiny MLP, default set, GradientGuard(on_nonfinite=None)",
         'tiny MLP, default set, precision="16-mixed"',
         'tiny MLP, default set, precision="bf16-mixed"',

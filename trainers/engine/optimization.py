@@ -11,7 +11,8 @@ One iteration (``BaseTrainer.step``) runs, in order:
    ``trainers.distributed.fsdp``);
 3. at the window's last micro-batch, for each optimizer in order: the ``step`` event (``optimizer=<name>``;
    gradients complete, optimizer not stepped), then its update -- through the scaler, which skips it when the
-   scaled gradients are not finite -- unless a handler called ``skip_optimizer_step()``; then the scaler's
+   scaled gradients are not finite -- unless a handler called ``skip_optimizer_step()`` (or, for a fused optimizer,
+   ``skip_optimizer_step_if(found_inf)``: withheld on the device where the tensor is non-zero); then the scaler's
    ``update()`` and ``state.optimizer_step += 1``.
 
 A trainer that orders its own updates (a GAN) overrides ``optimization_step(batch)``, which replaces step 2 and 3:
@@ -41,7 +42,15 @@ from trainers.engine.optimizers import SINGLE, parameters_of
 if TYPE_CHECKING:  # pragma: no cover
     from trainers.engine.trainer import BaseTrainer
 
-__all__ = ["PRECISIONS", "Optimization", "OptimizationMethods", "Precision", "Strategy", "check_precision"]
+__all__ = [
+    "PRECISIONS",
+    "Optimization",
+    "OptimizationMethods",
+    "Precision",
+    "Strategy",
+    "check_precision",
+    "supports_found_inf",
+]
 
 #: the precisions a trainer runs in
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
@@ -77,6 +86,7 @@ class Optimization:
         "_channel",
         "_current",
         "_custom",
+        "_found_inf",
         "_last",
         "_length",
         "_loss",
@@ -133,6 +143,7 @@ class Optimization:
         self._params = {name: parameters_of(optimizer) for name, optimizer in optimizers.items()}
         self._custom = custom
         self._skip = False
+        self._found_inf: torch.Tensor | None = None
         self._unscaled: set[str] = set()
         self._stepped: set[str] = set()
         self._current = next(iter(optimizers))
@@ -237,10 +248,18 @@ class Optimization:
         if self._channel.active:
             self._channel.emit(trainer, loss=loss, outputs=outputs, optimizer=name)
         optimizer, scaler = self.optimizers[name], self.scaler
+        found, self._found_inf = self._found_inf, None
         if self._skip:
             self._skip = False
             if scaler is not None and name not in self._unscaled:
                 scaler.unscale_(optimizer)  # the scaler still closes its step: update() needs every inf check
+        elif found is not None:
+            # as GradScaler hands it over: the fused kernel leaves weights, state and step count alone when set
+            optimizer.found_inf = found  # type: ignore[attr-defined]
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf  # type: ignore[attr-defined]
         elif scaler is None:
             optimizer.step()
         else:
@@ -261,6 +280,26 @@ class Optimization:
 
     def skip(self) -> None:
         self._skip = True
+
+    def skip_if(self, found_inf: torch.Tensor) -> None:
+        name = self._current
+        optimizer = self.optimizers[name]
+        if self.scaler is not None:
+            raise RuntimeError(
+                'skip_optimizer_step_if(): under precision="16-mixed" the GradScaler decides on the device itself; '
+                "call skip_optimizer_step() to withhold an update"
+            )
+        if not supports_found_inf(optimizer):
+            raise TypeError(
+                f"skip_optimizer_step_if(): optimizer {name!r} ({type(optimizer).__name__}) cannot take a skip "
+                "decided on the device; the fused optimizers can (torch.optim.Adam, AdamW or SGD with fused=True)"
+            )
+        if found_inf.shape != () or found_inf.dtype != torch.float32:
+            raise ValueError(
+                "skip_optimizer_step_if(): found_inf must be a float32 scalar tensor (0 steps, non-zero skips), got "
+                f"shape {tuple(found_inf.shape)} dtype {found_inf.dtype}"
+            )
+        self._found_inf = found_inf
 
     def _known(self, name: str) -> str:
         if name not in self.optimizers:
@@ -303,6 +342,13 @@ class OptimizationMethods:
         """From a ``step`` handler: do not apply this step's gradients (e.g. they are not finite)."""
         self._optimization.skip()
 
+    def skip_optimizer_step_if(self, found_inf: torch.Tensor) -> None:
+        """From a ``step`` handler: withhold this step's update where ``found_inf`` (a float32 scalar tensor on the
+        optimizer's device) is non-zero, decided on the device with no host read -- as a GradScaler does. Only for
+        optimizers that take it (:func:`supports_found_inf`: Adam, AdamW, SGD with ``fused=True``), else
+        ``TypeError``; under ``precision="16-mixed"``, where the scaler decides, ``RuntimeError``."""
+        self._optimization.skip_if(found_inf)
+
     def unscale_gradients(self) -> None:
         """From a ``step`` handler, before reading or clipping gradients: undo the ``"16-mixed"`` loss scale."""
         self._optimization.unscale()
@@ -311,6 +357,12 @@ class OptimizationMethods:
     def scaler(self) -> torch.amp.GradScaler | None:
         """The GradScaler of ``precision="16-mixed"`` (checkpointed as ``"grad_scaler"``), else ``None``."""
         return self._optimization.scaler
+
+
+def supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step()`` honours a ``found_inf`` tensor set on it (the fused Adam, AdamW, SGD ...): the
+    update, its state and its step count then stay as they were wherever the tensor is non-zero."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
 
 def _split(result: Any, trainer: BaseTrainer, method: str) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -1,0 +1,87 @@
+"""The non-finite flag ``GradientGuard`` checks each step: one fused kernel over the gradients and the loss, and,
+for a skip decided on the device, the skip counts kept there too.
+
+``torch._amp_foreach_non_finite_check_and_unscale_`` -- the check a GradScaler runs -- sets a float32 scalar to 1
+when any element of any tensor it is given is NaN or inf. With an unscale factor of exactly 1 it leaves the values
+as they are, so it is a one-kernel finiteness test of every gradient and the loss: against per-gradient norms that
+are stacked and summed, two tensor operations a step fewer. The flag stays at 0 while everything is finite, so it
+is only cleared after a failure on the host path.
+
+On the device path the flag is handed to the optimizer (``trainer.skip_optimizer_step_if``), which withholds the
+update in its fused kernel, and the counts of skipped and consecutively skipped steps are updated on the device:
+nothing is read back until someone asks for the counts (a publication, a checkpoint, the end of an epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from trainers.engine.optimization import supports_found_inf
+
+__all__ = ["FiniteFlag", "device_path"]
+
+
+def device_path(
+    owner: str, on_device: bool | None, optimizers: Mapping[str, torch.optim.Optimizer], devices: set[torch.device]
+) -> bool:
+    """Whether a guard whose policy allows it (``"skip"``, no ``max_skips``, no GradScaler) decides on the device:
+    with ``on_device=None`` only where a read would synchronise (on the CPU reading the flag is free and takes fewer
+    operations); ``on_device=True`` raises ``ValueError`` saying what stands in the way."""
+    unable = [f"{n!r} ({type(o).__name__})" for n, o in optimizers.items() if not supports_found_inf(o)]
+    why = (
+        f"the parameters are on {len(devices)} devices"
+        if len(devices) != 1
+        else f"optimizer {', '.join(unable)} cannot take a decision made on the device (it is not fused)"
+        if unable
+        else None
+    )
+    if why is not None and on_device:
+        raise ValueError(
+            f"{owner}: on_device=True, but {why}; use a fused optimizer (torch.optim.Adam(..., fused=True)) on one "
+            "device, or on_device=None"
+        )
+    return why is None and (on_device is True or next(iter(devices)).type != "cpu")
+
+
+class FiniteFlag:
+    """The flag and (on the device path) the skip counts of one guard, on ``device``."""
+
+    __slots__ = ("_counts", "_one", "_views", "device", "flag")
+
+    def __init__(self, device: torch.device, *, counted: bool, skipped: int = 0, consecutive: int = 0) -> None:
+        self.device = device
+        #: 1.0 once a checked tensor held NaN or inf (float32, 0-d: what fused optimizers read as ``found_inf``)
+        self.flag = torch.zeros((), dtype=torch.float32, device=device)
+        self._one = torch.ones((), dtype=torch.float32, device=device)
+        # skipped, consecutive -- float64 counts exactly to 2**53 (float32 where the device has no float64)
+        wide = torch.float32 if device.type == "mps" else torch.float64
+        self._counts = torch.tensor([skipped, consecutive], dtype=wide, device=device) if counted else None
+        self._views = (self._counts[0], self._counts[1]) if self._counts is not None else None  # made once
+
+    def check(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Raise the flag if any element of ``tensors`` (all on :attr:`device`) is not finite; returns the flag."""
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, self.flag, self._one)
+        return self.flag
+
+    def clear(self) -> None:
+        self.flag.zero_()
+
+    def count(self) -> None:
+        """Device path: add this step's flag to the counts (no host read)."""
+        if self._views is not None:
+            skipped, consecutive = self._views
+            skipped.add_(self.flag)
+            consecutive.mul_(self.flag).add_(self.flag)  # +1 on a skip, back to 0 on an update
+
+    def counts(self) -> tuple[int, int]:
+        """(skipped, consecutive) read back: one host copy."""
+        if self._counts is None:
+            return 0, 0
+        skipped, consecutive = self._counts.tolist()
+        return int(skipped), int(consecutive)
+
+    def set_counts(self, skipped: int, consecutive: int) -> None:
+        if self._counts is not None:
+            self._counts.copy_(torch.tensor([skipped, consecutive], dtype=self._counts.dtype))
