@@ -80,8 +80,8 @@ def raw_default_work(batches: list[Batch], epochs: int, tmp: Path) -> Timing:
     """The raw loop doing by hand what the full default set does, written as a careful user would: the same rows
     and display, with no tensor op per step beyond the finite check's and no host copy between log points.
 
-    * a finite check of the loss and gradients every step that withholds the update when it fails: one fused kernel
-      and one value read back, the norms' sum at a log point (where the norm is taken anyway), as the guard does;
+    * a finite check of the loss and gradients every step (one fused norm call, one value read back) that withholds
+      the update when it fails;
     * Wisp's LR milestones;
     * every 50 iterations a TensorBoard row of the window's mean loss, ms per iteration, samples per second, the LR
       and the gradient norm; at each epoch's end its mean loss and duration;
@@ -101,7 +101,6 @@ def raw_default_work(batches: list[Batch], epochs: int, tmp: Path) -> Timing:
     writer = SummaryWriter(str(directory / "tb"))
     console = Console(file=Discard(), force_terminal=True, width=120, color_system=None)
     save = atomic_saver(directory, model, optimizer)
-    flag, one = torch.zeros(()), torch.ones(())
 
     def loop() -> None:
         iteration, next_draw, shown = 0, 0.0, ""
@@ -134,17 +133,10 @@ def raw_default_work(batches: list[Batch], epochs: int, tmp: Path) -> Timing:
                     loss = nn.functional.mse_loss(model(x), y)
                     loss.backward()  # type: ignore[no-untyped-call]
                     detached = loss.detach()
-                    checked = [*(p.grad for p in params if p.grad is not None), detached]
-                    if iteration % 50 == 0:  # a log point: the norms, their sum the check, the loss's left out
-                        norms = torch.stack(torch._foreach_norm(checked))
-                        finite = math.isfinite(norms.sum().item())
-                        grad_norm = torch.linalg.vector_norm(norms[:-1])
-                    else:  # one fused kernel raises the flag on any NaN or inf (cleared only after one)
-                        torch._amp_foreach_non_finite_check_and_unscale_(checked, flag, one)
-                        finite = not flag.item()
-                        if not finite:
-                            flag.zero_()
-                    if finite:
+                    norms = torch.stack(
+                        torch._foreach_norm([*(p.grad for p in params if p.grad is not None), detached])
+                    )
+                    if math.isfinite(norms.sum().item()):
                         optimizer.step()
                     losses.append(detached)
                     window_samples += x.shape[0]
@@ -157,7 +149,7 @@ def raw_default_work(batches: list[Batch], epochs: int, tmp: Path) -> Timing:
                         writer.add_scalar("time/iter_ms", (now - window_start) * 1000 / len(losses), iteration)
                         writer.add_scalar("time/samples_per_s", window_samples / (now - window_start), iteration)
                         writer.add_scalar("lr", optimizer.param_groups[0]["lr"], iteration)
-                        writer.add_scalar("grad_norm", grad_norm.item(), iteration)
+                        writer.add_scalar("grad_norm", torch.linalg.vector_norm(norms[:-1]).item(), iteration)
                         losses.clear()
                         window_start, window_samples, counted = now, 0, 0
                     now = time.perf_counter()

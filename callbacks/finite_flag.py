@@ -1,15 +1,16 @@
-"""The non-finite flag ``GradientGuard`` checks each step: one fused kernel over the gradients and the loss, and,
-for a skip decided on the device, the skip counts kept there too.
+"""The non-finite flag ``GradientGuard`` checks each step on an accelerator: one fused kernel over the gradients and
+the loss, and, for a skip decided on the device, the skip counts kept there too.
 
 ``torch._amp_foreach_non_finite_check_and_unscale_`` -- the check a GradScaler runs -- sets a float32 scalar to 1
-when any element of any tensor it is given is NaN or inf. With an unscale factor of exactly 1 it leaves the values
-as they are, so it is a one-kernel finiteness test of every gradient and the loss: against per-gradient norms that
-are stacked and summed, two tensor operations a step fewer. The flag stays at 0 while everything is finite, so it
-is only cleared after a failure on the host path.
+when any element of any tensor it is given is NaN or inf. With an unscale factor of exactly 1 the values stay as they
+are, so it is a one-kernel finiteness test of every gradient and the loss. The flag stays at 0 while everything is
+finite, so it is only cleared after a failure on the host path. (On the CPU the guard takes the gradients' norms
+instead: there this kernel writes every element back and runs multi-threaded, slower than the norms on large
+gradients and erratic beside other busy threads.)
 
 On the device path the flag is handed to the optimizer (``trainer.skip_optimizer_step_if``), which withholds the
 update in its fused kernel, and the counts of skipped and consecutively skipped steps are updated on the device:
-nothing is read back until someone asks for the counts (a publication, a checkpoint, the end of an epoch).
+nothing is read back until someone asks for the counts (a publication, a checkpoint).
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ __all__ = ["FiniteFlag", "device_path"]
 
 
 def device_path(
-    owner: str, on_device: bool | None, optimizers: Mapping[str, torch.optim.Optimizer], devices: set[torch.device]
+    owner: str, on_device: bool | None, optimizers: Mapping[str, torch.optim.Optimizer], device: torch.device | None
 ) -> bool:
-    """Whether a guard whose policy allows it (``"skip"``, no ``max_skips``, no GradScaler) decides on the device:
-    with ``on_device=None`` only where a read would synchronise (on the CPU reading the flag is free and takes fewer
+    """Whether a guard whose policy allows it (``"skip"``, no ``max_skips``, no GradScaler) decides on the device,
+    given the device of its flag (``None``: no flag -- gradients sharded or on several devices, or no kernel): with
+    ``on_device=None`` only where a read would synchronise (on the CPU reading the flag is free and takes fewer
     operations); ``on_device=True`` raises ``ValueError`` saying what stands in the way."""
     unable = [f"{n!r} ({type(o).__name__})" for n, o in optimizers.items() if not supports_found_inf(o)]
     why = (
-        f"the parameters are on {len(devices)} devices"
-        if len(devices) != 1
+        "the gradients are sharded or on several devices, or the device has no fused finiteness kernel"
+        if device is None
         else f"optimizer {', '.join(unable)} cannot take a decision made on the device (it is not fused)"
         if unable
         else None
@@ -42,7 +44,7 @@ def device_path(
             f"{owner}: on_device=True, but {why}; use a fused optimizer (torch.optim.Adam(..., fused=True)) on one "
             "device, or on_device=None"
         )
-    return why is None and (on_device is True or next(iter(devices)).type != "cpu")
+    return device is not None and why is None and (on_device is True or device.type != "cpu")
 
 
 class FiniteFlag:
@@ -50,15 +52,30 @@ class FiniteFlag:
 
     __slots__ = ("_counts", "_one", "_views", "device", "flag")
 
-    def __init__(self, device: torch.device, *, counted: bool, skipped: int = 0, consecutive: int = 0) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.device = device
         #: 1.0 once a checked tensor held NaN or inf (float32, 0-d: what fused optimizers read as ``found_inf``)
         self.flag = torch.zeros((), dtype=torch.float32, device=device)
         self._one = torch.ones((), dtype=torch.float32, device=device)
-        # skipped, consecutive -- float64 counts exactly to 2**53 (float32 where the device has no float64)
-        wide = torch.float32 if device.type == "mps" else torch.float64
-        self._counts = torch.tensor([skipped, consecutive], dtype=wide, device=device) if counted else None
-        self._views = (self._counts[0], self._counts[1]) if self._counts is not None else None  # made once
+        self._counts: torch.Tensor | None = None
+        self._views: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def on(cls, device: torch.device) -> FiniteFlag | None:
+        """A flag on ``device``, or ``None`` where the kernel does not run there (checked once, on a tiny tensor)."""
+        flag = cls(device)
+        try:
+            flag.check([torch.zeros(1, device=device)])
+        except (NotImplementedError, RuntimeError):
+            return None
+        return flag
+
+    def count_from(self, skipped: int, consecutive: int) -> None:
+        """Keep the skip counts on the device from here on, starting at these values."""
+        # float64 counts exactly to 2**53 (float32, exact to 2**24, where the device has no float64)
+        wide = torch.float32 if self.device.type == "mps" else torch.float64
+        self._counts = torch.tensor([skipped, consecutive], dtype=wide, device=self.device)
+        self._views = (self._counts[0], self._counts[1])  # made once: no indexing per step
 
     def check(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Raise the flag if any element of ``tensors`` (all on :attr:`device`) is not finite; returns the flag."""

@@ -6,14 +6,15 @@ can still be clipped or withheld. Publishes ``grad_norm`` (total norm before cli
 ``trainer.state.metrics``.
 
 Host syncs: publishing reads the norm once per scheduled step. The non-finite check must know, before the optimizer
-steps, whether the loss and gradients are finite. On a step without a norm to take it runs one fused kernel over
-every gradient and the loss (the finiteness test a GradScaler runs, :mod:`callbacks.finite_flag`) and reads its flag:
-two tensor operations. Where the norm is taken anyway (publishing, clipping by norm) the per-gradient norms and the
-loss's, summed, are the test, so a total norm that overflows counts as non-finite there too. On the CPU a read costs
-no synchronisation. On a GPU it does, so with a fused optimizer (``fused=True`` Adam, AdamW, SGD ...) the guard
-decides on the device instead (``on_device``, on by default there): the flag goes to the optimizer, which withholds
-the update in its kernel, the counts of skipped steps stay on the device, and nothing is read back between
-publications. With ``on_nonfinite=None`` and clipping alone nothing is read back between publications either.
+steps, whether the loss and gradients are finite. On the CPU, where a read costs no synchronisation, the test is the
+sum of the per-gradient norms and the loss's (NaN or inf when any of them is; a norm that overflows counts too): five
+tensor operations, the loss's norm taken in the gradients' fused norm call. On an accelerator the test is the one
+fused kernel a GradScaler runs over every gradient and the loss (:mod:`callbacks.finite_flag`), and its flag is read
+before the update: a host sync. With a fused optimizer (``fused=True`` Adam, AdamW, SGD ...) the guard decides on the
+device instead (``on_device``, on by default there): the flag goes to the optimizer, which withholds the update in
+its kernel, the counts of skipped steps stay on the device, and nothing is read back between publications. Where the
+norm is taken anyway (publishing, clipping by norm) it is also the test, so an overflowing norm is refused there too.
+With ``on_nonfinite=None`` and clipping alone nothing is read back between publications.
 
 Under ``precision="16-mixed"`` the guard unscales the gradients first (``trainer.unscale_gradients()``), so clipping
 and ``grad_norm`` see the true values, and leaves the non-finite decision to the GradScaler, which skips the update
@@ -71,9 +72,11 @@ class GradientGuard(Callback):
         on_device: decide ``"skip"`` on the device, with no host read per step (see the module docstring):
             ``None`` (default) does so where it saves a synchronisation -- parameters on one accelerator, optimizers
             that take the decision (``fused=True``), no ``max_skips``, no ``"16-mixed"``; ``True`` insists (a
-            ``ValueError`` says what stands in the way); ``False`` reads the flag each step. On the device path
-            ``grad/nonfinite_steps`` is published on ``every``'s schedule and at each epoch's end, and a skipped
-            step is not described (nothing is read back to describe it).
+            ``ValueError`` says what stands in the way); ``False`` reads the check each step. On the device path
+            ``grad/nonfinite_steps`` is published on ``every``'s schedule (``skipped`` reads the count at any
+            time) and a skipped step is not described (nothing is read back to describe it). The withheld update
+            leaves weights, state and step count as they were, except that an optimizer's state is created at its
+            first step even then.
     """
 
     priority = Priority.STATE
@@ -150,8 +153,6 @@ class GradientGuard(Callback):
                 yield Event.STEP, self._publish_only, self._schedule
             return
         yield Event.STEP, self._on_step, None
-        if self.on_nonfinite == "skip" and self.max_skips is None and self.on_device is not False:
-            yield Event.POST_EPOCH, self._on_post_epoch, None  # the device path's counts, read once an epoch
 
     def setup(self, trainer: BaseTrainer) -> None:
         named = [(name, p) for name, p in trainer.pipeline.named_parameters() if p.requires_grad]
@@ -171,24 +172,28 @@ class GradientGuard(Callback):
         if len(trainer.optimizers) > 1:  # each step event is one optimizer's: guard the parameters it steps
             held = {name: {id(p) for p in parameters_of(o)} for name, o in trainer.optimizers.items()}
             self._per_optimizer = {name: [p for p in self._params if id(p) in ids] for name, ids in held.items()}
-        devices = {p.device for p in self._params}
         owner = f"GradientGuard {self.state_key!r}"
         if self.on_device and self._scaled:
             raise ValueError(f'{owner}: on_device=True, but under precision="16-mixed" the GradScaler decides')
+        # the fused flag: plain tensors on one accelerator (sharded gradients are checked through their norms, on
+        # which every rank agrees) with a kernel for it. Not on the CPU unless on_device=True: there the kernel
+        # writes every gradient back and runs multi-threaded, slower than the norms on large gradients and erratic
+        # beside other busy threads, and a read costs no synchronisation
+        devices = {p.device for p in self._params}
+        device = next(iter(devices))
+        plain = len(devices) == 1 and all(type(p.detach()) is torch.Tensor for p in self._params)
+        wanted = self.on_nonfinite is not None and not self._scaled and (device.type != "cpu" or bool(self.on_device))
+        flag = FiniteFlag.on(device) if plain and wanted else None
         self._device_path = (
             self.on_nonfinite == "skip"
             and self.max_skips is None
             and not self._scaled
             and self.on_device is not False
-            and device_path(owner, self.on_device, trainer.optimizers, devices)
+            and device_path(owner, self.on_device, trainer.optimizers, None if flag is None else flag.device)
         )
-        if len(devices) == 1 and self.on_nonfinite is not None:
-            self._flag = FiniteFlag(
-                next(iter(devices)),
-                counted=self._device_path,
-                skipped=self._skipped,
-                consecutive=self._consecutive,
-            )
+        if flag is not None and self._device_path:
+            flag.count_from(self._skipped, self._consecutive)
+        self._flag = flag
 
     def teardown(self, trainer: BaseTrainer) -> None:
         self._skipped, self._consecutive = self.skipped, self.consecutive
@@ -215,10 +220,6 @@ class GradientGuard(Callback):
         skipped = self.skipped
         if skipped or "grad/nonfinite_steps" in trainer.state.metrics:
             trainer.state.metrics["grad/nonfinite_steps"] = skipped
-
-    def _on_post_epoch(self, trainer: BaseTrainer, **_: Any) -> None:
-        if self._device_path:
-            self._publish_counts(trainer)
 
     # ------------------------------------------------------------------ the step
     def _stepped(self, optimizer: str | None) -> tuple[list[nn.Parameter], str]:
@@ -253,7 +254,8 @@ class GradientGuard(Callback):
 
     def _on_step(self, trainer: BaseTrainer, *, loss: torch.Tensor, optimizer: str | None = None, **_: Any) -> None:
         # Every step runs this between the backward pass and the optimizer step, where each tensor op costs
-        # microseconds: the usual step (no norm wanted) takes two -- the fused finiteness kernel and its flag read.
+        # microseconds: on the CPU five (the fused norms with the loss's, stack, sum, the read), on an accelerator
+        # two (the fused finiteness kernel and its flag read) or, deciding on the device, none read back.
         if self._scaled:
             trainer.unscale_gradients()  # under "16-mixed": clip and measure the true gradients
         if self._per_optimizer is None or optimizer is None:

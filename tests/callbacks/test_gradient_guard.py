@@ -182,10 +182,8 @@ def test_grad_norm_schedule_is_filtered_by_the_bus_when_only_publishing() -> Non
     assert str(handle.schedule) == "3it"
     busy = GradientGuard(on_nonfinite="skip", every="3it", state_key="busy")
     trainer.add_callback(busy)
-    handle, counts = trainer.handles_of(busy)
-    assert handle.event.value == "step"
+    (handle,) = trainer.handles_of(busy)
     assert handle.schedule.always  # it must look at every step
-    assert counts.event.value == "post_epoch"  # where skips decided on the device are read back, once an epoch
 
 
 # ---------------------------------------------------------------------------------------------- non-finite

@@ -1,7 +1,6 @@
 """``GradientGuard``'s skip decided on the device (``on_device``), run on the CPU with fused optimizers: the same
-weights and optimizer state as the host-read decision, bit for bit; nothing read back between publications and
-epoch ends; counts that survive a resume; and the refusals that name what stands in the way. Also the host path's
-two-operation check on the steps without a norm."""
+weights and optimizer state as the host-read decision, bit for bit; nothing read back between publications; counts
+that survive a resume; and the refusals that name what stands in the way. Also the CPU's one read per step."""
 
 from __future__ import annotations
 
@@ -75,7 +74,7 @@ def test_the_device_decision_trains_bit_identically_to_the_host_read(kwargs: dic
     assert device.state.metrics["grad/nonfinite_steps"] == host.state.metrics["grad/nonfinite_steps"] == 3
 
 
-def test_nothing_is_read_back_between_publications_and_epoch_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_is_read_back_between_publications(monkeypatch: pytest.MonkeyPatch) -> None:
     guard = GradientGuard(on_device=True, every="7it")
     trainer = guard_trainer(guard, loss_fn=nan_loss_at(2, 9), optimizer=fused_adam, items=20, max_epochs=3)
     reads = Reads(monkeypatch, trainer)
@@ -86,27 +85,15 @@ def test_nothing_is_read_back_between_publications_and_epoch_ends(monkeypatch: p
     )
     assert trainer.train() is Status.COMPLETED
     monkeypatch.undo()
-    # the norm and the counts at each publication (7, 14, 21, 28), the counts at each epoch's end (10, 20, 30)
-    assert reads.at == [
-        (7, "item"),
-        (7, "tolist"),
-        (10, "tolist"),
-        (14, "item"),
-        (14, "tolist"),
-        (20, "tolist"),
-        (21, "item"),
-        (21, "tolist"),
-        (28, "item"),
-        (28, "tolist"),
-        (30, "tolist"),
-    ]
-    # a count appears at the first publication or epoch end after a skip (post_epoch follows the step's post_step)
-    assert [published[i] for i in (1, 2, 6, 7, 9, 10, 11, 30)] == [None, None, None, 1, 1, 1, 2, 2]
+    # the norm and the counts at each publication (7, 14, 21, 28): nothing else
+    assert reads.at == [(i, name) for i in (7, 14, 21, 28) for name in ("item", "tolist")]
+    # a count appears at the first publication after a skip
+    assert [published[i] for i in (1, 2, 6, 7, 9, 13, 14, 30)] == [None, None, None, 1, 1, 1, 2, 2]
     assert (guard.skipped, guard.consecutive) == (2, 0)
 
 
-def test_the_host_read_is_once_per_step_and_reads_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
-    guard = GradientGuard(every="7it")  # on the CPU the flag is read on the host: free there
+def test_on_the_cpu_the_check_is_read_once_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = GradientGuard(every="7it")  # on the CPU the check is read on the host: free there
     trainer = guard_trainer(guard, loss_fn=nan_loss_at(2, 9), optimizer=fused_adam, items=20, max_epochs=3)
     reads = Reads(monkeypatch, trainer)
     assert trainer.train() is Status.COMPLETED
@@ -115,7 +102,7 @@ def test_the_host_read_is_once_per_step_and_reads_the_flag(monkeypatch: pytest.M
     for iteration, names in per_step.items():
         if iteration in (2, 9):
             assert len(names) > 2  # the failure path reads freely, to name what is not finite
-        else:  # the flag, and the norm when publishing
+        else:  # the check, and the norm when publishing
             assert names == ["item"] * (2 if iteration % 7 == 0 else 1), iteration
     assert (guard.skipped, guard.consecutive) == (2, 0)
 
