@@ -258,10 +258,7 @@ class GradientGuard(Callback):
         # two (the fused finiteness kernel and its flag read) or, deciding on the device, none read back.
         if self._scaled:
             trainer.unscale_gradients()  # under "16-mixed": clip and measure the true gradients
-        if self._per_optimizer is None or optimizer is None:
-            params, key = self._params, "grad_norm"
-        else:
-            params, key = self._per_optimizer[optimizer], f"grad_norm/{optimizer}"
+        params, key = self._stepped(optimizer)
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
@@ -281,12 +278,13 @@ class GradientGuard(Callback):
                 return
             self._consecutive = 0
         elif check or wants_norm:
-            norms, probe = self._norms_and_probe(grads, loss if check and self.check_loss else None)
+            norms, probe = self._norms_and_probe(grads, loss if check and self.check_loss else None, wants_norm)
             norm = torch.linalg.vector_norm(norms, self.norm_type) if wants_norm else None
             # NaN and inf survive a sum: one value read covers every gradient and the loss (norms that overflow
             # float32 count as non-finite too, as a total norm that overflows would)
             if check and not math.isfinite(probe.item()):
-                self._nonfinite(trainer, loss, torch.linalg.vector_norm(norms, self.norm_type), params)
+                grad_norms = norms[: len(grads)]  # without the loss's entry, if it rode along
+                self._nonfinite(trainer, loss, torch.linalg.vector_norm(grad_norms, self.norm_type), params)
                 return
             if check:
                 self._consecutive = 0
@@ -303,17 +301,18 @@ class GradientGuard(Callback):
                 self._publish_counts(trainer)
 
     def _norms_and_probe(
-        self, grads: list[torch.Tensor], loss: torch.Tensor | None
+        self, grads: list[torch.Tensor], loss: torch.Tensor | None, trim: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-gradient norms and their sum, the loss added when given. When the loss has the gradients' device
-        and dtype its norm rides along as the last entry of the one fused call, sliced off again for the norms."""
+        and dtype its norm rides along as the last entry of the one fused call, sliced off again only with ``trim``
+        (a norm is wanted): on the other steps that slice would be a sixth tensor operation."""
         if loss is None:
             norms = self._norms(grads)
             return norms, norms.sum()
         detached, kind = loss.detach(), self._kind
         if kind is not None and detached.dtype is kind[1] and detached.get_device() == kind[0]:
             with_loss = torch.stack(torch._foreach_norm([*grads, detached], self.norm_type))
-            return with_loss[:-1], with_loss.sum()
+            return (with_loss[:-1] if trim else with_loss), with_loss.sum()
         norms = self._norms(grads)
         return norms, norms.sum() + (detached if detached.ndim == 0 else detached.sum())
 
