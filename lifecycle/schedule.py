@@ -266,6 +266,8 @@ class Schedule:
         if self.unit == "ep" and self.period is not None and not (self.once or self.start or self.end):
             n = int(self.period)
             return lambda: state.epoch % n == 0
+        if self.unit == "s" and self.period is not None and not (self.once or self.start or self.end):
+            return _every_seconds(float(self.period), clock)
         return GeneralPredicate(self, state, counter, clock)
 
     def __str__(self) -> str:
@@ -274,6 +276,26 @@ class Schedule:
 
 def _never() -> bool:
     return False
+
+
+def _every_seconds(period: float, clock: Callable[[], float]) -> Predicate:
+    """A plain wall-time period (``"1min"``), asked at every step: one clock read and one comparison, without
+    :class:`GeneralPredicate`'s general walk. The first call anchors the period; it is due once ``period`` seconds
+    have passed since the anchor, which then moves to that call."""
+    anchor: float | None = None
+
+    def due() -> bool:
+        nonlocal anchor
+        now = clock()
+        if anchor is None:
+            anchor = now
+            return False
+        if now - anchor < period:
+            return False
+        anchor = now
+        return True
+
+    return due
 
 
 class GeneralPredicate:

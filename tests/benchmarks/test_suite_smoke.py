@@ -24,6 +24,7 @@ TRAIN = [
     "stepbus, 10 no-op callbacks",
     "stepbus, full default set",
     "raw loop doing the default set's work by hand",
+    "the same by-hand loop, run again (the noise floor)",
     "raw loop doing less by hand (latest loss every 50 it, one bar)",
     "Ignite Engine, bare",
     "Ignite Engine + comparable handlers",
@@ -104,7 +105,39 @@ def test_case_1_has_the_headline_and_every_variant_measured(report: str) -> None
     for row in table:
         assert all(NUMBER.match(cell) or cell == "n/a" for cell in row[2:]), row
     first = {row[0]: row for row in reversed(table)}  # the first row of each group is its baseline
-    assert all(row[4] == "+0.00" for row in first.values())
+    assert all(
+        row[4] == "+0.00" and row[6] == ("n/a" if group == "engine" else "1.000x") for group, row in first.items()
+    )
+    assert re.search(
+        r"Noise floor of this run: .* a paired ratio of \d+\.\d{3}x \(a ratio of medians of \d+\.\d{3}x\)", section
+    )
+
+
+def test_paired_ratios_cancel_a_drift_between_repeats() -> None:
+    # the machine twice as slow in the second repeat: each repeat's ratio is 1.1, the medians' ratio is not
+    assert overhead.paired_ratio([110.0, 220.0, 330.0], [100.0, 200.0, 300.0]) == pytest.approx(1.1)
+    assert overhead.paired_ratio([1.0, 5.0, 2.0], [1.0, 1.0, 1.0]) == 2.0  # the median, not the mean
+    with pytest.raises(ValueError, match="zip"):
+        overhead.paired_ratio([1.0], [1.0, 2.0])  # rows of different repeats are never paired
+    rows = [
+        {
+            "group": "train",
+            "variant": overhead.BY_HAND,
+            "missing": False,
+            "samples": [100.0, 200.0],
+            "median_us": 150.0,
+        },
+        {
+            "group": "train",
+            "variant": overhead.BY_HAND_AGAIN,
+            "missing": False,
+            "samples": [101.0, 204.0],
+            "median_us": 152.5,
+        },
+    ]
+    floor = overhead.noise_floor(rows)
+    assert floor is not None
+    assert floor == (pytest.approx(1.015), pytest.approx(152.5 / 150.0))
 
 
 def test_case_2_scales_over_0_1_10_100_callbacks_and_silent_events(report: str) -> None:

@@ -97,12 +97,20 @@ class EarlierRunCheckpoints(CheckpointError):
     run writes anything: continue that run with ``--resume``, or choose another directory)."""
 
 
-def stepbus_version() -> str:
-    """The installed stepbus version (``"unknown"`` when running from a tree that was never installed)."""
+def _installed_version() -> str:
     try:
         return metadata.version("stepbus")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+#: read once, at import: looking it up in the installed packages' metadata takes ~0.6 ms, at every checkpoint
+_VERSION = _installed_version()
+
+
+def stepbus_version() -> str:
+    """The installed stepbus version (``"unknown"`` when running from a tree that was never installed)."""
+    return _VERSION
 
 
 def check_plain(value: Any, where: str = "checkpoint") -> None:
