@@ -92,12 +92,25 @@ class FiniteFlag:
             skipped.add_(self.flag)
             consecutive.mul_(self.flag).add_(self.flag)  # +1 on a skip, back to 0 on an update
 
+    @property
+    def counting(self) -> bool:
+        """Whether the skip counts are kept here (the device path, since :meth:`count_from`)."""
+        return self._counts is not None
+
     def counts(self) -> tuple[int, int]:
         """(skipped, consecutive) read back: one host copy."""
         if self._counts is None:
             return 0, 0
         skipped, consecutive = self._counts.tolist()
         return int(skipped), int(consecutive)
+
+    def read_with(self, value: torch.Tensor) -> tuple[float, int, int]:
+        """``value`` (a 0-d tensor on :attr:`device`, e.g. the norm a guard publishes) and the counts, read back
+        in one host copy."""
+        if self._counts is None:
+            return float(value.item()), 0, 0
+        number, skipped, consecutive = torch.cat([value.reshape(1).to(self._counts.dtype), self._counts]).tolist()
+        return float(number), int(skipped), int(consecutive)
 
     def set_counts(self, skipped: int, consecutive: int) -> None:
         if self._counts is not None:

@@ -142,7 +142,6 @@ class GradientGuard(Callback):
         self._kind: tuple[int, torch.dtype] | None = None
         self._scaled = False
         self._flag: FiniteFlag | None = None  # on the parameters' one device; counted there on the device path
-        self._device_path = False
         self._due: Callable[[], bool] | None = None
         self._per_optimizer: dict[str, list[nn.Parameter]] | None = None  # with named optimizers: whose step it is
 
@@ -184,40 +183,39 @@ class GradientGuard(Callback):
         plain = len(devices) == 1 and all(type(p.detach()) is torch.Tensor for p in self._params)
         wanted = self.on_nonfinite is not None and not self._scaled and (device.type != "cpu" or bool(self.on_device))
         flag = FiniteFlag.on(device) if plain and wanted else None
-        self._device_path = (
+        on_device = (
             self.on_nonfinite == "skip"
             and self.max_skips is None
             and not self._scaled
             and self.on_device is not False
             and device_path(owner, self.on_device, trainer.optimizers, None if flag is None else flag.device)
         )
-        if flag is not None and self._device_path:
-            flag.count_from(self._skipped, self._consecutive)
+        if flag is not None and on_device:
+            flag.count_from(self._skipped, self._consecutive)  # from here on the counts live on the device
         self._flag = flag
 
     def teardown(self, trainer: BaseTrainer) -> None:
         self._skipped, self._consecutive = self.skipped, self.consecutive
         self._params, self._names, self._due, self._per_optimizer, self._kind = [], {}, None, None, None
-        self._flag, self._device_path = None, False
+        self._flag = None
 
     # ------------------------------------------------------------------ the counts
     @property
     def skipped(self) -> int:
         """Steps whose update was withheld (on the device path: read back now, one host copy)."""
-        return self._flag.counts()[0] if self._device_path and self._flag is not None else self._skipped
+        return self._flag.counts()[0] if self._flag is not None and self._flag.counting else self._skipped
 
     @property
     def consecutive(self) -> int:
         """Steps in a row whose update was withheld, up to the latest one."""
-        return self._flag.counts()[1] if self._device_path and self._flag is not None else self._consecutive
+        return self._flag.counts()[1] if self._flag is not None and self._flag.counting else self._consecutive
 
     def _set_counts(self, skipped: int, consecutive: int) -> None:
         self._skipped, self._consecutive = skipped, consecutive
-        if self._device_path and self._flag is not None:
-            self._flag.set_counts(skipped, consecutive)
+        if self._flag is not None:
+            self._flag.set_counts(skipped, consecutive)  # kept there on the device path, else a no-op
 
-    def _publish_counts(self, trainer: BaseTrainer) -> None:
-        skipped = self.skipped
+    def _publish_counts(self, trainer: BaseTrainer, skipped: int) -> None:
         if skipped or "grad/nonfinite_steps" in trainer.state.metrics:
             trainer.state.metrics["grad/nonfinite_steps"] = skipped
 
@@ -267,10 +265,10 @@ class GradientGuard(Callback):
         wants_norm = publish or (self.clip_norm is not None and self.clip_value is None)
         check = self.on_nonfinite is not None and not self._scaled  # a scaler decides on its own (no extra sync)
         norm: torch.Tensor | None = None
-        if self._device_path:
+        flag = self._flag
+        if flag is not None and flag.counting:  # the device path
             norm = self._check_on_device(trainer, loss, grads, wants_norm)
-        elif check and not wants_norm and self._flag is not None:
-            flag = self._flag
+        elif check and not wants_norm and flag is not None:
             checked = [*grads, loss.detach()] if self.check_loss and loss.device == flag.device else grads
             if flag.check(checked).item() or (self.check_loss and checked is grads and not _finite(loss)):
                 flag.clear()  # the one per-step read; the flag stays 0 while all is finite
@@ -296,9 +294,12 @@ class GradientGuard(Callback):
             else:  # value clipping changed the norm: measure it again
                 torch.nn.utils.clip_grad_norm_(params, self.clip_norm, self.norm_type)
         if publish and norm is not None:
-            trainer.state.metrics[key] = float(norm.item())
-            if self._device_path:
-                self._publish_counts(trainer)
+            if flag is not None and flag.counting:  # the norm and the counts in one read
+                value, skipped, _consecutive = flag.read_with(norm)
+                trainer.state.metrics[key] = value
+                self._publish_counts(trainer, skipped)
+            else:
+                trainer.state.metrics[key] = float(norm.item())
 
     def _norms_and_probe(
         self, grads: list[torch.Tensor], loss: torch.Tensor | None, trim: bool
