@@ -90,10 +90,14 @@ class SteadyState(Callback):
 class NullStepTrainer(BaseTrainer):
     """The engine alone: no forward, backward or optimizer step."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._emit_null_step = self._step.emitter("loss", "outputs")  # as the trainer's own step emits
+
     def step(self, batch: Any) -> dict[str, Any]:
         outputs: dict[str, Any] = {"loss": None}
         if self._step.active:
-            self._step.emit(self, loss=None, outputs=outputs)
+            self._emit_null_step(self, None, outputs)
         return outputs
 
 

@@ -20,6 +20,9 @@ connected, removed or toggled -- and runs it as the signal's first receiver. So:
 * Handlers connected or toggled while an event is being dispatched take effect from the next emission.
 * A step or epoch channel skips its counting schedules (``"100it"``, ``at=[...]``) below the next value at which
   one of them can be due (:mod:`lifecycle.timetable`): an idle scheduled handler costs nothing per step.
+* ``channel.emitter("outputs")`` is ``channel.emit`` with the payload's keys fixed in advance: the trainer emits the
+  per-step events through such emitters, which call each handler with the keywords spelled out instead of unpacking
+  a payload dict per handler (:mod:`lifecycle.emitters`; same handlers, order, schedules and errors).
 * ``bus.time_handlers()`` times every handler and dispatch until it is stopped (:mod:`lifecycle.handler_times`):
   the timers are built into the plans, so with timing off ``emit`` runs exactly as without the feature.
 """
@@ -35,6 +38,7 @@ from typing import Any, TypeVar
 from blinker import NamedSignal, Namespace
 
 from lifecycle.bus_signals import BusSignal, EveryReceiverSignal, caused
+from lifecycle.emitters import compile_emitter
 from lifecycle.errors import CallbackError, Failures
 from lifecycle.events import EPOCH_EVENTS, STEP_EVENTS, Event, as_event
 from lifecycle.handle import Handle, Handler
@@ -59,7 +63,7 @@ class Channel:
     """Everything the bus knows about one event. The trainer caches channels for its hot path:
     ``if channel.active: channel.emit(sender, **payload)`` costs one attribute test when nobody listens."""
 
-    __slots__ = ("_bus", "_handles", "_table", "active", "event", "plan", "raw", "signal")
+    __slots__ = ("_bus", "_emitters", "_handles", "_table", "active", "event", "plan", "raw", "signal")
 
     def __init__(self, bus: Bus, event: Event) -> None:
         self._bus = bus
@@ -67,6 +71,7 @@ class Channel:
         self._handles: list[Handle] = []
         self.plan: tuple[PlanEntry, ...] = ()
         self._table: Timetable | None = None  # the counting schedules' wake (lifecycle.timetable)
+        self._emitters: dict[tuple[str, ...], Callable[..., None]] = {}
         self.raw = False
         self.active = False
         every = event in EVERY_HANDLER
@@ -99,6 +104,16 @@ class Channel:
                 raise
             except Exception as exc:
                 raise self._bus._error(handle, exc) from exc
+
+    def emitter(self, *names: str) -> Callable[..., None]:
+        """``emit(sender, *values)``: :meth:`emit` with the payload ``names=values`` fixed in advance, for an event
+        emitted at every step -- ``channel.emitter("outputs")(trainer, outputs)`` is
+        ``channel.emit(trainer, outputs=outputs)``, without unpacking a payload dict at every handler
+        (:mod:`lifecycle.emitters`). Built once per key set and kept; it always runs the channel's current plan."""
+        found = self._emitters.get(names)
+        if found is None:
+            found = self._emitters[names] = compile_emitter(self, names)
+        return found
 
     def _receive(self, sender: object, /, **payload: Any) -> None:
         # the signal's first receiver: runs the ordered list when the signal is sent through blinker. The loop is
@@ -163,6 +178,14 @@ class _EveryHandlerChannel(Channel):
             self.signal.send(sender, **payload)  # an EveryReceiverSignal: it runs _receive, then the receivers
         else:
             self._receive(sender, **payload)
+
+    def emitter(self, *names: str) -> Callable[..., None]:
+        """As :meth:`Channel.emitter`, through this channel's every-handler :meth:`emit` (never a hot path)."""
+
+        def emit(sender: object, /, *values: Any) -> None:
+            self.emit(sender, **dict(zip(names, values, strict=True)))
+
+        return emit
 
     def _receive(self, sender: object, /, **payload: Any) -> None:
         failures = Failures()

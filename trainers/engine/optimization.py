@@ -86,6 +86,7 @@ class Optimization:
         "_channel",
         "_current",
         "_custom",
+        "_emit_step",
         "_found_inf",
         "_last",
         "_length",
@@ -121,6 +122,7 @@ class Optimization:
         device = trainer.device
         dtype = check_precision(precision, device)
         self._trainer, self._ranks, self._channel = trainer, ranks, channel
+        self._emit_step = channel.emitter("loss", "outputs", "optimizer")
         self.precision = precision
         self._autocast: Callable[[], AbstractContextManager[Any]] = (
             nullcontext if dtype is None else (lambda: torch.autocast(device.type, dtype=dtype))
@@ -246,7 +248,7 @@ class Optimization:
         self._current = name
         self._stepped.add(name)
         if self._channel.active:
-            self._channel.emit(trainer, loss=loss, outputs=outputs, optimizer=name)
+            self._emit_step(trainer, loss, outputs, name)
         optimizer, scaler = self.optimizers[name], self.scaler
         found, self._found_inf = self._found_inf, None
         if self._skip:

@@ -164,6 +164,9 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMetho
         self._post_epoch, self._post_training = channel(Event.POST_EPOCH), channel(Event.POST_TRAINING)
         self._exception = channel(Event.EXCEPTION)
         self._pre_validation, self._post_validation = channel(Event.PRE_VALIDATION), channel(Event.POST_VALIDATION)
+        # per-step events with a fixed payload: dispatched without unpacking a dict per handler (lifecycle.emitters)
+        self._emit_pre_step = self._pre_step.emitter("batch")
+        self._emit_post_step = self._post_step.emitter("outputs")
         self._optimization = Optimization(
             self, self._ranks, self._step, optimizers=optimizers, custom=custom, precision=precision, compile=compile,
             ddp=ddp, strategy=strategy, fsdp=fsdp_options(fsdp) if strategy == "fsdp" else None,
@@ -213,7 +216,7 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMetho
     def pre_step(self, batch: Any) -> None:
         """Emits ``pre_step(batch=...)`` before the forward pass."""
         if self._pre_step.active:
-            self._pre_step.emit(self, batch=batch)
+            self._emit_pre_step(self, batch)
 
     def step(self, batch: Any) -> dict[str, Any]:
         """One iteration's optimisation (``trainers.engine.optimization``): zero_grad at a window's start,
@@ -230,7 +233,7 @@ class BaseTrainer(OptimizationMethods, CheckpointMethods, RankMethods, LockMetho
     def post_step(self, outputs: dict[str, Any]) -> None:
         """Emits ``post_step(outputs=...)``: the optimizer has stepped, counters are final for this step."""
         if self._post_step.active:
-            self._post_step.emit(self, outputs=outputs)
+            self._emit_post_step(self, outputs)
 
     def post_epoch(self) -> None:
         """Emits ``post_epoch``."""
