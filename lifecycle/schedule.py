@@ -280,8 +280,9 @@ def _never() -> bool:
 
 def _every_seconds(period: float, clock: Callable[[], float]) -> Predicate:
     """A plain wall-time period (``"1min"``), asked at every step: one clock read and one comparison, without
-    :class:`GeneralPredicate`'s general walk. The first call anchors the period; it is due once ``period`` seconds
-    have passed since the anchor, which then moves to that call."""
+    :class:`GeneralPredicate`'s general walk (which asks one of these for its own wall-time part). The first call
+    anchors the period; it is due once ``period`` seconds have passed since the anchor, which then moves to that
+    call."""
     anchor: float | None = None
 
     def due() -> bool:
@@ -301,12 +302,13 @@ def _every_seconds(period: float, clock: Callable[[], float]) -> Predicate:
 class GeneralPredicate:
     """Bounds, ``at``, ``once`` and wall-time schedules; slower than the lambdas above but rarely on a hot path."""
 
-    __slots__ = ("_anchor", "_clock", "_counter", "_done", "_schedule", "_state")
+    __slots__ = ("_counter", "_done", "_schedule", "_state", "_wall")
 
     def __init__(self, schedule: Schedule, state: State, counter: str, clock: Callable[[], float]) -> None:
-        self._schedule, self._state, self._counter, self._clock = schedule, state, counter, clock
+        self._schedule, self._state, self._counter = schedule, state, counter
         self._done = False
-        self._anchor: float | None = None
+        # a wall-time period's clock and anchor, asked only once the bounds allow
+        self._wall = _every_seconds(schedule.period or 0.0, clock) if schedule.unit == "s" else None
 
     @property
     def finished(self) -> bool:
@@ -324,14 +326,9 @@ class GeneralPredicate:
             return False
         if s.end is not None and self._value(s.end[0]) > s.end[1]:
             return False
-        if s.unit == "s":
-            now = self._clock()
-            if self._anchor is None:
-                self._anchor = now
+        if self._wall is not None:
+            if not self._wall():
                 return False
-            if now - self._anchor < (s.period or 0.0):
-                return False
-            self._anchor = now
         elif s.unit is not None:
             value = getattr(self._state, self._counter)
             if s.at is not None:
